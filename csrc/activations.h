@@ -1,0 +1,118 @@
+// The math of every fastact activation, written once for every device.
+//
+// Each functor is a struct with two static templates over T, where T is a scalar (float or double, on the
+// host or in a CUDA kernel) or an at::vec::Vectorized<float|double> (CPU SIMD path):
+//
+//   T forward(T x, T p)                          -> f(x; p)
+//   void backward(T g, T x, T p, T& gx, T& gp)   -> gx = g * df/dx,  gp = g * df/dp
+//
+// p is the activation's parameter (beta, alpha); an activation without one ignores it. Half types are
+// always computed in float (at::opmath_type). The formulas are arranged so that no intermediate
+// overflows, nothing cancels in the tails, and +-inf inputs give the mathematical limit rather than
+// inf * 0 = NaN; NaN inputs propagate.
+//
+// Adding an activation: one functor here, one line in ops.h's FASTACT_FOR_EACH_ACTIVATION.
+#pragma once
+
+#include <cmath>
+#include <limits>
+
+#include "math_primitives.h"
+
+// The anonymous namespace is deliberate: this header is compiled into several CPU translation units with
+// different instruction sets (AVX2, AVX-512, baseline). Internal linkage keeps the linker from merging an
+// AVX-512 instantiation into the baseline build.
+namespace fastact {
+namespace {
+
+// Swish-beta: f = x * sigmoid(beta x); beta = 1 is SiLU.
+struct SwishOp {
+  // sigmoid(z), sigmoid(z) * (1 - sigmoid(z)) from a single exp(-|z|), without overflow.
+  template <typename T>
+  FASTACT_HOST_DEVICE static void sigmoid_parts(T z, T& s, T& ds) {
+    const T e = fa_exp(fa_neg(fa_abs(z)));
+    const T r = T(1) / (T(1) + e);
+    s = fa_select(z >= T(0), r, e * r);
+    ds = e * r * r;
+  }
+
+  template <typename T>
+  FASTACT_HOST_DEVICE static T scaled_input(T x, T beta) {
+    // beta = 0 makes f = x / 2 exactly, also at x = +-inf (where beta * x would be NaN).
+    return fa_select(beta == T(0), T(0), beta * x);
+  }
+
+  template <typename T>
+  FASTACT_HOST_DEVICE static T forward(T x, T beta) {
+    const T z = scaled_input(x, beta);
+    T s, ds;
+    sigmoid_parts(z, s, ds);
+    // z = -inf: x * 0 would be NaN for x = +-inf; the limit is 0.
+    return fa_select(z == fa_neg(fa_inf<T>()), T(0), x * s);
+  }
+
+  template <typename T>
+  FASTACT_HOST_DEVICE static void backward(T g, T x, T beta, T& gx, T& gbeta) {
+    const T z = scaled_input(x, beta);
+    T s, ds;
+    sigmoid_parts(z, s, ds);
+    const auto z_inf = fa_abs(z) == fa_inf<T>();
+    // df/dx = s + z s (1 - s); df/dbeta = x^2 s (1 - s), written x * (x * ds) so x^2 cannot overflow.
+    gx = g * (s + fa_select(z_inf, T(0), z * ds));
+    gbeta = g * fa_select(z_inf, T(0), x * (x * ds));
+  }
+};
+
+// Mish: f = x * tanh(softplus(x)). With e = exp(-|x|) (one exp per element), tanh(softplus(x)) = num / den:
+//   x >= 0: num = 1 + 2e,     den = 1 + 2e + 2e^2
+//   x <  0: num = e^2 + 2e,   den = e^2 + 2e + 2
+// Both forms are free of overflow and cancellation; the derivative's second term,
+// x sigmoid(x) sech^2(softplus(x)) = 4 x e (1 + e) g / den^2 with g = (x >= 0 ? e : 1), is exact too.
+struct MishOp {
+  template <typename T>
+  FASTACT_HOST_DEVICE static void parts(T x, T& e, T& num, T& den) {
+    e = fa_exp(fa_neg(fa_abs(x)));
+    const auto nonneg = x >= T(0);
+    const T e2 = e * e;
+    num = fa_select(nonneg, T(1) + T(2) * e, e2 + T(2) * e);
+    den = fa_select(nonneg, T(1) + T(2) * e + T(2) * e2, e2 + T(2) * e + T(2));
+  }
+
+  template <typename T>
+  FASTACT_HOST_DEVICE static T forward(T x, T /*unused*/) {
+    T e, num, den;
+    parts(x, e, num, den);
+    return fa_select(x == fa_neg(fa_inf<T>()), T(0), x * num / den);
+  }
+
+  template <typename T>
+  FASTACT_HOST_DEVICE static void backward(T g, T x, T /*unused*/, T& gx, T& gp) {
+    T e, num, den;
+    parts(x, e, num, den);
+    const T w = fa_select(x >= T(0), e, T(1));
+    const T tail = T(4) * x * e * (T(1) + e) * w / (den * den);
+    gx = g * (num / den + fa_select(fa_abs(x) == fa_inf<T>(), T(0), tail));
+    gp = T(0);
+  }
+};
+
+// Leaky family: f = x for x > 0, alpha x otherwise, for any real alpha (1: identity, 0: ReLU, -1: |x|).
+// At x = 0 the derivative is alpha, PyTorch's convention.
+struct LeakyOp {
+  template <typename T>
+  FASTACT_HOST_DEVICE static T forward(T x, T alpha) {
+    // alpha = 0 at x = -inf: the limit is 0, not 0 * -inf = NaN.
+    const T negative = fa_select((alpha == T(0)) & (x == fa_neg(fa_inf<T>())), T(0), alpha * x);
+    return fa_select(x > T(0), x, negative);
+  }
+
+  template <typename T>
+  FASTACT_HOST_DEVICE static void backward(T g, T x, T alpha, T& gx, T& galpha) {
+    const auto positive = x > T(0);
+    gx = g * fa_select(positive, T(1), alpha);
+    galpha = g * fa_select(positive, T(0), x);
+  }
+};
+
+}  // namespace
+}  // namespace fastact

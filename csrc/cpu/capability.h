@@ -1,0 +1,29 @@
+// The CPU kernels exist once per instruction set (kernels_default.cpp, kernels_avx2.cpp,
+// kernels_avx512.cpp); dispatch.cpp picks one at run time from the CPU's features, as ATen's DispatchStub.
+#pragma once
+
+#include <cstdint>
+
+#include "../ops.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FASTACT_CPU_X86 1
+#endif
+
+namespace fastact::cpu {
+
+struct RangeKernels {
+  // y = f(x) over memory offsets [begin, end).
+  void (*forward)(const ElementwiseProblem& p, int64_t begin, int64_t end);
+  // grad_input over [begin, end); if acc is not null, also adds d(loss)/d(param) of channel c into
+  // acc[c - acc_base] (acc holds the compute type: float, or double for double inputs).
+  void (*backward)(const ElementwiseProblem& p, int64_t begin, int64_t end, void* acc, int64_t acc_base);
+};
+
+namespace DEFAULT { extern const RangeKernels kRangeKernels; }
+#if defined(FASTACT_CPU_X86)
+namespace AVX2 { extern const RangeKernels kRangeKernels; }
+namespace AVX512 { extern const RangeKernels kRangeKernels; }
+#endif
+
+}  // namespace fastact::cpu

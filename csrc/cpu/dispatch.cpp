@@ -1,0 +1,165 @@
+// CPU entry points: picks the kernel build for this CPU, splits the work over threads, and reduces
+// parameter gradients in a fixed order.
+//
+// Determinism: the work is cut into pieces whose bounds depend only on the tensor's shape (never on the
+// thread count), each piece writes its own partial sum, and the partials are added in index order. The
+// parameter gradient therefore has the same bits on every run and for any number of threads.
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include "capability.h"
+
+namespace fastact::cpu {
+namespace {
+
+constexpr int64_t kGrain = 32768;  // elements per piece of work (and per partial sum)
+constexpr int64_t kMinRun = 64;    // shorter per-channel runs are reduced per slab instead of per run
+
+struct Capability {
+  const char* name;
+  const RangeKernels* kernels;
+  bool (*supported)();
+};
+
+bool always() { return true; }
+#if defined(FASTACT_CPU_X86)
+bool has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+bool has_avx512() {
+  __builtin_cpu_init();
+  return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+#endif
+
+// Ordered from the baseline to the widest.
+const Capability kCapabilities[] = {
+    {"default", &DEFAULT::kRangeKernels, &always},
+#if defined(FASTACT_CPU_X86)
+    {"avx2", &AVX2::kRangeKernels, &has_avx2},
+    {"avx512", &AVX512::kRangeKernels, &has_avx512},
+#endif
+};
+
+const Capability* find(const std::string& name) {
+  for (const auto& c : kCapabilities) {
+    if (name == c.name) return &c;
+  }
+  return nullptr;
+}
+
+// The widest build this CPU runs, capped by FASTACT_CPU_CAPABILITY (or ATen's ATEN_CPU_CAPABILITY) if set.
+const Capability* detect() {
+  const Capability* best = &kCapabilities[0];
+  for (const auto& c : kCapabilities) {
+    if (c.supported()) best = &c;
+  }
+  for (const char* var : {"FASTACT_CPU_CAPABILITY", "ATEN_CPU_CAPABILITY"}) {
+    const char* env = std::getenv(var);
+    if (env == nullptr || *env == '\0') continue;
+    const Capability* wanted = find(env);
+    if (wanted != nullptr && wanted->supported() && wanted <= best) return wanted;
+  }
+  return best;
+}
+
+const Capability*& active() {
+  static const Capability* capability = detect();
+  return capability;
+}
+
+template <typename acc_t>
+void backward_with_param_grad(const ElementwiseProblem& p, const RangeKernels& k) {
+  const int64_t channels = p.channels;
+  auto* param_grad = static_cast<acc_t*>(p.param_grad);
+  std::vector<double> total(channels, 0.0);
+  if (channels == 1 || p.inner >= kMinRun) {
+    // Each piece lies inside one run of `inner` elements, so it touches one channel: one partial each.
+    const int64_t rows = p.numel / p.inner;
+    const int64_t pieces_per_row = (p.inner + kGrain - 1) / kGrain;
+    std::vector<acc_t> partial(rows * pieces_per_row, acc_t(0));
+    const int64_t grain = std::max<int64_t>(1, kGrain / std::min(p.inner, kGrain));
+    at::parallel_for(0, rows * pieces_per_row, grain, [&](int64_t first, int64_t last) {
+      for (int64_t piece = first; piece < last; ++piece) {
+        const int64_t row = piece / pieces_per_row;
+        const int64_t begin = row * p.inner + (piece % pieces_per_row) * kGrain;
+        const int64_t end = std::min(begin + kGrain, (row + 1) * p.inner);
+        k.backward(p, begin, end, &partial[piece], row % channels);
+      }
+    });
+    for (int64_t row = 0; row < rows; ++row) {
+      for (int64_t j = 0; j < pieces_per_row; ++j) total[row % channels] += partial[row * pieces_per_row + j];
+    }
+  } else {
+    // Short runs (channels_last has inner == 1): pieces of whole slabs of channels * inner elements, each
+    // with a partial per channel.
+    const int64_t slab = channels * p.inner;
+    const int64_t slabs = p.numel / slab;
+    const int64_t slabs_per_piece = std::max<int64_t>(1, kGrain / slab);
+    const int64_t pieces = (slabs + slabs_per_piece - 1) / slabs_per_piece;
+    std::vector<acc_t> partial(pieces * channels, acc_t(0));
+    at::parallel_for(0, pieces, 1, [&](int64_t first, int64_t last) {
+      for (int64_t piece = first; piece < last; ++piece) {
+        const int64_t begin = piece * slabs_per_piece * slab;
+        const int64_t end = std::min(p.numel, begin + slabs_per_piece * slab);
+        k.backward(p, begin, end, &partial[piece * channels], 0);
+      }
+    });
+    for (int64_t piece = 0; piece < pieces; ++piece) {
+      for (int64_t c = 0; c < channels; ++c) total[c] += partial[piece * channels + c];
+    }
+  }
+  for (int64_t c = 0; c < channels; ++c) param_grad[c] = static_cast<acc_t>(total[c]);
+}
+
+}  // namespace
+
+std::string capability() { return active()->name; }
+
+std::string set_capability(const std::string& name) {
+  const Capability* wanted = find(name);
+  std::string known;
+  for (const auto& c : kCapabilities) known += std::string(known.empty() ? "" : ", ") + c.name;
+  TORCH_CHECK(wanted != nullptr, "fastact.set_cpu_capability: capability must be one of ", known, ", got '",
+              name, "'");
+  TORCH_CHECK(wanted->supported(), "fastact.set_cpu_capability: this CPU does not support '", name, "'");
+  const std::string previous = active()->name;
+  active() = wanted;
+  return previous;
+}
+
+std::vector<std::string> supported_capabilities() {
+  std::vector<std::string> names;
+  for (const auto& c : kCapabilities) {
+    if (c.supported()) names.emplace_back(c.name);
+  }
+  return names;
+}
+
+void forward(const ElementwiseProblem& p) {
+  const RangeKernels& k = *active()->kernels;
+  at::parallel_for(0, p.numel, kGrain, [&](int64_t begin, int64_t end) { k.forward(p, begin, end); });
+}
+
+void backward(const ElementwiseProblem& p) {
+  const RangeKernels& k = *active()->kernels;
+  if (p.param_grad == nullptr) {
+    at::parallel_for(0, p.numel, kGrain, [&](int64_t begin, int64_t end) {
+      k.backward(p, begin, end, nullptr, 0);
+    });
+  } else if (p.dtype == c10::ScalarType::Double) {
+    backward_with_param_grad<double>(p, k);
+  } else {
+    backward_with_param_grad<float>(p, k);
+  }
+}
+
+}  // namespace fastact::cpu

@@ -1,0 +1,352 @@
+// The CUDA kernels: one template per memory shape, shared by every activation (functors in activations.h).
+//
+// A dense tensor in memory order is [outer, channels, inner] (ops.h). Two shapes of work:
+//  * rows    (one channel, or inner >= kRowMin, e.g. NCHW): runs of `inner` elements share a parameter. A block
+//            takes one piece of up to kPiece elements of one run: 16-byte vector loads and stores (after a scalar
+//            head where the run is not aligned), and one partial sum of the parameter gradient per piece.
+//  * columns (inner < kRowMin, e.g. channels_last): the tensor is a stack of slabs of channels * inner elements;
+//            a thread owns a fixed column (a vector of elements) of the slab and walks down the slabs, so its
+//            parameter and channel never change; the parameter gradient is summed per column and block.
+// A second kernel adds the partial sums of each channel in a fixed order, so the parameter gradient has the
+// same bits on every run (no atomics).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+
+#include "../activations.h"
+#include "../ops.h"
+
+namespace fastact::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kUnroll = 4;          // independent 16-byte accesses in flight per thread
+constexpr int64_t kRowMin = 1024;   // shorter runs use the column shape
+
+enum class Pass { Forward, Backward, BackwardParamGrad };
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+template <typename opmath_t>
+struct ParamAccess {
+  const opmath_t* values;  // one per channel, or null: every channel uses `scalar`
+  opmath_t scalar;
+  __device__ __forceinline__ opmath_t operator[](int64_t channel) const {
+    return values ? values[channel] : scalar;
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Sum over the block in a fixed order; the result is valid in thread 0.
+template <typename T>
+__device__ __forceinline__ T block_sum(T v) {
+  __shared__ T warp_sums[kThreads / 32];
+  v = warp_sum(v);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  v = threadIdx.x < kThreads / 32 ? warp_sums[threadIdx.x] : T(0);
+  if (warp == 0) v = warp_sum(v);
+  return v;
+}
+
+// One element: forward writes out[i] = f(x[i]); backward writes out[i] = grad * f'(x) and returns the
+// parameter-gradient term.
+template <typename Op, Pass P, typename scalar_t, typename opmath_t>
+__device__ __forceinline__ opmath_t apply(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad,
+                                          scalar_t* __restrict__ out, int64_t i, opmath_t param) {
+  const opmath_t xv = static_cast<opmath_t>(x[i]);
+  if constexpr (P == Pass::Forward) {
+    out[i] = static_cast<scalar_t>(Op::forward(xv, param));
+    return opmath_t(0);
+  } else {
+    opmath_t gx, gp;
+    Op::backward(static_cast<opmath_t>(grad[i]), xv, param, gx, gp);
+    out[i] = static_cast<scalar_t>(gx);
+    return gp;
+  }
+}
+
+template <typename Op, Pass P, int VEC, typename scalar_t, typename opmath_t>
+__global__ void __launch_bounds__(kThreads)
+rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad, scalar_t* __restrict__ out,
+            int64_t inner, int64_t channels, int64_t pieces_per_row, bool aligned, ParamAccess<opmath_t> param,
+            opmath_t* __restrict__ partials) {
+  constexpr int64_t kPiece = int64_t(kThreads) * kUnroll * VEC;
+  const int64_t piece = blockIdx.x;
+  const int64_t row = piece / pieces_per_row;
+  const int64_t start = row * inner + (piece % pieces_per_row) * kPiece;
+  const int64_t end = std::min(start + kPiece, (row + 1) * inner);
+  const opmath_t p = param[row % channels];
+  opmath_t acc(0);
+
+  int64_t body = start, body_end = start;
+  if (aligned) {  // base pointers are 16-byte aligned; align the element offset too
+    body = std::min(end, (start + VEC - 1) / VEC * VEC);
+    body_end = body + (end - body) / VEC * VEC;
+  }
+  // Scalar head and tail (everything, where the pointers are not aligned).
+  for (int64_t i = start + threadIdx.x; i < body; i += kThreads) acc += apply<Op, P>(x, grad, out, i, p);
+  for (int64_t i = body_end + threadIdx.x; i < end; i += kThreads) acc += apply<Op, P>(x, grad, out, i, p);
+
+  using V = Pack<scalar_t, VEC>;
+  const int64_t nvec = (body_end - body) / VEC;
+  V xv[kUnroll], gv[kUnroll];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int64_t v = threadIdx.x + int64_t(u) * kThreads;
+    if (v < nvec) {
+      xv[u] = reinterpret_cast<const V*>(x + body)[v];
+      if constexpr (P != Pass::Forward) gv[u] = reinterpret_cast<const V*>(grad + body)[v];
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int64_t v = threadIdx.x + int64_t(u) * kThreads;
+    if (v < nvec) {
+      V o;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        const opmath_t xj = static_cast<opmath_t>(xv[u].v[j]);
+        if constexpr (P == Pass::Forward) {
+          o.v[j] = static_cast<scalar_t>(Op::forward(xj, p));
+        } else {
+          opmath_t gx, gp;
+          Op::backward(static_cast<opmath_t>(gv[u].v[j]), xj, p, gx, gp);
+          o.v[j] = static_cast<scalar_t>(gx);
+          acc += gp;
+        }
+      }
+      reinterpret_cast<V*>(out + body)[v] = o;
+    }
+  }
+  if constexpr (P == Pass::BackwardParamGrad) {
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) partials[piece] = acc;
+  }
+}
+
+template <typename Op, Pass P, int VEC, typename scalar_t, typename opmath_t>
+__global__ void __launch_bounds__(kThreads)
+columns_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad, scalar_t* __restrict__ out,
+               int64_t inner, int64_t slab, int64_t slabs, int64_t slabs_per_block, ParamAccess<opmath_t> param,
+               opmath_t* __restrict__ partials) {
+  const int64_t cols = slab / VEC;  // vector columns per slab
+  int64_t col, row_offset, row_step;
+  if (cols >= kThreads) {
+    col = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+    row_offset = 0;
+    row_step = 1;
+  } else {  // several slabs side by side in one block
+    col = threadIdx.x % cols;
+    row_offset = threadIdx.x / cols;
+    row_step = kThreads / cols;
+  }
+  const bool active = col < cols && row_offset < row_step;
+  const int64_t first = int64_t(blockIdx.y) * slabs_per_block;
+  const int64_t last = std::min(slabs, first + slabs_per_block);
+
+  opmath_t p[VEC], acc[VEC];
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) {
+    p[j] = active ? param[(col * VEC + j) / inner] : opmath_t(0);
+    acc[j] = opmath_t(0);
+  }
+  using V = Pack<scalar_t, VEC>;
+  if (active) {
+    for (int64_t s0 = first + row_offset; s0 < last; s0 += row_step * kUnroll) {
+      V xv[kUnroll], gv[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t s = s0 + u * row_step;
+        if (s < last) {
+          const int64_t offset = s * slab + col * VEC;
+          xv[u] = *reinterpret_cast<const V*>(x + offset);
+          if constexpr (P != Pass::Forward) gv[u] = *reinterpret_cast<const V*>(grad + offset);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t s = s0 + u * row_step;
+        if (s < last) {
+          V o;
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) {
+            const opmath_t xj = static_cast<opmath_t>(xv[u].v[j]);
+            if constexpr (P == Pass::Forward) {
+              o.v[j] = static_cast<scalar_t>(Op::forward(xj, p[j]));
+            } else {
+              opmath_t gx, gp;
+              Op::backward(static_cast<opmath_t>(gv[u].v[j]), xj, p[j], gx, gp);
+              o.v[j] = static_cast<scalar_t>(gx);
+              acc[j] += gp;
+            }
+          }
+          *reinterpret_cast<V*>(out + s * slab + col * VEC) = o;
+        }
+      }
+    }
+  }
+  if constexpr (P == Pass::BackwardParamGrad) {
+    opmath_t* block_partials = partials + int64_t(blockIdx.y) * slab;
+    if (row_step == 1) {
+      if (active) {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) block_partials[col * VEC + j] = acc[j];
+      }
+    } else {  // add the slabs side by side in this block, in a fixed order
+      __shared__ opmath_t shared[kThreads * VEC];
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) shared[threadIdx.x * VEC + j] = acc[j];
+      __syncthreads();
+      if (threadIdx.x < cols) {
+        for (int j = 0; j < VEC; ++j) {
+          opmath_t sum(0);
+          for (int64_t r = 0; r < row_step; ++r) sum += shared[(r * cols + threadIdx.x) * VEC + j];
+          block_partials[threadIdx.x * VEC + j] = sum;
+        }
+      }
+    }
+  }
+}
+
+// param_grad[c] = sum over i < count of partials[c * channel_stride + (i / run) * run_stride + i % run],
+// in a fixed order (one block per channel).
+template <typename opmath_t>
+__global__ void __launch_bounds__(kThreads)
+reduce_partials_kernel(const opmath_t* __restrict__ partials, opmath_t* __restrict__ param_grad, int64_t count,
+                       int64_t run, int64_t run_stride, int64_t channel_stride) {
+  const int64_t c = blockIdx.x;
+  double sum = 0.0;
+  for (int64_t i = threadIdx.x; i < count; i += kThreads) {
+    sum += static_cast<double>(partials[c * channel_stride + (i / run) * run_stride + i % run]);
+  }
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) param_grad[c] = static_cast<opmath_t>(sum);
+}
+
+int multiprocessor_count() {
+  static int counts[64] = {0};
+  const int device = c10::cuda::current_device();
+  if (device < 64 && counts[device] > 0) return counts[device];
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  if (device < 64) counts[device] = count;
+  return count;
+}
+
+bool aligned16(const void* ptr) { return ptr == nullptr || reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+template <typename Op, Pass P, typename scalar_t>
+void launch_typed(const ElementwiseProblem& pr) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  constexpr int VEC = 16 / sizeof(scalar_t);
+  const auto* x = static_cast<const scalar_t*>(pr.x);
+  const auto* grad = static_cast<const scalar_t*>(pr.grad);
+  auto* out = static_cast<scalar_t*>(pr.out);
+  const ParamAccess<opmath_t> param{static_cast<const opmath_t*>(pr.param),
+                                    static_cast<opmath_t>(pr.param_scalar)};
+  const bool aligned = aligned16(x) && aligned16(grad) && aligned16(out);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const auto float_options = at::TensorOptions().dtype(c10::CppTypeToScalarType<opmath_t>::value)
+                                 .device(at::kCUDA, c10::cuda::current_device());
+  at::Tensor partials;
+
+  if (pr.channels == 1 || pr.inner >= kRowMin) {
+    constexpr int64_t kPiece = int64_t(kThreads) * kUnroll * VEC;
+    const int64_t rows = pr.numel / pr.inner;
+    const int64_t pieces_per_row = (pr.inner + kPiece - 1) / kPiece;
+    const int64_t pieces = rows * pieces_per_row;
+    TORCH_CHECK(pieces < (int64_t(1) << 31), "fastact: tensor too large for one launch");
+    if constexpr (P == Pass::BackwardParamGrad) partials = at::empty({pieces}, float_options);
+    opmath_t* partial_ptr = partials.defined() ? partials.template data_ptr<opmath_t>() : nullptr;
+    rows_kernel<Op, P, VEC><<<static_cast<unsigned>(pieces), kThreads, 0, stream>>>(
+        x, grad, out, pr.inner, pr.channels, pieces_per_row, aligned, param, partial_ptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if constexpr (P == Pass::BackwardParamGrad) {
+      // channel c: rows n * channels + c for every n, each with pieces_per_row partials
+      reduce_partials_kernel<opmath_t><<<static_cast<unsigned>(pr.channels), kThreads, 0, stream>>>(
+          partial_ptr, static_cast<opmath_t*>(pr.param_grad), rows / pr.channels * pieces_per_row,
+          pieces_per_row, pr.channels * pieces_per_row, pieces_per_row);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    return;
+  }
+
+  const int64_t slab = pr.channels * pr.inner;
+  const int64_t slabs = pr.numel / slab;
+  auto launch_columns = [&](auto vec_tag) {
+    constexpr int W = decltype(vec_tag)::value;
+    const int64_t cols = slab / W;
+    const int64_t grid_x = cols >= kThreads ? (cols + kThreads - 1) / kThreads : 1;
+    TORCH_CHECK(grid_x < (int64_t(1) << 31), "fastact: tensor too large for one launch");
+    // Enough blocks to fill the GPU a few times over, at most 65535 slab groups.
+    const int64_t target_blocks = int64_t(multiprocessor_count()) * (2048 / kThreads) * 4;
+    int64_t grid_y = std::clamp<int64_t>((target_blocks + grid_x - 1) / grid_x, 1, std::min<int64_t>(slabs, 65535));
+    const int64_t slabs_per_block = (slabs + grid_y - 1) / grid_y;
+    grid_y = (slabs + slabs_per_block - 1) / slabs_per_block;
+    if constexpr (P == Pass::BackwardParamGrad) partials = at::empty({grid_y * slab}, float_options);
+    opmath_t* partial_ptr = partials.defined() ? partials.template data_ptr<opmath_t>() : nullptr;
+    const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y));
+    columns_kernel<Op, P, W><<<grid, kThreads, 0, stream>>>(x, grad, out, pr.inner, slab, slabs,
+                                                             slabs_per_block, param, partial_ptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if constexpr (P == Pass::BackwardParamGrad) {
+      // channel c: entries y * slab + c * inner + k for every slab group y and k < inner
+      reduce_partials_kernel<opmath_t><<<static_cast<unsigned>(pr.channels), kThreads, 0, stream>>>(
+          partial_ptr, static_cast<opmath_t*>(pr.param_grad), grid_y * pr.inner, pr.inner, slab, pr.inner);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  };
+  if (aligned && slab % VEC == 0) {
+    launch_columns(std::integral_constant<int, VEC>{});
+  } else {
+    launch_columns(std::integral_constant<int, 1>{});
+  }
+}
+
+template <typename Op, Pass P>
+void launch(const ElementwiseProblem& pr) {
+  switch (pr.dtype) {
+    case c10::ScalarType::Float: return launch_typed<Op, P, float>(pr);
+    case c10::ScalarType::Double: return launch_typed<Op, P, double>(pr);
+    case c10::ScalarType::Half: return launch_typed<Op, P, c10::Half>(pr);
+    case c10::ScalarType::BFloat16: return launch_typed<Op, P, c10::BFloat16>(pr);
+    default: TORCH_CHECK(false, "fastact: unsupported dtype ", pr.dtype);
+  }
+}
+
+}  // namespace
+
+// Each activation's launchers are compiled in a file of their own (swish.cu, mish.cu, leaky.cu), so that the
+// files build in parallel; dispatch.cu picks one by ActivationId.
+#define FASTACT_CUDA_LAUNCHERS(name, Op)                 \
+  void forward_##name(const ElementwiseProblem& pr) {   \
+    launch<Op, Pass::Forward>(pr);                       \
+  }                                                      \
+  void backward_##name(const ElementwiseProblem& pr) {  \
+    if (pr.param_grad != nullptr) {                      \
+      launch<Op, Pass::BackwardParamGrad>(pr);           \
+    } else {                                             \
+      launch<Op, Pass::Backward>(pr);                    \
+    }                                                    \
+  }
+
+}  // namespace fastact::cuda

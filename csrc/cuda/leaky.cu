@@ -1,0 +1,6 @@
+// CUDA launchers of LeakyOp (activations.h).
+#include "kernels.cuh"
+
+namespace fastact::cuda {
+FASTACT_CUDA_LAUNCHERS(leaky, LeakyOp)
+}  // namespace fastact::cuda

@@ -1,0 +1,6 @@
+// CUDA launchers of MishOp (activations.h).
+#include "kernels.cuh"
+
+namespace fastact::cuda {
+FASTACT_CUDA_LAUNCHERS(mish, MishOp)
+}  // namespace fastact::cuda

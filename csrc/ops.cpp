@@ -1,0 +1,194 @@
+// The op layer shared by every device: checks the arguments (errors name the op and the argument), brings
+// the input to a dense layout the kernels walk in memory order, allocates outputs with the input's layout,
+// and hands an ElementwiseProblem to the device's kernels.
+#include "ops.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
+
+namespace fastact {
+namespace {
+
+bool is_supported_dtype(c10::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+c10::ScalarType compute_dtype(c10::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+void check_tensor(const OpInfo& op, const char* arg, const at::Tensor& t) {
+  TORCH_CHECK(t.defined(), "fastact.", op.name, ": ", arg, " must be a tensor, got None");
+  TORCH_CHECK(t.layout() == at::kStrided, "fastact.", op.name, ": ", arg,
+              " must be a dense (strided) tensor, got layout ", t.layout());
+  TORCH_CHECK(is_supported_dtype(t.scalar_type()), "fastact.", op.name, ": ", arg,
+              " must be a floating-point tensor (float32, float64, float16 or bfloat16), got ", t.scalar_type());
+  TORCH_CHECK(t.device().is_cpu() || t.device().is_cuda(), "fastact.", op.name, ": ", arg,
+              " must be on a CPU or CUDA device, got ", t.device());
+}
+
+void check_like(const OpInfo& op, const char* arg, const at::Tensor& t, const at::Tensor& x) {
+  check_tensor(op, arg, t);
+  TORCH_CHECK(t.sizes() == x.sizes(), "fastact.", op.name, ": ", arg, " must have the shape of x ", x.sizes(),
+              ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "fastact.", op.name, ": ", arg, " must have the dtype of x (",
+              x.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), "fastact.", op.name, ": ", arg, " must be on the device of x (",
+              x.device(), "), got ", t.device());
+}
+
+// The number of channels the parameter is spread over (1 for a one-element parameter).
+int64_t check_param(const OpInfo& op, const at::Tensor& x, const at::Tensor& param) {
+  const char* name = op.param_name;
+  TORCH_CHECK(param.defined(), "fastact.", op.name, ": ", name, " must be a tensor, got None");
+  TORCH_CHECK(param.layout() == at::kStrided, "fastact.", op.name, ": ", name,
+              " must be a dense (strided) tensor, got layout ", param.layout());
+  TORCH_CHECK(param.scalar_type() == x.scalar_type() ||
+                  (param.scalar_type() == at::kFloat && compute_dtype(x.scalar_type()) == at::kFloat),
+              "fastact.", op.name, ": ", name, " must have the dtype of x (", x.scalar_type(),
+              ") or float32 when x is float16/bfloat16, got ", param.scalar_type());
+  TORCH_CHECK(param.device() == x.device(), "fastact.", op.name, ": ", name, " must be on the device of x (",
+              x.device(), "), got ", param.device());
+  TORCH_CHECK(param.dim() <= 1, "fastact.", op.name, ": ", name,
+              " must be 0-d or 1-d (one element, or one per channel), got shape ", param.sizes());
+  if (param.numel() == 1) return 1;
+  TORCH_CHECK(x.dim() >= 2, "fastact.", op.name, ": a per-channel ", name, " (", param.numel(),
+              " elements) needs x with a channel dimension (dim 1), got x of shape ", x.sizes());
+  TORCH_CHECK(param.numel() == x.size(1), "fastact.", op.name, ": ", name,
+              " must have 1 element or one per channel (x.size(1) = ", x.size(1), "), got shape ", param.sizes());
+  return param.numel();
+}
+
+// A layout the kernels can walk in memory order: the input itself if it is dense, else a copy in the layout
+// that empty_like(x) gives (so outputs match the fake kernels' empty_like).
+at::Tensor dense(const at::Tensor& t) {
+  return t.is_non_overlapping_and_dense() ? t : t.contiguous(t.suggest_memory_format());
+}
+
+struct Prepared {
+  at::Tensor x;      // dense
+  at::Tensor param;  // compute dtype, contiguous, or undefined for a scalar/no parameter
+  ElementwiseProblem problem;
+};
+
+Prepared prepare(const OpInfo& op, const at::Tensor& x, const ParamArg& param) {
+  check_tensor(op, "x", x);
+  Prepared p;
+  p.x = dense(x);
+  int64_t channels = 1;
+  if (op.kind == ParamKind::Tensor) {
+    channels = check_param(op, x, *param.tensor);
+    p.param = param.tensor->to(compute_dtype(x.scalar_type())).contiguous();
+  }
+  auto& pr = p.problem;
+  pr.activation = op.activation;
+  pr.dtype = x.scalar_type();
+  pr.numel = x.numel();
+  pr.channels = channels;
+  // Any dense layout: element at memory offset i is in channel (i / stride(1)) % size(1).
+  pr.inner = channels == 1 ? std::max<int64_t>(x.numel(), 1) : p.x.stride(1);
+  pr.x = p.x.data_ptr();
+  pr.grad = nullptr;
+  pr.out = nullptr;
+  pr.param = p.param.defined() ? p.param.data_ptr() : nullptr;
+  pr.param_scalar = op.kind == ParamKind::Scalar ? param.scalar : 0.0;
+  pr.param_grad = nullptr;
+  return p;
+}
+
+void launch_forward(const at::Tensor& x, const ElementwiseProblem& problem) {
+  if (problem.numel == 0) return;
+  c10::DeviceGuard guard(x.device());
+  if (x.is_cuda()) {
+#if defined(FASTACT_WITH_CUDA)
+    cuda::forward(problem);
+#else
+    TORCH_CHECK(false, "fastact was built without CUDA kernels; rebuild with FASTACT_BUILD=cuda");
+#endif
+  } else {
+    cpu::forward(problem);
+  }
+}
+
+void launch_backward(const at::Tensor& x, const ElementwiseProblem& problem) {
+  if (problem.numel == 0) return;
+  c10::DeviceGuard guard(x.device());
+  if (x.is_cuda()) {
+#if defined(FASTACT_WITH_CUDA)
+    cuda::backward(problem);
+#else
+    TORCH_CHECK(false, "fastact was built without CUDA kernels; rebuild with FASTACT_BUILD=cuda");
+#endif
+  } else {
+    cpu::backward(problem);
+  }
+}
+
+}  // namespace
+
+at::Tensor forward(const OpInfo& op, const at::Tensor& x, const ParamArg& param) {
+  Prepared p = prepare(op, x, param);
+  at::Tensor out = at::empty_like(p.x);
+  p.problem.out = out.data_ptr();
+  launch_forward(p.x, p.problem);
+  return out;
+}
+
+at::Tensor& forward_out(const OpInfo& op, const at::Tensor& x, const ParamArg& param, at::Tensor& out) {
+  Prepared p = prepare(op, x, param);
+  check_like(op, "out", out, x);
+  if (out.strides() == p.x.strides()) {
+    // Same layout (out may even be x: each element is read before it is written).
+    p.problem.out = out.data_ptr();
+    launch_forward(p.x, p.problem);
+  } else {
+    at::Tensor tmp = at::empty_like(p.x);
+    p.problem.out = tmp.data_ptr();
+    launch_forward(p.x, p.problem);
+    out.copy_(tmp);
+  }
+  return out;
+}
+
+void backward_out(const OpInfo& op, const at::Tensor& grad, const at::Tensor& x, const ParamArg& param,
+                  at::Tensor& grad_input, at::Tensor* grad_param) {
+  Prepared p = prepare(op, x, param);
+  check_like(op, "grad", grad, x);
+  check_like(op, "grad_input", grad_input, x);
+  // grad must be walked in the same memory order as x.
+  const at::Tensor g = grad.strides() == p.x.strides() ? grad : at::empty_like(p.x).copy_(grad);
+  const bool direct = grad_input.strides() == p.x.strides() && !grad_input.is_same(p.x);
+  at::Tensor gx = direct ? grad_input : at::empty_like(p.x);
+  at::Tensor param_grad;
+  if (op.kind == ParamKind::Tensor) {
+    const at::Tensor& w = *param.tensor;
+    TORCH_CHECK(grad_param != nullptr && grad_param->defined(), "fastact.", op.name, ": grad_", op.param_name,
+                " must be a tensor");
+    TORCH_CHECK(grad_param->sizes() == w.sizes() && grad_param->scalar_type() == w.scalar_type() &&
+                    grad_param->device() == w.device(),
+                "fastact.", op.name, ": grad_", op.param_name, " must have the shape, dtype and device of ",
+                op.param_name, " (", w.sizes(), ", ", w.scalar_type(), ", ", w.device(), "), got (",
+                grad_param->sizes(), ", ", grad_param->scalar_type(), ", ", grad_param->device(), ")");
+    param_grad = at::zeros({p.problem.channels}, p.param.options());
+    p.problem.param_grad = param_grad.data_ptr();
+  }
+  p.problem.grad = g.data_ptr();
+  p.problem.out = gx.data_ptr();
+  launch_backward(p.x, p.problem);
+  if (!direct) grad_input.copy_(gx);
+  if (param_grad.defined()) grad_param->copy_(param_grad.reshape(grad_param->sizes()));
+}
+
+std::tuple<at::Tensor, at::Tensor> backward(const OpInfo& op, const at::Tensor& grad, const at::Tensor& x,
+                                            const ParamArg& param) {
+  check_tensor(op, "x", x);
+  at::Tensor grad_input = at::empty_like(x);  // the layout of dense(x), as the fake kernel gives
+  at::Tensor grad_param;
+  if (op.kind == ParamKind::Tensor) {
+    TORCH_CHECK(param.tensor != nullptr && param.tensor->defined(), "fastact.", op.name, ": ", op.param_name,
+                " must be a tensor, got None");
+    grad_param = at::empty_like(*param.tensor, at::MemoryFormat::Contiguous);
+  }
+  backward_out(op, grad, x, param, grad_input, op.kind == ParamKind::Tensor ? &grad_param : nullptr);
+  return {grad_input, grad_param};
+}
+
+}  // namespace fastact

@@ -1,0 +1,86 @@
+// What the device-independent op layer (ops.cpp) hands to a device's kernels.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+
+namespace fastact {
+
+// Every activation, once: (op name, functor (activations.h: <name>Op), kind of parameter, parameter name).
+// Kinds: None (mish), Scalar (a float fixed at the call) and Tensor (learnable: one element or one per
+// channel, with its gradient reduced in the kernel). Adding an activation is a functor in activations.h and
+// a line here.
+#define FASTACT_FOR_EACH_ACTIVATION(_)        \
+  _(swish, Swish, Scalar, beta)               \
+  _(swish_param, Swish, Tensor, beta)         \
+  _(mish, Mish, None, none)                   \
+  _(leaky_relu, Leaky, Scalar, negative_slope) \
+  _(prelu, Leaky, Tensor, weight)
+
+// The functors as values the device code switches on (SwishOp, MishOp, LeakyOp in activations.h).
+enum class ActivationId : int { Swish = 0, Mish = 1, Leaky = 2 };
+
+// A dense tensor in memory order, seen as [outer, channels, inner]: the element at memory offset i belongs
+// to channel (i / inner) % channels. This holds for any non-overlapping dense layout (contiguous,
+// channels_last, permuted), with inner = the channel dimension's stride. Without a per-channel parameter,
+// channels = 1 and inner = numel.
+struct ElementwiseProblem {
+  ActivationId activation;
+  c10::ScalarType dtype;  // of x, grad, out, grad_input
+  int64_t numel;
+  int64_t channels;
+  int64_t inner;
+  const void* x;
+  const void* grad;    // backward only
+  void* out;           // forward: y; backward: grad_input
+  // Parameter in the compute type (float, or double for double inputs): `param` points to `channels`
+  // values on the tensor's device, or is null and `param_scalar` holds the single value.
+  const void* param;
+  double param_scalar;
+  // Backward of a Tensor parameter: `channels` values of d(loss)/d(param) in the compute type, written
+  // (not accumulated) by the kernel, in a fixed order so that every run gives the same bits.
+  void* param_grad;
+};
+
+// The op layer (ops.cpp): argument checks, layout, allocation; one implementation for every device.
+enum class ParamKind { None, Scalar, Tensor };
+
+struct OpInfo {
+  const char* name;        // as in the schema, for error messages: "fastact.<name>: ..."
+  ActivationId activation;
+  ParamKind kind;
+  const char* param_name;  // "beta", "weight", ...
+};
+
+// The parameter argument of one call: nothing, a float, or a tensor.
+struct ParamArg {
+  double scalar = 0.0;
+  const at::Tensor* tensor = nullptr;
+};
+
+at::Tensor forward(const OpInfo& op, const at::Tensor& x, const ParamArg& param);
+at::Tensor& forward_out(const OpInfo& op, const at::Tensor& x, const ParamArg& param, at::Tensor& out);
+// Returns (grad_input, grad_param); grad_param is undefined unless op.kind is Tensor.
+std::tuple<at::Tensor, at::Tensor> backward(const OpInfo& op, const at::Tensor& grad, const at::Tensor& x,
+                                            const ParamArg& param);
+void backward_out(const OpInfo& op, const at::Tensor& grad, const at::Tensor& x, const ParamArg& param,
+                  at::Tensor& grad_input, at::Tensor* grad_param);
+
+namespace cpu {
+void forward(const ElementwiseProblem& p);
+void backward(const ElementwiseProblem& p);
+std::string capability();                             // the kernel build in use: default, avx2, avx512
+std::string set_capability(const std::string& name);  // returns the previous one
+std::vector<std::string> supported_capabilities();    // the builds this CPU can run
+}  // namespace cpu
+
+namespace cuda {
+void forward(const ElementwiseProblem& p);
+void backward(const ElementwiseProblem& p);
+}  // namespace cuda
+
+}  // namespace fastact

@@ -1,0 +1,143 @@
+// The one registration point: the schema of every op, and its kernels for CPU and CUDA, generated from
+// FASTACT_FOR_EACH_ACTIVATION (ops.h). Each activation <name> gets four ops:
+//   <name>(Tensor x[, param]) -> Tensor
+//   <name>.out(Tensor x[, param], *, Tensor(a!) out) -> Tensor(a!)
+//   <name>_backward(Tensor grad, Tensor x[, param]) -> Tensor            (-> (Tensor, Tensor) for a Tensor param)
+//   <name>_backward.out(..., *, Tensor(a!) grad_input[, Tensor(b!) grad_<param>]) -> ...
+// Fake (meta) kernels and autograd are registered from Python, in fastact/ops.py.
+#include <string>
+
+#include <torch/library.h>
+
+#include "ops.h"
+
+namespace fastact {
+namespace {
+
+using at::Tensor;
+
+std::string param_decl(ParamKind kind, const char* name) {
+  switch (kind) {
+    case ParamKind::None: return "";
+    case ParamKind::Scalar: return std::string(", float ") + name;
+    case ParamKind::Tensor: return std::string(", Tensor ") + name;
+  }
+  return "";
+}
+
+void define(torch::Library& m, const std::string& schema) { m.def(torch::schema(schema.c_str())); }
+
+void define_schemas(torch::Library& m, const std::string& op, ParamKind kind, const char* param_name) {
+  const std::string p = param_decl(kind, param_name);
+  define(m, op + "(Tensor x" + p + ") -> Tensor");
+  define(m, op + ".out(Tensor x" + p + ", *, Tensor(a!) out) -> Tensor(a!)");
+  if (kind == ParamKind::Tensor) {
+    const std::string gp = std::string("grad_") + param_name;
+    define(m, op + "_backward(Tensor grad, Tensor x" + p + ") -> (Tensor, Tensor)");
+    define(m, op + "_backward.out(Tensor grad, Tensor x" + p + ", *, Tensor(a!) grad_input, Tensor(b!) " + gp +
+          ") -> (Tensor(a!), Tensor(b!))");
+  } else {
+    define(m, op + "_backward(Tensor grad, Tensor x" + p + ") -> Tensor");
+    define(m, op + "_backward.out(Tensor grad, Tensor x" + p + ", *, Tensor(a!) grad_input) -> Tensor(a!)");
+  }
+}
+
+// Kernel signatures per kind of parameter; `Info` supplies the OpInfo of one activation.
+template <ParamKind K, typename Info>
+struct Kernels;
+
+template <typename Info>
+struct Kernels<ParamKind::None, Info> {
+  static Tensor fwd(const Tensor& x) { return forward(Info::get(), x, {}); }
+  static Tensor& fwd_out(const Tensor& x, Tensor& out) { return forward_out(Info::get(), x, {}, out); }
+  static Tensor bwd(const Tensor& g, const Tensor& x) { return std::get<0>(backward(Info::get(), g, x, {})); }
+  static Tensor& bwd_out(const Tensor& g, const Tensor& x, Tensor& gx) {
+    backward_out(Info::get(), g, x, {}, gx, nullptr);
+    return gx;
+  }
+};
+
+template <typename Info>
+struct Kernels<ParamKind::Scalar, Info> {
+  static ParamArg arg(double p) { return {p, nullptr}; }
+  static Tensor fwd(const Tensor& x, double p) { return forward(Info::get(), x, arg(p)); }
+  static Tensor& fwd_out(const Tensor& x, double p, Tensor& out) { return forward_out(Info::get(), x, arg(p), out); }
+  static Tensor bwd(const Tensor& g, const Tensor& x, double p) {
+    return std::get<0>(backward(Info::get(), g, x, arg(p)));
+  }
+  static Tensor& bwd_out(const Tensor& g, const Tensor& x, double p, Tensor& gx) {
+    backward_out(Info::get(), g, x, arg(p), gx, nullptr);
+    return gx;
+  }
+};
+
+template <typename Info>
+struct Kernels<ParamKind::Tensor, Info> {
+  static ParamArg arg(const Tensor& p) { return {0.0, &p}; }
+  static Tensor fwd(const Tensor& x, const Tensor& p) { return forward(Info::get(), x, arg(p)); }
+  static Tensor& fwd_out(const Tensor& x, const Tensor& p, Tensor& out) {
+    return forward_out(Info::get(), x, arg(p), out);
+  }
+  static std::tuple<Tensor, Tensor> bwd(const Tensor& g, const Tensor& x, const Tensor& p) {
+    return backward(Info::get(), g, x, arg(p));
+  }
+  static std::tuple<Tensor&, Tensor&> bwd_out(const Tensor& g, const Tensor& x, const Tensor& p, Tensor& gx,
+                                              Tensor& gp) {
+    backward_out(Info::get(), g, x, arg(p), gx, &gp);
+    return {gx, gp};
+  }
+};
+
+#define FASTACT_INFO(name, Id, Kind, param)                                                  \
+  struct name##_info {                                                                       \
+    static const OpInfo& get() {                                                             \
+      static const OpInfo info{#name, ActivationId::Id, ParamKind::Kind, #param};            \
+      return info;                                                                           \
+    }                                                                                        \
+  };
+FASTACT_FOR_EACH_ACTIVATION(FASTACT_INFO)
+#undef FASTACT_INFO
+
+#define FASTACT_IMPL(name, Id, Kind, param)                                   \
+  {                                                                           \
+    using K = Kernels<ParamKind::Kind, name##_info>;                          \
+    m.impl(#name, TORCH_FN(K::fwd));                                          \
+    m.impl(#name ".out", TORCH_FN(K::fwd_out));                               \
+    m.impl(#name "_backward", TORCH_FN(K::bwd));                              \
+    m.impl(#name "_backward.out", TORCH_FN(K::bwd_out));                      \
+  }
+
+}  // namespace
+
+TORCH_LIBRARY(fastact, m) {
+#define FASTACT_DEFINE(name, Id, Kind, param) define_schemas(m, #name, ParamKind::Kind, #param);
+  FASTACT_FOR_EACH_ACTIVATION(FASTACT_DEFINE)
+#undef FASTACT_DEFINE
+  // Which CPU kernel build runs (default, avx2, avx512), and a switch used by the tests to compare them.
+  m.def("cpu_capability() -> str", [] { return cpu::capability(); });
+  m.def("set_cpu_capability(str name) -> str", [](const std::string& name) { return cpu::set_capability(name); });
+  m.def("supported_cpu_capabilities() -> str[]", [] { return cpu::supported_capabilities(); });
+  m.def("has_cuda_kernels() -> bool", [] {
+#if defined(FASTACT_WITH_CUDA)
+    return true;
+#else
+    return false;
+#endif
+  });
+}
+
+TORCH_LIBRARY_IMPL(fastact, CPU, m) { FASTACT_FOR_EACH_ACTIVATION(FASTACT_IMPL) }
+
+#if defined(FASTACT_WITH_CUDA)
+TORCH_LIBRARY_IMPL(fastact, CUDA, m) { FASTACT_FOR_EACH_ACTIVATION(FASTACT_IMPL) }
+#endif
+
+}  // namespace fastact
+
+// A Python module to import, so that `import fastact._C` loads the library and runs the registrations above;
+// Python never calls into it directly (ops go through torch.ops.fastact).
+#include <Python.h>
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}

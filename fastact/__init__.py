@@ -1,0 +1,28 @@
+"""fastact: fused C++/CUDA Swish, Mish, leaky-ReLU and PReLU kernels for PyTorch.
+
+    import fastact
+    y = fastact.mish(x)                  # functions named like torch.nn.functional
+    act = fastact.nn.PReLU(16)           # drop-in modules
+    model = fastact.nn.convert(model)    # swap torch activations in an existing model
+"""
+try:
+    from . import _C  # noqa: F401  (loads the compiled library; registers torch.ops.fastact)
+except ImportError as exc:  # no silent fallback: the package is the compiled kernels
+    raise ImportError(
+        "fastact's compiled extension (fastact._C) could not be loaded: "
+        f"{exc}.\nBuild it from the source checkout with:\n"
+        "    pip install --no-build-isolation .\n"
+        "(torch must be installed first; set FASTACT_BUILD=cpu to skip the CUDA kernels)."
+    ) from exc
+
+from . import ops  # noqa: E402,F401  (registers fake kernels and autograd)
+from . import nn  # noqa: E402,F401
+from . import reference  # noqa: E402,F401
+from .functional import leaky_relu, mish, prelu, silu, swish  # noqa: E402
+from .ops import cpu_capability, has_cuda_kernels, set_cpu_capability, supported_cpu_capabilities  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = [
+    "swish", "silu", "mish", "leaky_relu", "prelu", "nn", "reference",
+    "cpu_capability", "set_cpu_capability", "supported_cpu_capabilities", "has_cuda_kernels",
+]

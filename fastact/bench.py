@@ -1,0 +1,7 @@
+"""`python -m fastact.bench ...` is `fastact-bench ...`."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Drop-in modules: Swish (fixed or learnable beta), SiLU, Mish, LeakyReLU, PReLU, and convert() to swap
+torch's activation modules in an existing model for these.
+
+State-dict keys match torch's modules (PReLU's parameter is `weight`), so checkpoints load either way.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as F
+
+__all__ = ["Swish", "SiLU", "Mish", "LeakyReLU", "PReLU", "convert", "ACTIVATIONS"]
+
+
+class Swish(nn.Module):
+    """x * sigmoid(beta x). With learnable=True, beta is a parameter of num_parameters elements
+    (1, or one per channel = dim 1 of the input), initialised to `beta` ("Swish-beta")."""
+
+    def __init__(self, beta: float = 1.0, learnable: bool = False, num_parameters: int = 1,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        if num_parameters < 1:
+            raise ValueError(f"fastact.nn.Swish: num_parameters must be >= 1, got {num_parameters}")
+        if not learnable and num_parameters != 1:
+            raise ValueError("fastact.nn.Swish: num_parameters > 1 needs learnable=True")
+        self.learnable = learnable
+        self.num_parameters = num_parameters
+        if learnable:
+            self.beta = nn.Parameter(torch.full((num_parameters,), float(beta), device=device, dtype=dtype))
+        else:
+            self.beta = float(beta)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.swish(x, self.beta)
+
+    def extra_repr(self) -> str:
+        if self.learnable:
+            return f"learnable=True, num_parameters={self.num_parameters}"
+        return f"beta={self.beta}"
+
+
+class SiLU(nn.Module):
+    """x * sigmoid(x), a drop-in for torch.nn.SiLU."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.silu(x, inplace=self.inplace)
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
+
+
+class Mish(nn.Module):
+    """x * tanh(softplus(x)), a drop-in for torch.nn.Mish."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.mish(x, inplace=self.inplace)
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
+
+
+class LeakyReLU(nn.Module):
+    """x for x > 0, negative_slope * x otherwise, a drop-in for torch.nn.LeakyReLU; any real slope works
+    (1: identity, 0: ReLU, -1: |x|)."""
+
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+        self.inplace = inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.leaky_relu(x, self.negative_slope, inplace=self.inplace)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
+
+
+class PReLU(nn.Module):
+    """Leaky ReLU with a learned slope `weight` of num_parameters elements (1, or one per channel), a
+    drop-in for torch.nn.PReLU (same parameter name, shape and init)."""
+
+    def __init__(self, num_parameters: int = 1, init: float = 0.25, device=None, dtype=None) -> None:
+        super().__init__()
+        self.num_parameters = num_parameters
+        self.init = init
+        self.weight = nn.Parameter(torch.empty(num_parameters, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.weight, self.init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.prelu(x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"num_parameters={self.num_parameters}"
+
+
+# Name -> module class, for model code that picks an activation by name (as timm's create_act does).
+ACTIVATIONS = {"swish": Swish, "silu": SiLU, "mish": Mish, "leaky_relu": LeakyReLU, "prelu": PReLU}
+
+
+def _replacement(module: nn.Module) -> nn.Module | None:
+    if type(module) is nn.SiLU:
+        return SiLU(inplace=module.inplace)
+    if type(module) is nn.Mish:
+        return Mish(inplace=module.inplace)
+    if type(module) is nn.LeakyReLU:
+        return LeakyReLU(module.negative_slope, inplace=module.inplace)
+    if type(module) is nn.PReLU:
+        new = PReLU(module.num_parameters, init=getattr(module, "init", 0.25),
+                    device=module.weight.device, dtype=module.weight.dtype)
+        new.weight = module.weight  # the same Parameter: optimisers and tied weights keep working
+        new.train(module.training)
+        return new
+    return None
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Replace torch.nn.SiLU, Mish, LeakyReLU and PReLU modules in `model` (recursively, in place) with
+    fastact's, keeping parameters; returns the model. A model that is itself one of those is replaced."""
+    top = _replacement(model)
+    if top is not None:
+        return top
+    for name, child in model.named_children():
+        new = _replacement(child)
+        if new is not None:
+            setattr(model, name, new)
+        else:
+            convert(child)
+    return model

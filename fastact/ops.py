@@ -1,0 +1,146 @@
+"""torch.library registrations for the ops defined in C++ (csrc/registration.cpp): fake kernels, so that
+torch.compile can trace them, and autograd, so that every op is differentiable twice (and beyond).
+
+First derivatives run fastact's fused backward kernels; the backward of a backward is written in plain
+torch ops from the closed-form derivatives in `fastact.reference`, so it is itself differentiable.
+Forward saves only the input and the parameter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from . import reference as ref
+
+__all__ = ["cpu_capability", "set_cpu_capability", "supported_cpu_capabilities", "has_cuda_kernels"]
+
+_lib = torch.ops.fastact
+
+
+def cpu_capability() -> str:
+    """The CPU kernel build in use: 'default', 'avx2' or 'avx512' (widest this CPU runs, unless capped by
+    FASTACT_CPU_CAPABILITY or ATEN_CPU_CAPABILITY)."""
+    return _lib.cpu_capability()
+
+
+def set_cpu_capability(name: str) -> str:
+    """Switch the CPU kernel build (for testing and benchmarking); returns the previous one."""
+    return _lib.set_cpu_capability(name)
+
+
+def supported_cpu_capabilities() -> list[str]:
+    return list(_lib.supported_cpu_capabilities())
+
+
+def has_cuda_kernels() -> bool:
+    return bool(_lib.has_cuda_kernels())
+
+
+@dataclass(frozen=True)
+class _Derivatives:
+    """Closed forms f_x, f_xx and, for a tensor parameter p, f_p, f_xp, f_pp (elementwise, unreduced)."""
+    f_x: Callable
+    f_xx: Callable
+    f_p: Callable | None = None
+    f_xp: Callable | None = None
+    f_pp: Callable | None = None
+
+
+def _zero(x, p=None):
+    return torch.zeros_like(x)
+
+
+_SWISH = _Derivatives(ref.swish_grad, ref.swish_grad2, ref.swish_grad_beta, ref.swish_grad_x_beta,
+                      ref.swish_grad2_beta)
+_PRELU = _Derivatives(
+    ref.prelu_grad, _zero,
+    lambda x, w: ref.prelu_grad_weight(x),
+    lambda x, w: torch.where(x > 0, torch.zeros_like(x), torch.ones_like(x)),
+    _zero,
+)
+
+# name -> (kind of parameter, derivatives); mirrors FASTACT_FOR_EACH_ACTIVATION in csrc/ops.h.
+_OPS = {
+    "swish": ("scalar", _SWISH),
+    "swish_param": ("tensor", _SWISH),
+    "mish": ("none", _Derivatives(lambda x, p=None: ref.mish_grad(x), lambda x, p=None: ref.mish_grad2(x))),
+    "leaky_relu": ("scalar", _Derivatives(ref.leaky_relu_grad, _zero)),
+    "prelu": ("tensor", _PRELU),
+}
+
+
+def _register(name: str, kind: str, d: _Derivatives) -> None:
+    qualname = f"fastact::{name}"
+    backward_op = getattr(_lib, f"{name}_backward").default
+    has_tensor_param = kind == "tensor"
+
+    # --- fake kernels: outputs take the input's layout (empty_like), as the C++ kernels do -------------
+    torch.library.register_fake(qualname)(lambda x, *param: torch.empty_like(x))
+    torch.library.register_fake(f"{qualname}.out")(lambda x, *param, out: out)
+    if has_tensor_param:
+        torch.library.register_fake(f"{qualname}_backward")(
+            lambda grad, x, p: (torch.empty_like(x), torch.empty_like(p, memory_format=torch.contiguous_format)))
+        torch.library.register_fake(f"{qualname}_backward.out")(
+            lambda grad, x, p, *, grad_input, **grad_param: (grad_input, *grad_param.values()))
+    else:
+        torch.library.register_fake(f"{qualname}_backward")(lambda grad, x, *param: torch.empty_like(x))
+        torch.library.register_fake(f"{qualname}_backward.out")(lambda grad, x, *param, grad_input: grad_input)
+
+    # --- first derivative: the fused backward kernel ----------------------------------------------------
+    def setup_forward(ctx, inputs, output):
+        x, *param = inputs
+        if has_tensor_param:
+            ctx.save_for_backward(x, param[0])
+        else:
+            ctx.save_for_backward(x)
+            ctx.param = param
+    def forward_backward(ctx, grad):
+        if has_tensor_param:
+            x, p = ctx.saved_tensors
+            grad_input, grad_param = backward_op(grad, x, p)
+            return (grad_input if ctx.needs_input_grad[0] else None,
+                    grad_param if ctx.needs_input_grad[1] else None)
+        (x,) = ctx.saved_tensors
+        return (backward_op(grad, x, *ctx.param), *([None] * len(ctx.param)))
+
+    torch.library.register_autograd(qualname, forward_backward, setup_context=setup_forward)
+
+    # --- second derivative: the backward of the backward, in differentiable torch ops ------------------
+    def setup_backward(ctx, inputs, output):
+        grad, x, *param = inputs
+        if has_tensor_param:
+            ctx.save_for_backward(grad, x, param[0])
+        else:
+            ctx.save_for_backward(grad, x)
+            ctx.param = param
+
+    def backward_backward(ctx, gg_input, gg_param=None):
+        if has_tensor_param:
+            grad, x, p = ctx.saved_tensors
+        else:
+            grad, x = ctx.saved_tensors
+            p = ctx.param[0] if ctx.param else None
+        if gg_input is None:
+            gg_input = torch.zeros_like(x)
+        d_grad = gg_input * d.f_x(x, p)
+        d_x = gg_input * grad * d.f_xx(x, p)
+        d_param = None
+        if has_tensor_param:
+            f_xp = d.f_xp(x, p)
+            d_param = ref.reduce_to_param(gg_input * grad * f_xp, p)
+            if gg_param is not None:
+                gg_p = ref.channel_view(gg_param, x)
+                d_grad = d_grad + gg_p * d.f_p(x, p)
+                d_x = d_x + gg_p * grad * f_xp
+                d_param = d_param + ref.reduce_to_param(gg_p * grad * d.f_pp(x, p), p)
+            return d_grad.to(grad.dtype), d_x.to(x.dtype), d_param
+        return (d_grad.to(grad.dtype), d_x.to(x.dtype), *([None] * len(ctx.param)))
+
+    torch.library.register_autograd(f"{qualname}_backward", backward_backward, setup_context=setup_backward)
+
+
+for _name, (_kind, _derivatives) in _OPS.items():
+    _register(_name, _kind, _derivatives)

@@ -1,0 +1,123 @@
+"""Build fastact's extension: a CUDAExtension when torch has CUDA and a CUDA toolkit is found, else a
+CppExtension.
+
+Environment:
+  FASTACT_BUILD=cpu|cuda   force the CPU-only or the CUDA build (default: auto)
+  CUDA_HOME                the CUDA toolkit; if unset it is found from nvcc (also through a wrapper script)
+  TORCH_CUDA_ARCH_LIST     GPU architectures (default "8.0;9.0+PTX")
+  MAX_JOBS                 parallel compile jobs (ninja)
+"""
+import glob
+import os
+import platform
+import re
+import shutil
+import subprocess
+
+from setuptools import find_packages, setup
+
+
+def find_cuda_home():
+    """The CUDA toolkit root, or None. Unlike torch's guess, follows an nvcc that is a wrapper script."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        home = os.environ.get(var)
+        if home and os.path.isfile(os.path.join(home, "bin", "nvcc")):
+            return home
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        try:  # nvcc reports its own install root in a dry run: "#$ TOP=/usr/local/cuda-13.0/bin/.."
+            out = subprocess.run([nvcc, "--dryrun", "--version"], capture_output=True, text=True, timeout=60)
+            top = re.search(r"^#\$ TOP=(.+)$", out.stdout + out.stderr, re.M)
+            if top and os.path.isfile(os.path.join(top.group(1), "bin", "nvcc")):
+                return os.path.realpath(top.group(1))
+        except (OSError, subprocess.SubprocessError):
+            pass
+        home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        if os.path.isfile(os.path.join(home, "bin", "nvcc")) and os.path.isdir(os.path.join(home, "include")):
+            return home
+    if os.path.isfile("/usr/local/cuda/bin/nvcc"):
+        return "/usr/local/cuda"
+    return None
+
+
+build_kind = os.environ.get("FASTACT_BUILD", "auto").lower()
+if build_kind not in ("auto", "cpu", "cuda"):
+    raise SystemExit(f"FASTACT_BUILD must be auto, cpu or cuda, got {build_kind!r}")
+cuda_home = find_cuda_home() if build_kind != "cpu" else None
+if cuda_home:
+    os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension at import
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+with_cuda = build_kind == "cuda" or (build_kind == "auto" and torch.version.cuda is not None and cuda_home)
+if build_kind == "cuda" and not (torch.version.cuda and cuda_home):
+    raise SystemExit("FASTACT_BUILD=cuda needs a CUDA build of torch and a CUDA toolkit (set CUDA_HOME)")
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+
+here = os.path.dirname(os.path.abspath(__file__))
+# The CPU kernels are compiled once per instruction set, with that set's flags (as ATen does), and the
+# dispatcher in csrc/cpu/dispatch.cpp picks one at run time. Never -march=native: the wheel must run on any
+# x86-64 CPU.
+CPU_CAPABILITY_FLAGS = {"csrc/cpu/kernels_default.cpp": ["-DCPU_CAPABILITY=DEFAULT", "-DCPU_CAPABILITY_DEFAULT"]}
+if platform.machine().lower() in ("x86_64", "amd64"):
+    CPU_CAPABILITY_FLAGS.update({
+        "csrc/cpu/kernels_avx2.cpp": ["-mavx2", "-mfma", "-mf16c", "-mbmi", "-mbmi2",
+                                      "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+        "csrc/cpu/kernels_avx512.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2",
+                                        "-mfma", "-mf16c", "-mbmi", "-mbmi2",
+                                        "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+    })
+
+
+class BuildExtensionPerCapability(BuildExtension):
+    """BuildExtension, plus the CPU kernel files compiled once each with their instruction set's flags."""
+
+    def build_extension(self, ext):
+        for source, flags in CPU_CAPABILITY_FLAGS.items():
+            args = dict(ext.extra_compile_args)  # by now holds torch's own flags (ABI, C++ standard)
+            args["cxx"] = list(args.get("cxx", [])) + flags
+            ext.extra_objects += self.compiler.compile(
+                [source], output_dir=self.build_temp, macros=ext.define_macros,
+                include_dirs=ext.include_dirs, extra_postargs=args, depends=ext.depends)
+        super().build_extension(ext)
+
+
+sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+sources = [s for s in sources if not os.path.basename(s).startswith("kernels_")]
+cxx_flags = ["-O3", "-fopenmp"]
+nvcc_flags = ["-O3", "--expt-relaxed-constexpr"]
+define_macros = []
+include_dirs = [os.path.join(here, "csrc")]
+extension = CppExtension
+if with_cuda:
+    extension = CUDAExtension
+    sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    define_macros.append(("FASTACT_WITH_CUDA", None))
+    # Headers torch's CUDA headers pull in (cuBLAS, cuSPARSE) may live in the nvidia-* wheels.
+    nvidia = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia")
+    include_dirs += sorted(glob.glob(os.path.join(nvidia, "cu*", "include")))
+if platform.system() == "Darwin":
+    cxx_flags.remove("-fopenmp")
+
+setup(
+    name="fastact",
+    version="0.1.0",
+    description="Fused C++/CUDA Swish, Mish, leaky-ReLU and PReLU kernels for PyTorch",
+    packages=find_packages(include=["fastact", "fastact.*"]),
+    ext_modules=[
+        extension(
+            "fastact._C",
+            sources,
+            include_dirs=include_dirs,
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            extra_link_args=["-fopenmp"] if "-fopenmp" in cxx_flags else [],
+        )
+    ],
+    cmdclass={"build_ext": BuildExtensionPerCapability},
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4", "numpy", "matplotlib", "tqdm"],
+    entry_points={"console_scripts": ["fastact-bench = fastact.cli:main"]},
+    zip_safe=False,
+)
