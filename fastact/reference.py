@@ -42,9 +42,10 @@ def swish(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
 
 
 def _swish_parts(x, beta):
+    # s (1 - s) as sigmoid(z) sigmoid(-z): 1 - s would cancel to 0 for z > 37 even in float64
     b = channel_view(beta, x)
     s = torch.sigmoid(b * x)
-    return b, s, s * (1 - s)
+    return b, s, s * torch.sigmoid(-b * x)
 
 
 def swish_grad(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
