@@ -5,6 +5,8 @@
     act = fastact.nn.PReLU(16)           # drop-in modules
     model = fastact.nn.convert(model)    # swap torch activations in an existing model
 """
+import torch  # noqa: F401  (loads libtorch, which the extension links against)
+
 try:
     from . import _C  # noqa: F401  (loads the compiled library; registers torch.ops.fastact)
 except ImportError as exc:  # no silent fallback: the package is the compiled kernels

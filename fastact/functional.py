@@ -16,7 +16,10 @@ def _maybe_inplace(op, x: Tensor, *args) -> Tensor:
     copy of it, which saves no memory either). Callers use the returned tensor in both cases, as with torch."""
     if torch.is_grad_enabled() and x.requires_grad:
         return op.default(x, *args)
-    return op.out(x, *args, out=x)
+    op.out(x, *args, out=x)
+    # Tell autograd x changed, so a graph that saved x for backward raises instead of using the new values.
+    torch.autograd.graph.increment_version(x)
+    return x
 
 
 def swish(x: Tensor, beta: float | Tensor = 1.0) -> Tensor:

@@ -110,19 +110,21 @@ ACTIVATIONS = {"swish": Swish, "silu": SiLU, "mish": Mish, "leaky_relu": LeakyRe
 
 
 def _replacement(module: nn.Module) -> nn.Module | None:
+    # Exact types only: a user's subclass of a torch activation may change its behaviour.
     if type(module) is nn.SiLU:
-        return SiLU(inplace=module.inplace)
-    if type(module) is nn.Mish:
-        return Mish(inplace=module.inplace)
-    if type(module) is nn.LeakyReLU:
-        return LeakyReLU(module.negative_slope, inplace=module.inplace)
-    if type(module) is nn.PReLU:
+        new = SiLU(inplace=module.inplace)
+    elif type(module) is nn.Mish:
+        new = Mish(inplace=module.inplace)
+    elif type(module) is nn.LeakyReLU:
+        new = LeakyReLU(module.negative_slope, inplace=module.inplace)
+    elif type(module) is nn.PReLU:
         new = PReLU(module.num_parameters, init=getattr(module, "init", 0.25),
                     device=module.weight.device, dtype=module.weight.dtype)
         new.weight = module.weight  # the same Parameter: optimisers and tied weights keep working
-        new.train(module.training)
-        return new
-    return None
+    else:
+        return None
+    new.train(module.training)
+    return new
 
 
 def convert(model: nn.Module) -> nn.Module:
