@@ -26,14 +26,15 @@ def find_cuda_home():
     nvcc = shutil.which("nvcc")
     if nvcc:
         try:  # nvcc reports its own install root in a dry run: "#$ TOP=/usr/local/cuda-13.0/bin/.."
-            out = subprocess.run([nvcc, "--dryrun", "--version"], capture_output=True, text=True, timeout=60)
+            out = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                                 capture_output=True, text=True, timeout=60)
             top = re.search(r"^#\$ TOP=(.+)$", out.stdout + out.stderr, re.M)
             if top and os.path.isfile(os.path.join(top.group(1), "bin", "nvcc")):
                 return os.path.realpath(top.group(1))
         except (OSError, subprocess.SubprocessError):
             pass
         home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
-        if os.path.isfile(os.path.join(home, "bin", "nvcc")) and os.path.isdir(os.path.join(home, "include")):
+        if os.path.isfile(os.path.join(home, "include", "cuda_runtime.h")):
             return home
     if os.path.isfile("/usr/local/cuda/bin/nvcc"):
         return "/usr/local/cuda"

@@ -30,7 +30,7 @@ struct SwishOp {
   // sigmoid(z), sigmoid(z) * (1 - sigmoid(z)) from a single exp(-|z|), without overflow.
   template <typename T>
   FASTACT_HOST_DEVICE static void sigmoid_parts(T z, T& s, T& ds) {
-    const T e = fa_exp(fa_neg(fa_abs(z)));
+    const T e = fa_exp_nonpositive(fa_neg(fa_abs(z)));
     const T r = T(1) / (T(1) + e);
     s = fa_select(z >= T(0), r, e * r);
     ds = e * r * r;
@@ -71,7 +71,7 @@ struct SwishOp {
 struct MishOp {
   template <typename T>
   FASTACT_HOST_DEVICE static void parts(T x, T& e, T& num, T& den) {
-    e = fa_exp(fa_neg(fa_abs(x)));
+    e = fa_exp_nonpositive(fa_neg(fa_abs(x)));
     const auto nonneg = x >= T(0);
     const T e2 = e * e;
     num = fa_select(nonneg, T(1) + T(2) * e, e2 + T(2) * e);

@@ -25,6 +25,8 @@
 #include "../ops.h"
 #include "capability.h"
 
+#define FASTACT_ALWAYS_INLINE_LAMBDA __attribute__((always_inline))
+
 namespace fastact::cpu::CPU_CAPABILITY {
 namespace {
 
@@ -40,7 +42,7 @@ struct Block {
   static constexpr int kParts = kReduced ? 2 : 1;
   static constexpr int64_t kSize = Vectorized<scalar_t>::size();
 
-  static void load(const scalar_t* ptr, int64_t count, CVec (&out)[kParts]) {
+  FASTACT_HOST_DEVICE static void load(const scalar_t* ptr, int64_t count, CVec (&out)[kParts]) {
     if constexpr (kReduced) {
       auto [lo, hi] = at::vec::convert_to_float<scalar_t>(Vectorized<scalar_t>::loadu(ptr, count));
       out[0] = lo;
@@ -50,7 +52,7 @@ struct Block {
     }
   }
 
-  static void store(scalar_t* ptr, int64_t count, const CVec (&in)[kParts]) {
+  FASTACT_HOST_DEVICE static void store(scalar_t* ptr, int64_t count, const CVec (&in)[kParts]) {
     if constexpr (kReduced) {
       at::vec::convert_from_float<scalar_t>(in[0], in[1]).store(ptr, count);
     } else {
@@ -59,10 +61,23 @@ struct Block {
   }
 
   // How many of a block's first `count` elements fall in part j.
-  static int64_t part_count(int64_t count, int j) {
+  FASTACT_HOST_DEVICE static int64_t part_count(int64_t count, int j) {
     return std::clamp<int64_t>(count - j * CVec::size(), 0, CVec::size());
   }
 };
+
+// Calls block(offset, count) over [0, n) in blocks of B::kSize: full blocks two at a time (independent work
+// for the out-of-order core, and count is a constant there, so loads and stores take their full-width path),
+// then the partial tail.
+template <typename B, typename BlockFn>
+FASTACT_HOST_DEVICE void for_each_block(int64_t n, BlockFn&& block) {
+  int64_t i = 0;
+  for (; i + 2 * B::kSize <= n; i += 2 * B::kSize) {
+    block(i, B::kSize);
+    block(i + B::kSize, B::kSize);
+  }
+  for (; i < n; i += B::kSize) block(i, std::min(B::kSize, n - i));
+}
 
 // One run of n elements. Lanewise: element k uses param[k] (channels_last, where the channel is the
 // fastest-moving index); otherwise the whole run uses param[0].
@@ -71,8 +86,7 @@ void forward_run(const scalar_t* x, scalar_t* y, int64_t n, const at::opmath_typ
   using B = Block<scalar_t>;
   using CVec = typename B::CVec;
   const CVec broadcast(param[0]);
-  for (int64_t i = 0; i < n; i += B::kSize) {
-    const int64_t count = std::min(B::kSize, n - i);
+  for_each_block<B>(n, [&](int64_t i, int64_t count) FASTACT_ALWAYS_INLINE_LAMBDA {
     CVec xv[B::kParts], yv[B::kParts];
     B::load(x + i, count, xv);
     for (int j = 0; j < B::kParts; ++j) {
@@ -81,7 +95,7 @@ void forward_run(const scalar_t* x, scalar_t* y, int64_t n, const at::opmath_typ
       yv[j] = Op::forward(xv[j], p);
     }
     B::store(y + i, count, yv);
-  }
+  });
 }
 
 // Backward of one run. With kParamGrad, the parameter gradient is added to acc: lanewise into acc[k] for
@@ -93,8 +107,7 @@ void backward_run(const scalar_t* grad, const scalar_t* x, scalar_t* grad_input,
   using CVec = typename B::CVec;
   const CVec broadcast(param[0]);
   CVec sum(0);
-  for (int64_t i = 0; i < n; i += B::kSize) {
-    const int64_t count = std::min(B::kSize, n - i);
+  for_each_block<B>(n, [&](int64_t i, int64_t count) FASTACT_ALWAYS_INLINE_LAMBDA {
     CVec gv[B::kParts], xv[B::kParts], gxv[B::kParts];
     B::load(grad + i, count, gv);
     B::load(x + i, count, xv);
@@ -107,13 +120,15 @@ void backward_run(const scalar_t* grad, const scalar_t* x, scalar_t* grad_input,
       if constexpr (kParamGrad) {
         if constexpr (kLanewise) {
           (CVec::loadu(acc + offset, part) + gp).store(acc + offset, part);
+        } else if (part == CVec::size()) {
+          sum = sum + gp;
         } else {
           sum = CVec::set(sum, sum + gp, part);  // lanes past the end of the run stay out
         }
       }
     }
     B::store(grad_input + i, count, gxv);
-  }
+  });
   if constexpr (kParamGrad && !kLanewise) {
     acc[0] += at::vec::vec_reduce_all<at::opmath_type<scalar_t>>(
         [](const CVec& a, const CVec& b) { return a + b; }, sum);
