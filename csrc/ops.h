@@ -21,8 +21,14 @@ namespace fastact {
   _(leaky_relu, Leaky, Scalar, negative_slope) \
   _(prelu, Leaky, Tensor, weight)
 
-// The functors as values the device code switches on (SwishOp, MishOp, LeakyOp in activations.h).
-enum class ActivationId : int { Swish = 0, Mish = 1, Leaky = 2 };
+// The math functors (activations.h: <name>Op); the device code switches on ActivationId.
+#define FASTACT_FOR_EACH_FUNCTOR(_) _(Swish) _(Mish) _(Leaky)
+
+enum class ActivationId : int {
+#define FASTACT_ENUM(F) F,
+  FASTACT_FOR_EACH_FUNCTOR(FASTACT_ENUM)
+#undef FASTACT_ENUM
+};
 
 // A dense tensor in memory order, seen as [outer, channels, inner]: the element at memory offset i belongs
 // to channel (i / inner) % channels. This holds for any non-overlapping dense layout (contiguous,

@@ -207,9 +207,10 @@ void dispatch(const ElementwiseProblem& p, Fn&& fn) {
   auto with_op = [&](auto scalar_tag) {
     using scalar_t = decltype(scalar_tag);
     switch (p.activation) {
-      case ActivationId::Swish: return fn(SwishOp{}, scalar_t{});
-      case ActivationId::Mish: return fn(MishOp{}, scalar_t{});
-      case ActivationId::Leaky: return fn(LeakyOp{}, scalar_t{});
+#define FASTACT_CASE(F) \
+  case ActivationId::F: return fn(F##Op{}, scalar_t{});
+      FASTACT_FOR_EACH_FUNCTOR(FASTACT_CASE)
+#undef FASTACT_CASE
     }
   };
   switch (p.dtype) {

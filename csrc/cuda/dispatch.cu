@@ -1,29 +1,29 @@
-// CUDA entry points: the device guard and stream are set by ops.cpp; here the activation is picked.
+// CUDA entry points: the device guard is set by ops.cpp; here the functor's launcher is picked.
 #include "../ops.h"
 
 namespace fastact::cuda {
 
-#define FASTACT_DECLARE(name)                          \
-  void forward_##name(const ElementwiseProblem& pr);  \
-  void backward_##name(const ElementwiseProblem& pr);
-FASTACT_DECLARE(swish)
-FASTACT_DECLARE(mish)
-FASTACT_DECLARE(leaky)
+#define FASTACT_DECLARE(F)                          \
+  void forward_##F(const ElementwiseProblem& pr);  \
+  void backward_##F(const ElementwiseProblem& pr);
+FASTACT_FOR_EACH_FUNCTOR(FASTACT_DECLARE)
 #undef FASTACT_DECLARE
 
 void forward(const ElementwiseProblem& pr) {
   switch (pr.activation) {
-    case ActivationId::Swish: return forward_swish(pr);
-    case ActivationId::Mish: return forward_mish(pr);
-    case ActivationId::Leaky: return forward_leaky(pr);
+#define FASTACT_CASE(F) \
+  case ActivationId::F: return forward_##F(pr);
+    FASTACT_FOR_EACH_FUNCTOR(FASTACT_CASE)
+#undef FASTACT_CASE
   }
 }
 
 void backward(const ElementwiseProblem& pr) {
   switch (pr.activation) {
-    case ActivationId::Swish: return backward_swish(pr);
-    case ActivationId::Mish: return backward_mish(pr);
-    case ActivationId::Leaky: return backward_leaky(pr);
+#define FASTACT_CASE(F) \
+  case ActivationId::F: return backward_##F(pr);
+    FASTACT_FOR_EACH_FUNCTOR(FASTACT_CASE)
+#undef FASTACT_CASE
   }
 }
 

@@ -336,17 +336,17 @@ void launch(const ElementwiseProblem& pr) {
 
 }  // namespace
 
-// Each activation's launchers are compiled in a file of their own (swish.cu, mish.cu, leaky.cu), so that the
-// files build in parallel; dispatch.cu picks one by ActivationId.
-#define FASTACT_CUDA_LAUNCHERS(name, Op)                 \
-  void forward_##name(const ElementwiseProblem& pr) {   \
-    launch<Op, Pass::Forward>(pr);                       \
+// Each functor's launchers are compiled in a file of their own (swish.cu, mish.cu, leaky.cu: one line each),
+// so that the files build in parallel; dispatch.cu picks one by ActivationId.
+#define FASTACT_CUDA_LAUNCHERS(F)                        \
+  void forward_##F(const ElementwiseProblem& pr) {      \
+    launch<F##Op, Pass::Forward>(pr);                    \
   }                                                      \
-  void backward_##name(const ElementwiseProblem& pr) {  \
+  void backward_##F(const ElementwiseProblem& pr) {     \
     if (pr.param_grad != nullptr) {                      \
-      launch<Op, Pass::BackwardParamGrad>(pr);           \
+      launch<F##Op, Pass::BackwardParamGrad>(pr);        \
     } else {                                             \
-      launch<Op, Pass::Backward>(pr);                    \
+      launch<F##Op, Pass::Backward>(pr);                 \
     }                                                    \
   }
 

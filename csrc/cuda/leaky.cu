@@ -2,5 +2,5 @@
 #include "kernels.cuh"
 
 namespace fastact::cuda {
-FASTACT_CUDA_LAUNCHERS(leaky, LeakyOp)
+FASTACT_CUDA_LAUNCHERS(Leaky)
 }  // namespace fastact::cuda

@@ -2,5 +2,5 @@
 #include "kernels.cuh"
 
 namespace fastact::cuda {
-FASTACT_CUDA_LAUNCHERS(mish, MishOp)
+FASTACT_CUDA_LAUNCHERS(Mish)
 }  // namespace fastact::cuda

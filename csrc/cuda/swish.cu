@@ -2,5 +2,5 @@
 #include "kernels.cuh"
 
 namespace fastact::cuda {
-FASTACT_CUDA_LAUNCHERS(swish, SwishOp)
+FASTACT_CUDA_LAUNCHERS(Swish)
 }  // namespace fastact::cuda
