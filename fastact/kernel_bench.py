@@ -1,0 +1,962 @@
+"""kernel benchmark: fastact vs PyTorch native, eager, torch.compile, memory copy
+
+Times every fastact op against what a user already has:
+  native    torch's own kernel where one exists (F.silu, F.mish, F.leaky_relu, F.prelu)
+  eager     the composition in plain torch ops (x * torch.sigmoid(beta * x), x * torch.tanh(F.softplus(x)),
+            torch.where(x > 0, x, a * x))
+  compile   torch.compile of that composition
+for the forward pass, forward+backward and the backward alone, with torch.utils.benchmark (median of blocks,
+after warm-up; CUDA is synchronized by the timer).
+
+Two regimes, labelled in every row:
+  user      fresh outputs every call, as a user calls the function (on CPU, fresh large outputs cost page
+            faults: at 2^24 float32 each 64 MB output is newly mapped memory)
+  kernel    the kernel alone, writing into preallocated buffers through the out= ops (fastact's
+            <op>.out / <op>_backward.out, torch's aten out= variants where they exist): the memory-bound
+            regime, compared with the bandwidth of y.copy_(x) measured in the same run.
+
+Bandwidth counts the minimal traffic: forward reads x and writes y (2 tensors), backward reads x and dy and
+writes dx (3 tensors), forward+backward the sum (5); the parameter is negligible. copy_fraction is a row's
+GB/s over the copy GB/s of the same device, dtype and size (the better of two copy measurements, before
+and after that size's rows). saved_bytes is what one forward keeps for backward (unique storages seen by
+torch.autograd.graph.saved_tensors_hooks).
+
+At the end a "targets" table (issue 3) is computed from the rows, per device and dtype, worst case first:
+fastact/native time <= 1 (user regime, fwd and fwd+bwd, every size); mish >= 5x native at 2^20; learnable
+swish and per-channel prelu fwd+bwd >= 3x eager and >= 1x torch.compile; kernel regime fwd and bwd >= 0.8 of
+the copy bandwidth at 2^24 (mish 0.6; CUDA 0.85 at 2^28), or at the largest size run.
+A torch.compile (or any peer) that fails is reported as a missing row with the error, not a crash.
+
+Examples:
+  fastact-bench kernels                                   # full run: cpu (and cuda if present)
+  fastact-bench kernels --quick                           # under a minute on a small CPU
+  fastact-bench kernels --ops mish,swish_beta --dtypes float32 --sizes 20 --json out.json --plot out.png
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+PASSES = ("fwd", "fwd+bwd", "bwd")
+IMPLS = ("fastact", "native", "eager", "compile")
+REGIMES = ("user", "kernel")
+PEERS = ("native", "eager", "compile")
+# Tensors of traffic per pass: fwd reads x, writes y; bwd reads x and dy, writes dx.
+TENSORS_MOVED = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
+DEFAULT_SIZES = {"cpu": (2 ** 20, 2 ** 24), "cuda": (2 ** 28,)}
+DEFAULT_DTYPES = {"cpu": ("float32", "bfloat16"), "cuda": ("float32", "bfloat16", "float16")}
+QUICK_MIN_RUN_TIME = 0.05
+
+
+# --------------------------------------------------------------------------------------------------
+# The ops and their implementations
+# --------------------------------------------------------------------------------------------------
+def _channel_view(p: Tensor, x: Tensor) -> Tensor:
+    """A one-element or per-channel (dim 1) parameter, shaped to broadcast against x."""
+    if x.dim() < 2:
+        return p
+    return p.reshape([1, -1] + [1] * (x.dim() - 2))
+
+
+# The eager compositions, each its own function (torch.compile caches per code object).
+def _eager_silu(x: Tensor, p: Any) -> Tensor:
+    return x * torch.sigmoid(x)
+
+
+def _eager_swish_beta(x: Tensor, beta: Tensor) -> Tensor:
+    return x * torch.sigmoid(_channel_view(beta, x) * x)
+
+
+def _eager_mish(x: Tensor, p: Any) -> Tensor:
+    return x * torch.tanh(F.softplus(x))
+
+
+def _eager_leaky(x: Tensor, a: float) -> Tensor:
+    return torch.where(x > 0, x, a * x)
+
+
+def _eager_prelu(x: Tensor, w: Tensor) -> Tensor:
+    return torch.where(x > 0, x, _channel_view(w, x) * x)
+
+
+def _fa():
+    import fastact  # noqa: PLC0415  (imported late: the harness module loads without the compiled library)
+    return fastact
+
+
+@dataclasses.dataclass(frozen=True)
+class OpSpec:
+    name: str
+    description: str
+    kernel: str                  # name under torch.ops.fastact
+    param: str                   # "none", "float" (fixed), "scalar" or "channel" (learnable tensor)
+    value: float                 # the fixed float, or the tensor parameter's initial value
+    param_name: str              # the kernel schema's parameter name (grad_<param_name> in backward.out)
+    fastact: Callable
+    native: Callable | None
+    eager: Callable
+    native_kernel: str | None    # aten op with out= variants (fwd "out", bwd "grad_input"), or None
+
+    @property
+    def learnable(self) -> bool:
+        return self.param in ("scalar", "channel")
+
+    @property
+    def per_channel(self) -> bool:
+        return self.param == "channel"
+
+
+OPS: dict[str, OpSpec] = {}
+
+
+def _add(*args, **kwargs) -> None:
+    spec = OpSpec(*args, **kwargs)
+    OPS[spec.name] = spec
+
+
+_add("swish", "SiLU: swish with fixed beta = 1", "swish", "float", 1.0, "beta",
+     lambda x, p: _fa().swish(x, p), lambda x, p: F.silu(x), _eager_silu, "silu")
+_add("swish_beta", "swish, learnable scalar beta", "swish_param", "scalar", 1.5, "beta",
+     lambda x, p: _fa().swish(x, p), None, _eager_swish_beta, None)
+_add("swish_beta_pc", "swish, learnable per-channel beta", "swish_param", "channel", 1.5, "beta",
+     lambda x, p: _fa().swish(x, p), None, _eager_swish_beta, None)
+_add("mish", "mish", "mish", "none", 0.0, "none",
+     lambda x, p: _fa().mish(x), lambda x, p: F.mish(x), _eager_mish, "mish")
+_add("leaky_0.5", "leaky ReLU, slope 0.5", "leaky_relu", "float", 0.5, "negative_slope",
+     lambda x, p: _fa().leaky_relu(x, p), lambda x, p: F.leaky_relu(x, p), _eager_leaky, "leaky_relu")
+_add("leaky_-0.5", "leaky ReLU, slope -0.5", "leaky_relu", "float", -0.5, "negative_slope",
+     lambda x, p: _fa().leaky_relu(x, p), lambda x, p: F.leaky_relu(x, p), _eager_leaky, "leaky_relu")
+_add("prelu", "PReLU, one learnable weight", "prelu", "scalar", 0.25, "weight",
+     lambda x, p: _fa().prelu(x, p), lambda x, p: F.prelu(x, p), _eager_prelu, None)
+_add("prelu_pc", "PReLU, learnable per-channel weight", "prelu", "channel", 0.25, "weight",
+     lambda x, p: _fa().prelu(x, p), lambda x, p: F.prelu(x, p), _eager_prelu, None)
+
+OP_GROUPS = {
+    "all": list(OPS),
+    "leaky": ["leaky_0.5", "leaky_-0.5"],
+    "swish_learnable": ["swish_beta", "swish_beta_pc"],
+    "per_channel": ["swish_beta_pc", "prelu_pc"],
+}
+QUICK_OPS = list(OPS)
+
+
+def _impl_available(spec: OpSpec, impl: str, regime: str) -> bool:
+    if regime == "kernel":
+        return impl == "fastact" or (impl == "native" and spec.native_kernel is not None)
+    return impl != "native" or spec.native is not None
+
+
+def _kernel_passes(spec: OpSpec, impl: str, x: Tensor, p: Any, dy: Tensor) -> tuple[dict[str, Callable], dict]:
+    """Closures running the kernel alone into preallocated buffers, for fwd, bwd and fwd+bwd; and notes."""
+    y, gx = torch.empty_like(x), torch.empty_like(x)
+    notes = {}
+    if impl == "fastact":
+        op = getattr(torch.ops.fastact, spec.kernel)
+        bop = getattr(torch.ops.fastact, spec.kernel + "_backward")
+        args = () if spec.param == "none" else (p,)
+        if spec.learnable:
+            gp = {f"grad_{spec.param_name}": torch.empty_like(p, memory_format=torch.contiguous_format)}
+        else:
+            gp = {}
+        fwd = lambda: op.out(x, *args, out=y)  # noqa: E731
+        bwd = lambda: bop.out(dy, x, *args, grad_input=gx, **gp)  # noqa: E731
+    else:  # torch's aten out= variants
+        name = spec.native_kernel
+        op = getattr(torch.ops.aten, name)
+        bop = getattr(torch.ops.aten, name + "_backward")
+        if name == "leaky_relu":
+            fwd = lambda: op.out(x, p, out=y)  # noqa: E731
+            bwd = lambda: bop.grad_input(dy, x, p, False, grad_input=gx)  # noqa: E731
+        elif name == "mish":  # aten has no mish_backward out= variant: its backward allocates
+            fwd = lambda: op.out(x, out=y)  # noqa: E731
+            bwd = lambda: bop(dy, x)  # noqa: E731
+            notes = {ps: "aten.mish_backward has no out= variant: its backward allocates dx"
+                     for ps in ("bwd", "fwd+bwd")}
+        else:
+            fwd = lambda: op.out(x, out=y)  # noqa: E731
+            bwd = lambda: bop.grad_input(dy, x, grad_input=gx)  # noqa: E731
+
+    def both():
+        fwd()
+        bwd()
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": both}, notes
+
+
+# --------------------------------------------------------------------------------------------------
+# Measurement
+# --------------------------------------------------------------------------------------------------
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_median(fn: Callable, device: str, threads: int, min_run_time: float, warmup: int = 3,
+                min_blocks: int = 5) -> dict:
+    """Median seconds per call of fn() over blocks of calls, timed by torch.utils.benchmark.Timer (whose
+    clock synchronizes CUDA). The warm-up calls also size the blocks: about min_run_time / 10 each, at least
+    min_blocks of them and min_run_time in all. (Timer.blocked_autorange sizes blocks so that its loop
+    overhead is under 1e-4 of a block, which at fast ops means few long blocks and slow short runs.)"""
+    from torch.utils import benchmark  # noqa: PLC0415
+
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    with benchmark.utils.common.set_torch_threads(threads):
+        warm = []
+        for _ in range(max(2, warmup)):  # the first call may compile, allocate or build a graph
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            warm.append(time.perf_counter() - start)
+        per_call = max(min(warm[1:]), 1e-7)
+    number = max(1, int(min_run_time / 10 / per_call))
+    times: list[float] = []
+    total = 0.0
+    while total < min_run_time or len(times) < min_blocks:
+        m = timer.timeit(number)
+        times.extend(m.times)
+        total += m.times[-1] * number
+    times.sort()
+    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
+    median = statistics.median(times)
+    return {"median_s": median, "iqr_s": q(0.75) - q(0.25), "runs": len(times) * number, "blocks": len(times)}
+
+
+def measure_copy_gbps(x: Tensor, device: str, threads: int, min_run_time: float) -> float:
+    """GB/s of y.copy_(x) into a preallocated y (reads x, writes y): the memory bandwidth reference."""
+    y = torch.empty_like(x)
+    t = time_median(lambda: y.copy_(x), device, threads, min_run_time)
+    return _gbps(x.numel(), x.element_size(), 2, t["median_s"])
+
+
+def saved_bytes(fn: Callable) -> int:
+    """Bytes one forward keeps for backward: unique storages packed by the saved-tensor hooks."""
+    storages: dict[tuple, int] = {}
+
+    def pack(t: Tensor):
+        s = t.untyped_storage()
+        storages[(str(s.device), s.data_ptr())] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return int(sum(storages.values()))
+
+
+def make_shape(numel: int, channels: int) -> tuple[int, ...]:
+    """(N, C, H, W) holding numel elements, H * W <= 4096; 1-D if numel is not a multiple of C."""
+    if numel % channels:
+        return (numel,)
+    spatial = numel // channels
+    hw = math.gcd(spatial, 4096)
+    h = 1 << ((hw.bit_length() - 1) // 2)
+    return (spatial // hw, channels, h, hw // h)
+
+
+def _make_param(spec: OpSpec, x: Tensor, channels: int) -> Any:
+    if spec.param == "none":
+        return None
+    if spec.param == "float":
+        return spec.value
+    n = channels if spec.per_channel else 1
+    p = torch.full((n,), spec.value, dtype=x.dtype, device=x.device)
+    if spec.per_channel:  # distinct values per channel, around the initial value
+        p += 0.1 * torch.linspace(-1, 1, n, dtype=x.dtype, device=x.device)
+    return p
+
+
+def _grad_inputs(spec: OpSpec, x: Tensor, p: Any) -> tuple[Tensor, ...]:
+    return (x, p) if spec.learnable else (x,)
+
+
+class Compiled:
+    """torch.compile of the eager compositions (compiled lazily, at the first call).
+
+    variant "bwd" compiles a copy of the function (its own code object, so its own dynamo cache), for the
+    backward-alone rows: those call backward repeatedly on one graph (retain_graph=True), which AOTAutograd
+    refuses for a backward compiled with donated buffers, so that copy is first called (and compiled) with
+    torch._functorch.config.donated_buffer=False."""
+
+    def __init__(self):
+        self.fns: dict[tuple[str, str], Callable] = {}
+
+    def get(self, spec: OpSpec, variant: str = "") -> Callable:
+        key = (spec.name, variant)
+        if key not in self.fns:
+            fn = spec.eager
+            if variant:
+                name = f"{fn.__name__}_{variant}"
+                fn = types.FunctionType(fn.__code__.replace(co_name=name), fn.__globals__, name,
+                                        fn.__defaults__, fn.__closure__)
+            self.fns[key] = torch.compile(fn, dynamic=False)
+        return self.fns[key]
+
+    def reset(self) -> None:
+        self.fns.clear()
+        torch._dynamo.reset()
+
+
+def _impl_fn(spec: OpSpec, impl: str, compiled: Compiled) -> Callable:
+    if impl == "fastact":
+        return spec.fastact
+    if impl == "native":
+        return spec.native
+    if impl == "eager":
+        return spec.eager
+    return compiled.get(spec)
+
+
+def _user_passes(f: Callable, spec: OpSpec, x: Tensor, p: Any, dy: Tensor, f_bwd: Callable | None = None,
+                 bwd_context: Callable = contextlib.nullcontext) -> dict[str, Callable]:
+    """Closures for the user regime: fwd under no_grad; fwd+bwd and bwd through autograd. The bwd pass
+    builds its graph once (with f_bwd, under bwd_context) and times torch.autograd.grad on it."""
+    f_bwd = f_bwd or f
+    xg = x.detach().requires_grad_()
+    pg = p.detach().requires_grad_() if spec.learnable else p
+    inputs = _grad_inputs(spec, xg, pg)
+
+    def fwd():
+        with torch.no_grad():
+            return f(x, p)
+
+    def fwd_bwd():
+        return torch.autograd.grad(f(xg, pg), inputs, dy)
+
+    state: dict[str, Tensor] = {}
+
+    def bwd():
+        if "y" not in state:  # the graph is built once, on the first (warm-up) call
+            with bwd_context():
+                state["y"] = f_bwd(xg, pg)
+        return torch.autograd.grad(state["y"], inputs, dy, retain_graph=True)
+
+    return {"fwd": fwd, "fwd+bwd": fwd_bwd, "bwd": bwd,
+            "_saved": lambda: saved_bytes(lambda: f(xg, pg))}
+
+
+def _short_error(exc: BaseException) -> str:
+    msg = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    return (msg[0] if msg else type(exc).__name__)[:300]
+
+
+# --------------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
+                        help="cpu, cuda, or all (cpu, plus cuda if available; default)")
+    parser.add_argument("--ops", default=None,
+                        help=f"comma-separated ops or groups (default all): {', '.join(OPS)}; "
+                             f"groups: {', '.join(OP_GROUPS)}")
+    parser.add_argument("--impls", default=None,
+                        help="comma-separated implementations (default all; --quick: no compile): "
+                             + ", ".join(IMPLS))
+    parser.add_argument("--passes", default=None, help="comma-separated passes (default all): " + ", ".join(PASSES))
+    parser.add_argument("--regimes", default=None,
+                        help="user (fresh outputs), kernel (preallocated, out= ops), or both (default)")
+    parser.add_argument("--dtypes", default=None,
+                        help="comma-separated dtypes (default: float32,bfloat16 on cpu, + float16 on cuda; "
+                             "--quick: float32)")
+    parser.add_argument("--sizes", default=None,
+                        help="comma-separated element counts: k or 2^k means 2**k for k <= 40, else the count "
+                             "(default: 2^20,2^24 on cpu, 2^28 on cuda; --quick: 2^20)")
+    parser.add_argument("--channels", type=int, default=64,
+                        help="C of the (N, C, H, W) input; per-channel ops get C parameters (default 64)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's current setting, %d here)" % torch.get_num_threads())
+    parser.add_argument("--min-run-time", type=float, default=None,
+                        help="seconds of timing per row after warm-up (default 0.5; --quick: %g)" % QUICK_MIN_RUN_TIME)
+    parser.add_argument("--quick", action="store_true",
+                        help="a short run (under a minute on a 2-core CPU): 2^20 elements, float32, "
+                             "no torch.compile, short timings; explicit options still apply")
+    parser.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON")
+    parser.add_argument("--plot", metavar="PATH.png", default=None,
+                        help="write bar charts of fastact's speedup over each peer (and kernel copy fractions)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-table", action="store_true", help="do not print the table of rows")
+
+
+def _split(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_size(token: str) -> int:
+    t = token.strip().lower().replace("**", "^")
+    if t.startswith("2^"):
+        return 2 ** int(t[2:])
+    v = int(float(t))
+    return 2 ** v if v <= 40 else v
+
+
+@dataclasses.dataclass
+class Config:
+    devices: list[str]
+    ops: list[str]
+    impls: list[str]
+    passes: list[str]
+    regimes: list[str]
+    dtypes: dict[str, list[str]]
+    sizes: dict[str, list[int]]
+    channels: int
+    threads: int
+    min_run_time: float
+    quick: bool
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    def fail(msg: str):
+        raise SystemExit(f"fastact-bench kernels: error: {msg}")
+
+    cuda_ok = torch.cuda.is_available()
+    if args.device == "cuda" and not cuda_ok:
+        fail("--device cuda, but torch.cuda.is_available() is False")
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d != "cuda" or cuda_ok]
+
+    ops: list[str] = []
+    for name in _split(args.ops) or (QUICK_OPS if args.quick else ["all"]):
+        names = OP_GROUPS.get(name, [name])
+        for n in names:
+            if n not in OPS:
+                fail(f"unknown op {n!r}; choose from {', '.join(OPS)} or {', '.join(OP_GROUPS)}")
+            if n not in ops:
+                ops.append(n)
+    impls = _split(args.impls) or [i for i in IMPLS if not (args.quick and i == "compile")]
+    passes = _split(args.passes) or list(PASSES)
+    regimes = _split(args.regimes) or list(REGIMES)
+    for values, allowed, what in ((impls, IMPLS, "impl"), (passes, PASSES, "pass"), (regimes, REGIMES, "regime")):
+        for v in values:
+            if v not in allowed:
+                fail(f"unknown {what} {v!r}; choose from {', '.join(allowed)}")
+    dtypes, sizes = {}, {}
+    for d in devices:
+        dtypes[d] = _split(args.dtypes) or (["float32"] if args.quick else list(DEFAULT_DTYPES[d]))
+        for dt in dtypes[d]:
+            if dt not in DTYPES:
+                fail(f"unknown dtype {dt!r}; choose from {', '.join(DTYPES)}")
+        try:
+            sizes[d] = [parse_size(s) for s in _split(args.sizes)] if args.sizes else (
+                [2 ** 20] if args.quick else list(DEFAULT_SIZES[d]))
+        except ValueError:
+            fail(f"bad --sizes {args.sizes!r}")
+        for n in sizes[d]:
+            if n < 1:
+                fail(f"bad size {n}")
+            if n % args.channels and any(OPS[o].per_channel for o in ops):
+                fail(f"size {n} is not a multiple of --channels {args.channels} (needed by the per-channel ops)")
+    threads = args.threads or torch.get_num_threads()
+    mrt = args.min_run_time if args.min_run_time is not None else (QUICK_MIN_RUN_TIME if args.quick else 0.5)
+    return Config(devices, ops, impls, passes, regimes, dtypes, sizes, args.channels, threads, mrt, args.quick)
+
+
+def planned_rows(cfg: Config) -> list[tuple]:
+    """Every row the run will produce: (device, dtype, numel, op, regime, impl, pass)."""
+    rows = []
+    for device in cfg.devices:
+        for dtype in cfg.dtypes[device]:
+            for numel in cfg.sizes[device]:
+                for op in cfg.ops:
+                    for regime in cfg.regimes:
+                        for impl in cfg.impls:
+                            if _impl_available(OPS[op], impl, regime):
+                                rows.extend((device, dtype, numel, op, regime, impl, ps) for ps in cfg.passes)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------
+def machine_info(devices: list[str]) -> dict:
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+    try:
+        info["cpus_usable"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        pass
+    try:
+        with open("/proc/cpuinfo") as fh:
+            text = fh.read()
+        for line in text.splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+        info["cpu_isa"] = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16", "amx_tile")
+                           if f in flags]
+    except OSError:
+        pass
+    try:
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        fa = _fa()
+        info["fastact_version"] = getattr(fa, "__version__", None)
+        info["fastact_cpu_capability"] = fa.cpu_capability()
+        info["fastact_cuda_kernels"] = fa.has_cuda_kernels()
+    except Exception as exc:  # noqa: BLE001
+        info["fastact_error"] = _short_error(exc)
+    info["gpu"] = None
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_memory_gib"] = round(props.total_memory / 2 ** 30, 1)
+        info["cuda"] = torch.version.cuda
+    info["devices_benchmarked"] = devices
+    with contextlib.suppress(OSError, AttributeError):
+        info["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+def _gbps(numel: int, itemsize: int, tensors: int, seconds: float) -> float:
+    return tensors * numel * itemsize / seconds / 1e9
+
+
+def _progress(total: int, enabled: bool):
+    try:
+        from tqdm.auto import tqdm  # noqa: PLC0415
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, disable=not enabled, unit="row", dynamic_ncols=True, file=sys.stderr)
+
+
+def run_benchmark(cfg: Config, progress: bool = True) -> dict:
+    plan = planned_rows(cfg)
+    load_start = None
+    with contextlib.suppress(OSError, AttributeError):
+        load_start = round(os.getloadavg()[0], 2)
+        if "cpu" in cfg.devices and load_start > max(0.5, len(os.sched_getaffinity(0)) - cfg.threads):
+            print(f"warning: the 1-minute load average is {load_start} before the run: other processes compete "
+                  "for the CPU, and CPU timings will be noisy (with OpenMP threads, many times slower)",
+                  file=sys.stderr)
+    bar = _progress(len(plan), progress)
+    rows: list[dict] = []
+    copy_gbps: dict[str, dict[str, dict[str, float]]] = {}
+    copy_samples: dict[str, dict[str, dict[str, list[float]]]] = {}
+    compiled = Compiled()
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    if "compile" in cfg.impls:
+        from torch import _dynamo  # noqa: PLC0415
+        cfg_dyn = _dynamo.config
+        for knob in ("recompile_limit", "cache_size_limit"):
+            if hasattr(cfg_dyn, knob):
+                setattr(cfg_dyn, knob, max(getattr(cfg_dyn, knob), 64))
+    started = time.perf_counter()
+    try:
+        for device in cfg.devices:
+            for dtype_name in cfg.dtypes[device]:
+                dtype = DTYPES[dtype_name]
+                for numel in cfg.sizes[device]:
+                    shape = make_shape(numel, cfg.channels)
+                    gen = torch.Generator(device=device).manual_seed(0)
+                    x = torch.randn(shape, dtype=dtype, device=device, generator=gen)
+                    dy = torch.randn(shape, dtype=dtype, device=device, generator=gen)
+                    if bar is not None:
+                        bar.set_description(f"{device} {dtype_name} {numel}: copy")
+                    copies = [measure_copy_gbps(x, device, cfg.threads, cfg.min_run_time)]
+                    first_row = len(rows)
+                    if "compile" in cfg.impls:
+                        compiled.reset()
+                    for op in cfg.ops:
+                        spec = OPS[op]
+                        p = _make_param(spec, x, cfg.channels)
+                        saved_by_impl: dict[str, int | None] = {}
+                        for regime in cfg.regimes:
+                            for impl in cfg.impls:
+                                if not _impl_available(spec, impl, regime):
+                                    continue
+                                if bar is not None:
+                                    bar.set_description(f"{device} {dtype_name} {numel}: {op} {regime} {impl}")
+                                rows.extend(_measure_impl(cfg, spec, impl, regime, x, p, dy, device, dtype_name,
+                                                          numel, shape, saved_by_impl, compiled, bar))
+                        del p
+                    # copy bandwidth again after the rows; the best of the two is the reference (a busy
+                    # moment during one copy measurement would otherwise inflate every copy_fraction)
+                    copies.append(measure_copy_gbps(x, device, cfg.threads, cfg.min_run_time))
+                    copy = max(copies)
+                    copy_gbps.setdefault(device, {}).setdefault(dtype_name, {})[str(numel)] = copy
+                    copy_samples.setdefault(device, {}).setdefault(dtype_name, {})[str(numel)] = copies
+                    for row in rows[first_row:]:
+                        if row["gbps"] is not None:
+                            row["copy_fraction"] = row["gbps"] / copy
+                    del x, dy
+                    gc.collect()
+                    if device == "cuda":
+                        torch.cuda.empty_cache()
+    finally:
+        if bar is not None:
+            bar.close()
+        torch.set_num_threads(old_threads)
+    add_speedups(rows)
+    machine = machine_info(cfg.devices)
+    machine["loadavg_1min_start"] = load_start
+    return {
+        "machine": machine,
+        "torch": torch.__version__,
+        "threads": cfg.threads,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "argv": list(sys.argv),
+        "config": {**dataclasses.asdict(cfg), "channels": cfg.channels},
+        "elapsed_s": round(time.perf_counter() - started, 1),
+        "copy_gbps": copy_gbps,
+        "copy_gbps_samples": copy_samples,
+        "ops": {name: OPS[name].description for name in cfg.ops},
+        "rows": rows,
+    }
+
+
+def _measure_impl(cfg, spec, impl, regime, x, p, dy, device, dtype_name, numel, shape,
+                  saved_by_impl, compiled, bar) -> list[dict]:
+    base = {"op": spec.name, "impl": impl, "regime": regime, "dtype": dtype_name, "device": device,
+            "numel": numel, "shape": list(shape)}
+    out = []
+    error = None
+    fns: dict[str, Callable] = {}
+    notes: dict[str, str] = {}
+    try:
+        if regime == "user":
+            extra = {}
+            if impl == "compile":
+                from torch._functorch import config as functorch_config  # noqa: PLC0415
+                extra = {"f_bwd": compiled.get(spec, "bwd"),
+                         "bwd_context": lambda: functorch_config.patch(donated_buffer=False)}
+                notes["bwd"] = "backward graph compiled with torch._functorch.config.donated_buffer=False"
+            fns = _user_passes(_impl_fn(spec, impl, compiled), spec, x, p, dy, **extra)
+            saved_by_impl[impl] = fns.pop("_saved")()
+        else:
+            fns, notes = _kernel_passes(spec, impl, x, p, dy)
+    except Exception as exc:  # noqa: BLE001  (a failing peer, e.g. torch.compile, is reported, not fatal)
+        error = _short_error(exc)
+    saved = saved_by_impl.get(impl)
+    for ps in cfg.passes:
+        row = {**base, "pass": ps, "median_ms": None, "iqr_ms": None, "gbps": None, "copy_fraction": None,
+               "saved_bytes": saved}
+        if ps in notes:
+            row["note"] = notes[ps]
+        if error is None:
+            try:
+                t = time_median(fns[ps], device, cfg.threads, cfg.min_run_time)
+                gbps = _gbps(numel, x.element_size(), TENSORS_MOVED[ps], t["median_s"])
+                row.update(median_ms=t["median_s"] * 1e3, iqr_ms=t["iqr_s"] * 1e3, runs=t["runs"], gbps=gbps)
+            except Exception as exc:  # noqa: BLE001
+                row["error"] = _short_error(exc)
+        else:
+            row["error"] = error
+        out.append(row)
+        if bar is not None:
+            bar.update(1)
+    fns.clear()
+    return out
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """speedup_vs[peer] = peer median / fastact median, for every fastact row with a measured peer."""
+    def key(r):
+        return (r["device"], r["dtype"], r["numel"], r["op"], r["regime"], r["pass"])
+    by_key: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        by_key.setdefault(key(r), {})[r["impl"]] = r
+    for r in rows:
+        if r["impl"] != "fastact":
+            continue
+        r["speedup_vs"] = {}
+        if not r.get("median_ms"):
+            continue
+        for peer, pr in by_key[key(r)].items():
+            if peer != "fastact" and pr.get("median_ms"):
+                r["speedup_vs"][peer] = pr["median_ms"] / r["median_ms"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Targets (issue 3)
+# --------------------------------------------------------------------------------------------------
+def _size_label(n: int) -> str:
+    return f"2^{n.bit_length() - 1}" if n > 0 and n & (n - 1) == 0 else str(n)
+
+
+def compute_targets(result: dict) -> list[dict]:
+    """Each target of issue 3, per device and dtype, with the worst measured value and where it occurs."""
+    rows = [r for r in result["rows"] if r.get("median_ms")]
+    targets: list[dict] = []
+    devices = sorted({r["device"] for r in rows})
+
+    def add(device, dtype, name, cmp, threshold, values):
+        """values: list of (value, where); the worst one decides."""
+        if not values:
+            return
+        worst = (max if cmp == "<=" else min)(values, key=lambda v: v[0])
+        ok = worst[0] <= threshold if cmp == "<=" else worst[0] >= threshold
+        targets.append({"device": device, "dtype": dtype, "target": name, "cmp": cmp, "threshold": threshold,
+                        "value": worst[0], "where": worst[1], "ok": ok})
+
+    for device in devices:
+        for dtype in sorted({r["dtype"] for r in rows if r["device"] == device}):
+            sel = [r for r in rows if r["device"] == device and r["dtype"] == dtype]
+            sizes = sorted({r["numel"] for r in sel})
+            fa_user = [r for r in sel if r["impl"] == "fastact" and r["regime"] == "user"]
+            # 1. not slower than native: fastact / native time <= 1 (fwd, fwd+bwd, every size)
+            for op in ("swish", "leaky_0.5", "leaky_-0.5", "prelu", "prelu_pc"):
+                vals = [(1.0 / r["speedup_vs"]["native"], f"{r['pass']} {_size_label(r['numel'])}")
+                        for r in fa_user if r["op"] == op and r["pass"] in ("fwd", "fwd+bwd")
+                        and "native" in r.get("speedup_vs", {})]
+                add(device, dtype, f"{op}: fastact/native time", "<=", 1.0, vals)
+            # 2. mish >= 5x native at 2^20 (fwd and fwd+bwd)
+            vals = [(r["speedup_vs"]["native"], f"{r['pass']} {_size_label(r['numel'])}") for r in fa_user
+                    if r["op"] == "mish" and r["pass"] in ("fwd", "fwd+bwd") and r["numel"] == 2 ** 20
+                    and "native" in r.get("speedup_vs", {})]
+            add(device, dtype, "mish: speedup vs native at 2^20", ">=", 5.0, vals)
+            # 3. learnable swish and per-channel prelu fwd+bwd: >= 3x eager, >= 1x compile
+            for op in ("swish_beta", "swish_beta_pc", "prelu_pc"):
+                for peer, thr in (("eager", 3.0), ("compile", 1.0)):
+                    vals = [(r["speedup_vs"][peer], _size_label(r["numel"])) for r in fa_user
+                            if r["op"] == op and r["pass"] == "fwd+bwd" and peer in r.get("speedup_vs", {})]
+                    add(device, dtype, f"{op}: fwd+bwd speedup vs {peer}", ">=", thr, vals)
+            # 4. kernel alone at the large size: fraction of copy bandwidth (fwd and bwd)
+            big = 2 ** 28 if device == "cuda" else 2 ** 24
+            if sizes and big not in sizes:
+                big = sizes[-1]
+            for op in ("swish", "swish_beta", "swish_beta_pc", "mish", "leaky_0.5", "leaky_-0.5", "prelu",
+                       "prelu_pc"):
+                thr = 0.85 if device == "cuda" else (0.6 if op == "mish" else 0.8)
+                vals = [(r["copy_fraction"], f"{r['pass']} {_size_label(big)}") for r in sel
+                        if r["impl"] == "fastact" and r["regime"] == "kernel" and r["op"] == op
+                        and r["numel"] == big and r["pass"] in ("fwd", "bwd")]
+                add(device, dtype, f"{op}: kernel fraction of copy bandwidth", ">=", thr, vals)
+    return targets
+
+
+# --------------------------------------------------------------------------------------------------
+# Output: table, targets, plot
+# --------------------------------------------------------------------------------------------------
+def _fmt(v: float | None, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _fmt_ms(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.4f}" if v < 1 else f"{v:.3f}" if v < 100 else f"{v:.1f}"
+
+
+def _print_table(title: str, header: list[str], body: list[list[str]], console) -> None:
+    if console is not None:
+        from rich.table import Table  # noqa: PLC0415
+        table = Table(title=title, title_justify="left", header_style="bold")
+        for i, h in enumerate(header):
+            table.add_column(h, justify="left" if i < 3 else "right", no_wrap=True)
+        for line in body:
+            table.add_row(*line)
+        console.print(table)
+        return
+    widths = [max(len(h), *(len(line[i]) for line in body)) if body else len(h) for i, h in enumerate(header)]
+    print(title)
+    print("  ".join(h.ljust(w) if i < 3 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))))
+    for line in body:
+        print("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+    print()
+
+
+def _console():
+    try:
+        from rich.console import Console  # noqa: PLC0415
+        import shutil  # noqa: PLC0415
+        return Console(width=max(shutil.get_terminal_size((170, 40)).columns, 170))
+    except ImportError:  # pragma: no cover
+        return None
+
+
+def print_results(result: dict, console=None) -> None:
+    """One table per device, dtype and size: a line per op, regime and pass, the impls side by side."""
+    rows = result["rows"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["device"], r["dtype"], r["numel"]), []).append(r)
+    for (device, dtype, numel), rs in groups.items():
+        impls = [i for i in IMPLS if any(r["impl"] == i for r in rs)]
+        copy = result["copy_gbps"][device][dtype][str(numel)]
+        header = ["op", "regime", "pass"] + [f"{i} ms" for i in impls] + [
+            "fastact GB/s", "x copy"] + [f"vs {p}" for p in PEERS if p in impls] + ["saved MB fa/peers"]
+        lines: dict[tuple, dict[str, dict]] = {}
+        for r in rs:
+            lines.setdefault((r["op"], r["regime"], r["pass"]), {})[r["impl"]] = r
+        body = []
+        for (op, regime, ps), by_impl in lines.items():
+            fa = by_impl.get("fastact")
+            cells = [op, regime, ps] + [_fmt_ms(by_impl[i]["median_ms"]) if i in by_impl else "" for i in impls]
+            cells += [_fmt(fa and fa["gbps"], ".1f"), _fmt(fa and fa["copy_fraction"], ".2f")]
+            sp = (fa or {}).get("speedup_vs", {})
+            cells += [f"{sp[p]:.2f}x" if p in sp else "" for p in PEERS if p in impls]
+            saved = ""
+            if regime == "user" and ps == "fwd+bwd":
+                saved = "/".join(_fmt(by_impl[i]["saved_bytes"] / 1e6 if by_impl[i]["saved_bytes"] is not None
+                                      else None, ".1f") for i in impls if i in by_impl)
+            cells.append(saved)
+            body.append(cells)
+        title = (f"{device} {dtype} numel={numel} ({_size_label(numel)}), {result['threads']} threads; "
+                 f"copy {copy:.1f} GB/s. user = fresh outputs per call; kernel = preallocated out= buffers")
+        _print_table(title, header, body, console)
+    missing = [r for r in rows if r.get("median_ms") is None]
+    if missing:
+        seen = set()
+        print("Missing rows:")
+        for r in missing:
+            k = (r["device"], r["dtype"], r["numel"], r["op"], r["impl"], r["regime"], r.get("error"))
+            if k in seen:
+                continue
+            seen.add(k)
+            print(f"  {r['device']} {r['dtype']} {r['numel']} {r['op']} {r['impl']} ({r['regime']}): {r.get('error')}")
+
+
+def print_targets(targets: list[dict], console=None) -> None:
+    if not targets:
+        return
+    keys = sorted({(t["device"], t["dtype"]) for t in targets}, key=lambda k: (k[0], list(DTYPES).index(k[1])))
+    names = list(dict.fromkeys((t["target"], t["cmp"], t["threshold"]) for t in targets))
+    header = ["target", "", "goal"] + [f"{d} {dt}" for d, dt in keys]
+    body = []
+    for name, cmp, thr in names:
+        cells = [name, cmp, f"{thr:g}"]
+        for d, dt in keys:
+            t = next((t for t in targets if (t["target"], t["device"], t["dtype"]) == (name, d, dt)), None)
+            cells.append("" if t is None else f"{t['value']:.2f} {'ok' if t['ok'] else 'MISS'} ({t['where']})")
+        body.append(cells)
+    n_ok = sum(t["ok"] for t in targets)
+    _print_table(f"Targets (issue 3; worst case over passes and sizes): {n_ok}/{len(targets)} met", header, body,
+                 console)
+
+
+def write_plot(result: dict, path: str) -> None:
+    import matplotlib  # noqa: PLC0415
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.ticker  # noqa: PLC0415
+
+    rows = [r for r in result["rows"] if r["impl"] == "fastact" and r.get("median_ms")]
+    panels = []
+    for device in dict.fromkeys(r["device"] for r in rows):
+        for ps in PASSES:
+            sel = [r for r in rows if r["device"] == device and r["regime"] == "user" and r["pass"] == ps]
+            if sel:
+                panels.append(("speedup", device, ps, sel))
+        sel = [r for r in rows if r["device"] == device and r["regime"] == "kernel"]
+        if sel:
+            panels.append(("copy", device, None, sel))
+    if not panels:
+        panels.append(("empty", None, None, []))
+    ngroups = max((len({(r["op"], r["dtype"], r["numel"]) for r in p[3]}) for p in panels), default=1)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8.0, 0.55 * ngroups + 2), 3.6 * len(panels)),
+                             squeeze=False)
+    colors = {"native": "tab:blue", "eager": "tab:orange", "compile": "tab:green", "fwd": "tab:blue",
+              "bwd": "tab:red", "fwd+bwd": "tab:purple"}
+    for ax, (kind, device, ps, sel) in zip(axes[:, 0], panels):
+        groups = list(dict.fromkeys((r["op"], r["dtype"], r["numel"]) for r in sel))
+        labels = [f"{op}\n{dt.replace('float', 'f').replace('bf', 'bf')} {_size_label(n)}" for op, dt, n in groups]
+        if kind == "speedup":
+            series = [p for p in PEERS if any(p in r.get("speedup_vs", {}) for r in sel)]
+            value = lambda r, s: r.get("speedup_vs", {}).get(s)  # noqa: E731
+            ax.set_ylabel("fastact speedup (x)")
+            ax.set_title(f"{device}, {ps}, user regime: peer time / fastact time (higher is better)")
+            ax.axhline(1.0, color="black", linewidth=0.8)
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
+            ax.tick_params(axis="y", which="minor", labelsize=7)
+        elif kind == "copy":
+            series = [p for p in PASSES if any(r["pass"] == p for r in sel)]
+            value = lambda r, s: r["copy_fraction"] if r["pass"] == s else None  # noqa: E731
+            ax.set_ylabel("fraction of copy GB/s")
+            ax.set_title(f"{device}, kernel regime (preallocated outputs): fastact GB/s / y.copy_(x) GB/s")
+            ax.axhline(1.0, color="black", linewidth=0.8)
+            ax.axhline(0.85 if device == "cuda" else 0.8, color="gray", linewidth=0.8, linestyle="--")
+        else:
+            series, value = [], None
+            ax.set_title("no fastact rows to plot")
+        width = 0.8 / max(1, len(series))
+        for j, s in enumerate(series):
+            xs, hs = [], []
+            for i, g in enumerate(groups):
+                for r in sel:
+                    if (r["op"], r["dtype"], r["numel"]) == g:
+                        v = value(r, s)
+                        if v is not None:
+                            xs.append(i + (j - (len(series) - 1) / 2) * width)
+                            hs.append(v)
+            ax.bar(xs, hs, width=width, label=s if kind == "copy" else f"vs {s}", color=colors.get(s))
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(labels, fontsize=7)
+        if series:
+            ax.legend(fontsize=8, ncol=len(series))
+        ax.grid(axis="y", alpha=0.3)
+    machine = result.get("machine", {})
+    fig.suptitle(f"fastact kernels: {machine.get('cpu', '')} {machine.get('gpu') or ''}, "
+                 f"torch {result.get('torch')}, {result.get('threads')} threads", fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _json_default(o):
+    if isinstance(o, torch.dtype):
+        return str(o)
+    raise TypeError(type(o))
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    if "fastact" in cfg.impls:
+        try:
+            _fa()
+        except ImportError as exc:
+            print(f"fastact-bench kernels: {exc}", file=sys.stderr)
+            return 1
+    result = run_benchmark(cfg, progress=not args.no_progress)
+    result["options"] = {k: v for k, v in vars(args).items()
+                         if k not in ("run", "command") and isinstance(v, (str, int, float, bool, type(None)))}
+    result["targets"] = compute_targets(result)
+    console = _console()
+    if not args.no_table:
+        print_results(result, console)
+    print_targets(result["targets"], console)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1, default=_json_default)
+        print(f"wrote {args.json}")
+    if args.plot:
+        write_plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    print(f"{len(result['rows'])} rows in {result['elapsed_s']:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fastact-bench kernels", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
