@@ -33,5 +33,5 @@ timeout ${TEST_TIMEOUT:-200} $PY -m pytest tests/test_ops.py tests/test_nn.py -q
 
 phase benchmark
 timeout ${BENCH_TIMEOUT:-220} $PY -m fastact.bench kernels --device cuda --json "$OUT/gpu_kernels.json" \
-  --plot "$OUT/gpu_kernels.png" ${BENCH_ARGS:---dtypes float32,bfloat16 --impls fastact,native,eager --min-run-time 0.05} 2>&1 | tee "$OUT/bench.log" | tail -60
+  --plot "$OUT/gpu_kernels.png" ${BENCH_ARGS:---dtypes float32,bfloat16,float16 --impls fastact,native,eager --min-run-time 0.05} 2>&1 | tee "$OUT/bench.log" | tail -60
 phase done

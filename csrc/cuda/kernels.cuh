@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -48,6 +49,62 @@ struct ParamAccess {
   }
 };
 
+// float with the GPU's fast exp (ex2.approx) and division, the compute type of float16/bfloat16 tensors:
+// their 11- or 8-bit results cannot tell its few-ulp float error apart, while the exact expf and division
+// would make those kernels compute-bound (they move half the bytes of float32 per element). The functors
+// run on it unchanged: the operators and fa_* overloads below are found by argument-dependent lookup.
+struct FastFloat {
+  float v;
+  FastFloat() = default;
+  __host__ __device__ constexpr FastFloat(float x) : v(x) {}
+  __host__ __device__ constexpr FastFloat(double x) : v(static_cast<float>(x)) {}
+  __host__ __device__ constexpr FastFloat(int x) : v(static_cast<float>(x)) {}
+};
+// Host versions exist only so that the host-device functors compile for FastFloat; kernels use the device ones.
+#if defined(__CUDA_ARCH__)
+#define FASTACT_FAST(device_expr, host_expr) device_expr
+#else
+#define FASTACT_FAST(device_expr, host_expr) host_expr
+#endif
+__host__ __device__ __forceinline__ FastFloat operator+(FastFloat a, FastFloat b) { return a.v + b.v; }
+__host__ __device__ __forceinline__ FastFloat operator-(FastFloat a, FastFloat b) { return a.v - b.v; }
+__host__ __device__ __forceinline__ FastFloat operator*(FastFloat a, FastFloat b) { return a.v * b.v; }
+__host__ __device__ __forceinline__ FastFloat operator/(FastFloat a, FastFloat b) {
+  return FASTACT_FAST(__fdividef(a.v, b.v), a.v / b.v);
+}
+__host__ __device__ __forceinline__ bool operator==(FastFloat a, FastFloat b) { return a.v == b.v; }
+__host__ __device__ __forceinline__ bool operator>=(FastFloat a, FastFloat b) { return a.v >= b.v; }
+__host__ __device__ __forceinline__ bool operator>(FastFloat a, FastFloat b) { return a.v > b.v; }
+__host__ __device__ __forceinline__ FastFloat fa_exp_nonpositive(FastFloat x) {
+  return FASTACT_FAST(__expf(x.v), std::exp(x.v));
+}
+__host__ __device__ __forceinline__ FastFloat fa_abs(FastFloat x) { return fabsf(x.v); }
+__host__ __device__ __forceinline__ FastFloat fa_neg(FastFloat x) { return -x.v; }
+#undef FASTACT_FAST
+
+template <typename scalar_t>
+using compute_t = std::conditional_t<std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>,
+                                     FastFloat, at::opmath_type<scalar_t>>;
+__host__ __device__ __forceinline__ float to_opmath(FastFloat a) { return a.v; }
+template <typename T>
+__host__ __device__ __forceinline__ T to_opmath(T a) { return a; }
+
+template <typename Op, typename scalar_t, typename opmath_t>
+__device__ __forceinline__ scalar_t forward_element(scalar_t x, opmath_t p) {
+  using C = compute_t<scalar_t>;
+  return static_cast<scalar_t>(to_opmath(Op::forward(C(static_cast<opmath_t>(x)), C(p))));
+}
+
+// Returns grad * f'(x) and sets gp to grad * df/dparam.
+template <typename Op, typename scalar_t, typename opmath_t>
+__device__ __forceinline__ scalar_t backward_element(scalar_t g, scalar_t x, opmath_t p, opmath_t& gp) {
+  using C = compute_t<scalar_t>;
+  C gx, gpc;
+  Op::backward(C(static_cast<opmath_t>(g)), C(static_cast<opmath_t>(x)), C(p), gx, gpc);
+  gp = to_opmath(gpc);
+  return static_cast<scalar_t>(to_opmath(gx));
+}
+
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll
@@ -55,15 +112,16 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
-// Sum over the block in a fixed order; the result is valid in thread 0.
-template <typename T>
+// Sum over a block of kBlock threads in a fixed order; the result is valid in thread 0.
+template <int kBlock = kThreads, typename T>
 __device__ __forceinline__ T block_sum(T v) {
-  __shared__ T warp_sums[kThreads / 32];
+  static_assert(kBlock % 32 == 0 && kBlock <= 1024, "whole warps, at most 32 of them");
+  __shared__ T warp_sums[kBlock / 32];
   v = warp_sum(v);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   if (lane == 0) warp_sums[warp] = v;
   __syncthreads();
-  v = threadIdx.x < kThreads / 32 ? warp_sums[threadIdx.x] : T(0);
+  v = threadIdx.x < kBlock / 32 ? warp_sums[threadIdx.x] : T(0);
   if (warp == 0) v = warp_sum(v);
   return v;
 }
@@ -73,14 +131,12 @@ __device__ __forceinline__ T block_sum(T v) {
 template <typename Op, Pass P, typename scalar_t, typename opmath_t>
 __device__ __forceinline__ opmath_t apply(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad,
                                           scalar_t* __restrict__ out, int64_t i, opmath_t param) {
-  const opmath_t xv = static_cast<opmath_t>(x[i]);
   if constexpr (P == Pass::Forward) {
-    out[i] = static_cast<scalar_t>(Op::forward(xv, param));
+    out[i] = forward_element<Op>(x[i], param);
     return opmath_t(0);
   } else {
-    opmath_t gx, gp;
-    Op::backward(static_cast<opmath_t>(grad[i]), xv, param, gx, gp);
-    out[i] = static_cast<scalar_t>(gx);
+    opmath_t gp;
+    out[i] = backward_element<Op>(grad[i], x[i], param, gp);
     return gp;
   }
 }
@@ -125,13 +181,11 @@ rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad, s
       V o;
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
-        const opmath_t xj = static_cast<opmath_t>(xv[u].v[j]);
         if constexpr (P == Pass::Forward) {
-          o.v[j] = static_cast<scalar_t>(Op::forward(xj, p));
+          o.v[j] = forward_element<Op>(xv[u].v[j], p);
         } else {
-          opmath_t gx, gp;
-          Op::backward(static_cast<opmath_t>(gv[u].v[j]), xj, p, gx, gp);
-          o.v[j] = static_cast<scalar_t>(gx);
+          opmath_t gp;
+          o.v[j] = backward_element<Op>(gv[u].v[j], xv[u].v[j], p, gp);
           acc += gp;
         }
       }
@@ -190,13 +244,11 @@ columns_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad
           V o;
 #pragma unroll
           for (int j = 0; j < VEC; ++j) {
-            const opmath_t xj = static_cast<opmath_t>(xv[u].v[j]);
             if constexpr (P == Pass::Forward) {
-              o.v[j] = static_cast<scalar_t>(Op::forward(xj, p[j]));
+              o.v[j] = forward_element<Op>(xv[u].v[j], p[j]);
             } else {
-              opmath_t gx, gp;
-              Op::backward(static_cast<opmath_t>(gv[u].v[j]), xj, p[j], gx, gp);
-              o.v[j] = static_cast<scalar_t>(gx);
+              opmath_t gp;
+              o.v[j] = backward_element<Op>(gv[u].v[j], xv[u].v[j], p[j], gp);
               acc[j] += gp;
             }
           }
@@ -228,19 +280,31 @@ columns_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad
   }
 }
 
-// param_grad[c] = sum over i < count of partials[c * channel_stride + (i / run) * run_stride + i % run],
-// in a fixed order (one block per channel).
+// param_grad[c] = sum over i < count of partials[c * channel_stride + (i / run) * run_stride + i % run], in a
+// fixed order: one block per channel, 1024 threads with several independent loads in flight each (a single
+// channel may have tens of thousands of partials), the (i / run, i % run) pair advanced without division.
+constexpr int kReduceThreads = 1024;
+
 template <typename opmath_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kReduceThreads)
 reduce_partials_kernel(const opmath_t* __restrict__ partials, opmath_t* __restrict__ param_grad, int64_t count,
                        int64_t run, int64_t run_stride, int64_t channel_stride) {
-  const int64_t c = blockIdx.x;
+  const opmath_t* base = partials + int64_t(blockIdx.x) * channel_stride;
+  const int64_t step_q = kReduceThreads / run, step_r = kReduceThreads % run;
+  int64_t q = threadIdx.x / run, r = threadIdx.x % run;
   double sum = 0.0;
-  for (int64_t i = threadIdx.x; i < count; i += kThreads) {
-    sum += static_cast<double>(partials[c * channel_stride + (i / run) * run_stride + i % run]);
+#pragma unroll 8
+  for (int64_t i = threadIdx.x; i < count; i += kReduceThreads) {
+    sum += static_cast<double>(base[q * run_stride + r]);
+    q += step_q;
+    r += step_r;
+    if (r >= run) {
+      r -= run;
+      ++q;
+    }
   }
-  sum = block_sum(sum);
-  if (threadIdx.x == 0) param_grad[c] = static_cast<opmath_t>(sum);
+  sum = block_sum<kReduceThreads>(sum);
+  if (threadIdx.x == 0) param_grad[blockIdx.x] = static_cast<opmath_t>(sum);
 }
 
 int multiprocessor_count() {
@@ -283,7 +347,7 @@ void launch_typed(const ElementwiseProblem& pr) {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if constexpr (P == Pass::BackwardParamGrad) {
       // channel c: rows n * channels + c for every n, each with pieces_per_row partials
-      reduce_partials_kernel<opmath_t><<<static_cast<unsigned>(pr.channels), kThreads, 0, stream>>>(
+      reduce_partials_kernel<opmath_t><<<static_cast<unsigned>(pr.channels), kReduceThreads, 0, stream>>>(
           partial_ptr, static_cast<opmath_t*>(pr.param_grad), rows / pr.channels * pieces_per_row,
           pieces_per_row, pr.channels * pieces_per_row, pieces_per_row);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -311,7 +375,7 @@ void launch_typed(const ElementwiseProblem& pr) {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if constexpr (P == Pass::BackwardParamGrad) {
       // channel c: entries y * slab + c * inner + k for every slab group y and k < inner
-      reduce_partials_kernel<opmath_t><<<static_cast<unsigned>(pr.channels), kThreads, 0, stream>>>(
+      reduce_partials_kernel<opmath_t><<<static_cast<unsigned>(pr.channels), kReduceThreads, 0, stream>>>(
           partial_ptr, static_cast<opmath_t*>(pr.param_grad), grid_y * pr.inner, pr.inner, slab, pr.inner);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
