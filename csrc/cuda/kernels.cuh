@@ -30,7 +30,7 @@ namespace fastact::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kUnroll = 4;          // independent 16-byte accesses in flight per thread
+constexpr int kUnroll = 4;          // independent 16-byte accesses in flight per thread (columns; rows pick 2 or 4)
 constexpr int64_t kRowMin = 1024;   // shorter runs use the column shape
 
 enum class Pass { Forward, Backward, BackwardParamGrad };
@@ -141,12 +141,12 @@ __device__ __forceinline__ opmath_t apply(const scalar_t* __restrict__ x, const 
   }
 }
 
-template <typename Op, Pass P, int VEC, typename scalar_t, typename opmath_t>
+template <typename Op, Pass P, int VEC, int UNROLL, typename scalar_t, typename opmath_t>
 __global__ void __launch_bounds__(kThreads)
 rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad, scalar_t* __restrict__ out,
             int64_t inner, int64_t channels, int64_t pieces_per_row, bool aligned, ParamAccess<opmath_t> param,
             opmath_t* __restrict__ partials) {
-  constexpr int64_t kPiece = int64_t(kThreads) * kUnroll * VEC;
+  constexpr int64_t kPiece = int64_t(kThreads) * UNROLL * VEC;
   const int64_t piece = blockIdx.x;
   const int64_t row = piece / pieces_per_row;
   const int64_t start = row * inner + (piece % pieces_per_row) * kPiece;
@@ -165,9 +165,9 @@ rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad, s
 
   using V = Pack<scalar_t, VEC>;
   const int64_t nvec = (body_end - body) / VEC;
-  V xv[kUnroll], gv[kUnroll];
+  V xv[UNROLL], gv[UNROLL];
 #pragma unroll
-  for (int u = 0; u < kUnroll; ++u) {
+  for (int u = 0; u < UNROLL; ++u) {
     const int64_t v = threadIdx.x + int64_t(u) * kThreads;
     if (v < nvec) {
       xv[u] = reinterpret_cast<const V*>(x + body)[v];
@@ -175,7 +175,7 @@ rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad, s
     }
   }
 #pragma unroll
-  for (int u = 0; u < kUnroll; ++u) {
+  for (int u = 0; u < UNROLL; ++u) {
     const int64_t v = threadIdx.x + int64_t(u) * kThreads;
     if (v < nvec) {
       V o;
@@ -335,24 +335,31 @@ void launch_typed(const ElementwiseProblem& pr) {
   at::Tensor partials;
 
   if (pr.channels == 1 || pr.inner >= kRowMin) {
-    constexpr int64_t kPiece = int64_t(kThreads) * kUnroll * VEC;
-    const int64_t rows = pr.numel / pr.inner;
-    const int64_t pieces_per_row = (pr.inner + kPiece - 1) / kPiece;
-    const int64_t pieces = rows * pieces_per_row;
-    TORCH_CHECK(pieces < (int64_t(1) << 31), "fastact: tensor too large for one launch");
-    if constexpr (P == Pass::BackwardParamGrad) partials = at::empty({pieces}, float_options);
-    opmath_t* partial_ptr = partials.defined() ? partials.template data_ptr<opmath_t>() : nullptr;
-    rows_kernel<Op, P, VEC><<<static_cast<unsigned>(pieces), kThreads, 0, stream>>>(
-        x, grad, out, pr.inner, pr.channels, pieces_per_row, aligned, param, partial_ptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if constexpr (P == Pass::BackwardParamGrad) {
-      // channel c: rows n * channels + c for every n, each with pieces_per_row partials
-      reduce_partials_kernel<opmath_t><<<static_cast<unsigned>(pr.channels), kReduceThreads, 0, stream>>>(
-          partial_ptr, static_cast<opmath_t*>(pr.param_grad), rows / pr.channels * pieces_per_row,
-          pieces_per_row, pr.channels * pieces_per_row, pieces_per_row);
+    auto launch_rows = [&](auto unroll_tag) {
+      constexpr int U = decltype(unroll_tag)::value;
+      constexpr int64_t kPiece = int64_t(kThreads) * U * VEC;
+      const int64_t rows = pr.numel / pr.inner;
+      const int64_t pieces_per_row = (pr.inner + kPiece - 1) / kPiece;
+      const int64_t pieces = rows * pieces_per_row;
+      TORCH_CHECK(pieces < (int64_t(1) << 31), "fastact: tensor too large for one launch");
+      if constexpr (P == Pass::BackwardParamGrad) partials = at::empty({pieces}, float_options);
+      opmath_t* partial_ptr = partials.defined() ? partials.template data_ptr<opmath_t>() : nullptr;
+      rows_kernel<Op, P, VEC, U><<<static_cast<unsigned>(pieces), kThreads, 0, stream>>>(
+          x, grad, out, pr.inner, pr.channels, pieces_per_row, aligned, param, partial_ptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    return;
+      if constexpr (P == Pass::BackwardParamGrad) {
+        // channel c: rows n * channels + c for every n, each with pieces_per_row partials
+        reduce_partials_kernel<opmath_t><<<static_cast<unsigned>(pr.channels), kReduceThreads, 0, stream>>>(
+            partial_ptr, static_cast<opmath_t*>(pr.param_grad), rows / pr.channels * pieces_per_row,
+            pieces_per_row, pr.channels * pieces_per_row, pieces_per_row);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    };
+    // Pieces of 4 vectors per thread, or 2 where a run is shorter than that (measured on an H200: bfloat16
+    // per-channel rows of 4096 elements ran at 0.76-0.86 of copy bandwidth with half-empty 4-vector pieces,
+    // 0.92-0.95 with 2; benchmarks/results/gpu/README.md).
+    if (pr.inner >= int64_t(kThreads) * 4 * VEC) return launch_rows(std::integral_constant<int, 4>{});
+    return launch_rows(std::integral_constant<int, 2>{});
   }
 
   const int64_t slab = pr.channels * pr.inner;
