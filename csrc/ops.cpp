@@ -94,31 +94,18 @@ Prepared prepare(const OpInfo& op, const at::Tensor& x, const ParamArg& param) {
   return p;
 }
 
-void launch_forward(const at::Tensor& x, const ElementwiseProblem& problem) {
+// Runs the forward or backward kernels of x's device.
+void launch(const at::Tensor& x, const ElementwiseProblem& problem, bool backward) {
   if (problem.numel == 0) return;
   c10::DeviceGuard guard(x.device());
   if (x.is_cuda()) {
 #if defined(FASTACT_WITH_CUDA)
-    cuda::forward(problem);
+    backward ? cuda::backward(problem) : cuda::forward(problem);
 #else
     TORCH_CHECK(false, "fastact was built without CUDA kernels; rebuild with FASTACT_BUILD=cuda");
 #endif
   } else {
-    cpu::forward(problem);
-  }
-}
-
-void launch_backward(const at::Tensor& x, const ElementwiseProblem& problem) {
-  if (problem.numel == 0) return;
-  c10::DeviceGuard guard(x.device());
-  if (x.is_cuda()) {
-#if defined(FASTACT_WITH_CUDA)
-    cuda::backward(problem);
-#else
-    TORCH_CHECK(false, "fastact was built without CUDA kernels; rebuild with FASTACT_BUILD=cuda");
-#endif
-  } else {
-    cpu::backward(problem);
+    backward ? cpu::backward(problem) : cpu::forward(problem);
   }
 }
 
@@ -128,7 +115,7 @@ at::Tensor forward(const OpInfo& op, const at::Tensor& x, const ParamArg& param)
   Prepared p = prepare(op, x, param);
   at::Tensor out = at::empty_like(p.x);
   p.problem.out = out.data_ptr();
-  launch_forward(p.x, p.problem);
+  launch(p.x, p.problem, /*backward=*/false);
   return out;
 }
 
@@ -138,11 +125,11 @@ at::Tensor& forward_out(const OpInfo& op, const at::Tensor& x, const ParamArg& p
   if (out.strides() == p.x.strides()) {
     // Same layout (out may even be x: each element is read before it is written).
     p.problem.out = out.data_ptr();
-    launch_forward(p.x, p.problem);
+    launch(p.x, p.problem, /*backward=*/false);
   } else {
     at::Tensor tmp = at::empty_like(p.x);
     p.problem.out = tmp.data_ptr();
-    launch_forward(p.x, p.problem);
+    launch(p.x, p.problem, /*backward=*/false);
     out.copy_(tmp);
   }
   return out;
@@ -172,7 +159,7 @@ void backward_out(const OpInfo& op, const at::Tensor& grad, const at::Tensor& x,
   }
   p.problem.grad = g.data_ptr();
   p.problem.out = gx.data_ptr();
-  launch_backward(p.x, p.problem);
+  launch(p.x, p.problem, /*backward=*/true);
   if (!direct) grad_input.copy_(gx);
   if (param_grad.defined()) grad_param->copy_(param_grad.reshape(grad_param->sizes()));
 }

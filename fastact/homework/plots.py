@@ -149,6 +149,16 @@ def _axes_at_origin(ax):
     ax.axvline(0, color="black", lw=0.6)
 
 
+def _finish(plt, fig, axes, path: Path, legend_size=None) -> None:
+    """Axes through the origin, legends, and the figure written to path."""
+    for ax in axes:
+        _axes_at_origin(ax)
+        ax.legend(loc="upper left", fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_swish(data, x, path: Path) -> None:
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.4))
@@ -158,12 +168,7 @@ def plot_swish(data, x, path: Path) -> None:
         b.plot(x, c["dy"], lw=2, label=f"β = {beta:g}")
     a.set(title="Swish  f(x) = x·σ(βx)", xlabel="x", ylabel="f(x)", ylim=(-2.0, 5.0))
     b.set(title="First derivatives of Swish", xlabel="x", ylabel="f′(x)", ylim=(-0.3, 1.3))
-    for ax in (a, b):
-        _axes_at_origin(ax)
-        ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(plt, fig, (a, b), path)
 
 
 def plot_mish(data, x, path: Path) -> None:
@@ -180,12 +185,7 @@ def plot_mish(data, x, path: Path) -> None:
     b.plot(x, s["dy"], lw=1.4, label="Swish f′")
     b.plot(x, s["d2y"], lw=1.4, ls="--", label="Swish f″")
     b.set(title="First and second derivatives of Mish and Swish", xlabel="x", ylim=(-0.4, 1.3), xlim=(-4, 4))
-    for ax in (a, b):
-        _axes_at_origin(ax)
-        ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(plt, fig, (a, b), path)
 
 
 def plot_mish_delta(data, x, path: Path) -> None:
@@ -202,12 +202,7 @@ def plot_mish_delta(data, x, path: Path) -> None:
     b.plot(x, m["delta_times_swish"] + m["f_over_x"], lw=1.2, ls="--", color="tab:red",
            label="Δ(x)·swish(x) + f(x)/x")
     b.set(title="f′(x) = Δ(x)·swish(x) + f(x)/x", xlabel="x", ylim=(-0.4, 1.3), xlim=(-4, 4))
-    for ax in (a, b):
-        _axes_at_origin(ax)
-        ax.legend(loc="upper left", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(plt, fig, (a, b), path, legend_size=9)
 
 
 def plot_leaky(data, x, path: Path) -> None:
@@ -223,12 +218,7 @@ def plot_leaky(data, x, path: Path) -> None:
     a.set(title="Leaky ReLU  f(x) = x (x > 0), αx (x ≤ 0)", xlabel="x", ylabel="f(x)", xlim=(-3, 3), ylim=(-3, 3))
     b.set(title="Derivatives: 1 for x > 0, α for x < 0", xlabel="x", ylabel="f′(x)", xlim=(-3, 3),
           ylim=(-1.2, 1.2))
-    for ax in (a, b):
-        _axes_at_origin(ax)
-        ax.legend(loc="upper left", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(plt, fig, (a, b), path, legend_size=9)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
