@@ -97,6 +97,7 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
         else:
             ctx.save_for_backward(x)
             ctx.param = param
+
     def forward_backward(ctx, grad):
         if has_tensor_param:
             x, p = ctx.saved_tensors
