@@ -4,11 +4,13 @@
 //   <name>.out(Tensor x[, param], *, Tensor(a!) out) -> Tensor(a!)
 //   <name>_backward(Tensor grad, Tensor x[, param]) -> Tensor            (-> (Tensor, Tensor) for a Tensor param)
 //   <name>_backward.out(..., *, Tensor(a!) grad_input[, Tensor(b!) grad_<param>]) -> ...
-// Fake (meta) kernels and autograd are registered from Python, in fastact/ops.py.
+// Autograd of <name> is C++ (autograd.h); fake kernels and the double backward (autograd of
+// <name>_backward) are registered from Python, in fastact/ops.py.
 #include <string>
 
 #include <torch/library.h>
 
+#include "autograd.h"
 #include "ops.h"
 
 namespace fastact {
@@ -107,6 +109,9 @@ FASTACT_FOR_EACH_ACTIVATION(FASTACT_INFO)
     m.impl(#name "_backward.out", TORCH_FN(K::bwd_out));                      \
   }
 
+#define FASTACT_AUTOGRAD_IMPL(name, Id, Kind, param) \
+  m.impl(#name, TORCH_FN((autograd::ActivationFunction<ParamKind::Kind, name##_info>::kernel)));
+
 }  // namespace
 
 TORCH_LIBRARY(fastact, m) {
@@ -127,6 +132,8 @@ TORCH_LIBRARY(fastact, m) {
 }
 
 TORCH_LIBRARY_IMPL(fastact, CPU, m) { FASTACT_FOR_EACH_ACTIVATION(FASTACT_IMPL) }
+
+TORCH_LIBRARY_IMPL(fastact, Autograd, m) { FASTACT_FOR_EACH_ACTIVATION(FASTACT_AUTOGRAD_IMPL) }
 
 #if defined(FASTACT_WITH_CUDA)
 TORCH_LIBRARY_IMPL(fastact, CUDA, m) { FASTACT_FOR_EACH_ACTIVATION(FASTACT_IMPL) }

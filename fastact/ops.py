@@ -1,9 +1,11 @@
 """torch.library registrations for the ops defined in C++ (csrc/registration.cpp): fake kernels, so that
-torch.compile can trace them, and autograd, so that every op is differentiable twice (and beyond).
+torch.compile can trace them, and the autograd of the backward ops, so that every op is differentiable twice
+(and beyond).
 
-First derivatives run fastact's fused backward kernels; the backward of a backward is written in plain
-torch ops from the closed-form derivatives in `fastact.reference`, so it is itself differentiable.
-Forward saves only the input and the parameter.
+First derivatives are registered in C++ (csrc/autograd.h: a per-call cost like torch's own ops) and run
+fastact's fused backward kernels, saving only the input and the parameter. The backward of a backward is
+written here in plain torch ops from the closed-form derivatives in `fastact.reference`, so it is itself
+differentiable.
 """
 from __future__ import annotations
 
@@ -88,26 +90,6 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
     else:
         torch.library.register_fake(f"{qualname}_backward")(lambda grad, x, *param: torch.empty_like(x))
         torch.library.register_fake(f"{qualname}_backward.out")(lambda grad, x, *param, grad_input: grad_input)
-
-    # --- first derivative: the fused backward kernel ----------------------------------------------------
-    def setup_forward(ctx, inputs, output):
-        x, *param = inputs
-        if has_tensor_param:
-            ctx.save_for_backward(x, param[0])
-        else:
-            ctx.save_for_backward(x)
-            ctx.param = param
-
-    def forward_backward(ctx, grad):
-        if has_tensor_param:
-            x, p = ctx.saved_tensors
-            grad_input, grad_param = backward_op(grad, x, p)
-            return (grad_input if ctx.needs_input_grad[0] else None,
-                    grad_param if ctx.needs_input_grad[1] else None)
-        (x,) = ctx.saved_tensors
-        return (backward_op(grad, x, *ctx.param), *([None] * len(ctx.param)))
-
-    torch.library.register_autograd(qualname, forward_backward, setup_context=setup_forward)
 
     # --- second derivative: the backward of the backward, in differentiable torch ops ------------------
     def setup_backward(ctx, inputs, output):

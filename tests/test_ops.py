@@ -380,6 +380,43 @@ def test_gradcheck_and_gradgradcheck(device, case, layout):
     assert torch.autograd.gradgradcheck(fn, inputs)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", [c for c in CASES if c.tensor_param], ids=str)
+@pytest.mark.parametrize("needs", ["x", "param", "both", "neither"])
+def test_gradient_reaches_exactly_the_inputs_that_require_it(device, case, needs):
+    gen = torch.Generator().manual_seed(7)
+    x = (torch.randn(3, 5, 4, generator=gen, dtype=torch.float64) * 3).to(device)
+    p = case.make_param(x, gen)
+    x.requires_grad_(needs in ("x", "both"))
+    p.requires_grad_(needs in ("param", "both"))
+    y = case.fast(x, p)
+    if needs == "neither":
+        assert y.grad_fn is None and not y.requires_grad
+        return
+    g = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device)
+    y.backward(g)
+    _, expected = reference_grads(case, x, p, g)
+    for tensor, want in zip((x, p), expected):
+        if tensor.requires_grad:
+            torch.testing.assert_close(tensor.grad, want.to(tensor.dtype), rtol=1e-10, atol=1e-12)
+        else:
+            assert tensor.grad is None
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_no_graph_under_no_grad_and_inference_mode(case):
+    x = torch.randn(4, 3, 5, requires_grad=True)
+    p = case.make_param(x)
+    if case.tensor_param:
+        p.requires_grad_()
+    expected = case.fast(x, p).detach()
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            y = case.fast(x, p)
+        assert y.grad_fn is None and not y.requires_grad
+        assert torch.equal(y, expected)
+
+
 # --------------------------------------------------------------------------------------------------------
 # torch.library.opcheck on every op (default, out, backward, backward.out)
 
