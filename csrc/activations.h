@@ -27,13 +27,15 @@ namespace {
 
 // Swish-beta: f = x * sigmoid(beta x); beta = 1 is SiLU.
 struct SwishOp {
-  // sigmoid(z), sigmoid(z) * (1 - sigmoid(z)) from a single exp(-|z|), without overflow.
+  // sigmoid(z), sigmoid(z) * (1 - sigmoid(z)) from a single exp(-|z|), without overflow. With
+  // q = sigmoid(-|z|) = e / (1 + e) <= 1/2, sigmoid(z) is 1 - q for z >= 0 and q otherwise.
   template <typename T>
   FASTACT_HOST_DEVICE static void sigmoid_parts(T z, T& s, T& ds) {
-    const T e = fa_exp_nonpositive(fa_neg(fa_abs(z)));
-    const T r = T(1) / (T(1) + e);
-    s = fa_select(z >= T(0), r, e * r);
-    ds = e * r * r;
+    const T e = fa_exp_nonpositive(fa_neg_abs(z));
+    const T q = e / (T(1) + e);
+    const T one_minus_q = T(1) - q;
+    s = fa_select(z >= T(0), one_minus_q, q);
+    ds = q * one_minus_q;
   }
 
   template <typename T>
@@ -63,35 +65,42 @@ struct SwishOp {
   }
 };
 
-// Mish: f = x * tanh(softplus(x)). With e = exp(-|x|) (one exp per element), tanh(softplus(x)) = num / den:
-//   x >= 0: num = 1 + 2e,     den = 1 + 2e + 2e^2
-//   x <  0: num = e^2 + 2e,   den = e^2 + 2e + 2
-// Both forms are free of overflow and cancellation; the derivative's second term,
-// x sigmoid(x) sech^2(softplus(x)) = 4 x e (1 + e) g / den^2 with g = (x >= 0 ? e : 1), is exact too.
+// Mish: f = x * tanh(softplus(x)). With e = exp(-|x|) (one exp per element), tanh(softplus(x)) = t:
+//   x >= 0: t = 1 - m / den,   m = 2e^2,       den = 1 + 2e + 2e^2
+//   x <  0: t = m / den,       m = e^2 + 2e,   den = e^2 + 2e + 2
+// Both forms are free of overflow and cancellation (m / den <= 1/2 for x >= 0, and t = 1 exactly where
+// e = 0); the derivative's second term, x sigmoid(x) sech^2(softplus(x)) = 4 x e (1 + e) w / den^2 with
+// w = (x >= 0 ? e : 1), is exact too.
 struct MishOp {
   template <typename T>
-  FASTACT_HOST_DEVICE static void parts(T x, T& e, T& num, T& den) {
-    e = fa_exp_nonpositive(fa_neg(fa_abs(x)));
+  FASTACT_HOST_DEVICE static void parts(T x, T& e, T& m, T& den) {
+    e = fa_exp_nonpositive(fa_neg_abs(x));
     const auto nonneg = x >= T(0);
     const T e2 = e * e;
-    num = fa_select(nonneg, T(1) + T(2) * e, e2 + T(2) * e);
+    m = fa_select(nonneg, T(2) * e2, e2 + T(2) * e);
     den = fa_select(nonneg, T(1) + T(2) * e + T(2) * e2, e2 + T(2) * e + T(2));
   }
 
   template <typename T>
+  FASTACT_HOST_DEVICE static T tanh_softplus(T x, T m_over_den) {
+    return fa_select(x >= T(0), T(1) - m_over_den, m_over_den);
+  }
+
+  template <typename T>
   FASTACT_HOST_DEVICE static T forward(T x, T /*unused*/) {
-    T e, num, den;
-    parts(x, e, num, den);
-    return fa_select(x == fa_neg(fa_inf<T>()), T(0), x * num / den);
+    T e, m, den;
+    parts(x, e, m, den);
+    return fa_select(x == fa_neg(fa_inf<T>()), T(0), x * tanh_softplus(x, m / den));
   }
 
   template <typename T>
   FASTACT_HOST_DEVICE static void backward(T g, T x, T /*unused*/, T& gx, T& gp) {
-    T e, num, den;
-    parts(x, e, num, den);
+    T e, m, den;
+    parts(x, e, m, den);
+    const T inv_den = T(1) / den;  // one division for both terms
     const T w = fa_select(x >= T(0), e, T(1));
-    const T tail = T(4) * x * e * (T(1) + e) * w / (den * den);
-    gx = g * (num / den + fa_select(fa_abs(x) == fa_inf<T>(), T(0), tail));
+    const T tail = T(4) * x * e * (T(1) + e) * w * (inv_den * inv_den);
+    gx = g * (tanh_softplus(x, m * inv_den) + fa_select(fa_abs(x) == fa_inf<T>(), T(0), tail));
     gp = T(0);
   }
 };
