@@ -1,0 +1,71 @@
+// Single-core cost of the CPU kernels (csrc/cpu/kernels.h) in ns per element and cycles per 8 elements, on a
+// cache-resident buffer: the tool for kernel work, where end-to-end timings are too noisy to see 10%.
+// Build and run (AVX2 build of the kernels; see build.sh):
+//
+//   bash benchmarks/cpu_cycles/build.sh && /tmp/fastact_cycles [GHz]
+//
+// Each figure is the minimum over 300 timed blocks, so a shared machine's interruptions drop out.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "cpu/kernels.h"
+
+namespace {
+
+using fastact::ActivationId;
+using fastact::ElementwiseProblem;
+
+double ghz = 2.45;
+
+template <typename T>
+void run(const char* name, ActivationId id, c10::ScalarType dtype, double param, bool backward) {
+  constexpr int64_t n = 1 << 14;
+  std::vector<T> x(n), g(n), y(n);
+  std::mt19937 rng(0);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = T(normal(rng));
+    g[i] = T(normal(rng));
+  }
+  ElementwiseProblem p{};
+  p.activation = id;
+  p.dtype = dtype;
+  p.numel = n;
+  p.channels = 1;
+  p.inner = n;
+  p.x = x.data();
+  p.grad = g.data();
+  p.out = y.data();
+  p.param_scalar = param;
+  const auto& kernels = fastact::cpu::CPU_CAPABILITY::kRangeKernels;
+  double best = 1e30;
+  for (int block = 0; block < 300; ++block) {
+    const auto start = std::chrono::steady_clock::now();
+    for (int it = 0; it < 5; ++it) {
+      backward ? kernels.backward(p, 0, n, nullptr, 0) : kernels.forward(p, 0, n);
+    }
+    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+    best = std::min(best, elapsed.count() / 5 / n);
+  }
+  std::printf("%-6s %-9s %-3s %6.3f ns/element %6.2f cycles/8 elements at %.2f GHz\n", name,
+              dtype == c10::ScalarType::Float ? "float32" : "bfloat16", backward ? "bwd" : "fwd", best * 1e9,
+              best * 1e9 * ghz * 8, ghz);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1) ghz = std::atof(argv[1]);
+  for (bool backward : {false, true}) {
+    run<float>("silu", ActivationId::Swish, c10::ScalarType::Float, 1.0, backward);
+    run<float>("mish", ActivationId::Mish, c10::ScalarType::Float, 0.0, backward);
+    run<float>("leaky", ActivationId::Leaky, c10::ScalarType::Float, 0.5, backward);
+    run<c10::BFloat16>("silu", ActivationId::Swish, c10::ScalarType::BFloat16, 1.0, backward);
+    run<c10::BFloat16>("mish", ActivationId::Mish, c10::ScalarType::BFloat16, 0.0, backward);
+    run<c10::BFloat16>("leaky", ActivationId::Leaky, c10::ScalarType::BFloat16, 0.5, backward);
+  }
+}
