@@ -154,14 +154,20 @@ void backward_out(const OpInfo& op, const at::Tensor& grad, const at::Tensor& x,
                 "fastact.", op.name, ": grad_", op.param_name, " must have the shape, dtype and device of ",
                 op.param_name, " (", w.sizes(), ", ", w.scalar_type(), ", ", w.device(), "), got (",
                 grad_param->sizes(), ", ", grad_param->scalar_type(), ", ", grad_param->device(), ")");
-    param_grad = at::zeros({p.problem.channels}, p.param.options());
+    // The kernels write (not accumulate) the gradient: straight into grad_param when it has the layout and
+    // dtype they write, else into a temporary that is copied over.
+    const bool direct_param = grad_param->is_contiguous() && grad_param->scalar_type() == p.param.scalar_type();
+    param_grad = direct_param ? *grad_param : at::empty({p.problem.channels}, p.param.options());
+    if (p.problem.numel == 0) param_grad.zero_();  // no kernel runs
     p.problem.param_grad = param_grad.data_ptr();
   }
   p.problem.grad = g.data_ptr();
   p.problem.out = gx.data_ptr();
   launch(p.x, p.problem, /*backward=*/true);
   if (!direct) grad_input.copy_(gx);
-  if (param_grad.defined()) grad_param->copy_(param_grad.reshape(grad_param->sizes()));
+  if (param_grad.defined() && !param_grad.is_same(*grad_param)) {
+    grad_param->copy_(param_grad.reshape(grad_param->sizes()));
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> backward(const OpInfo& op, const at::Tensor& grad, const at::Tensor& x,
