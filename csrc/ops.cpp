@@ -63,6 +63,15 @@ at::Tensor dense(const at::Tensor& t) {
   return t.is_non_overlapping_and_dense() ? t : t.contiguous(t.suggest_memory_format());
 }
 
+// A fresh output with x's layout. On the CPU a large one is backed by huge pages where the system allows it
+// (cpu/huge_pages.cpp): it is written right after, and with 4 KB pages the page faults of that first write
+// cost more than the kernel.
+at::Tensor empty_output_like(const at::Tensor& x) {
+  at::Tensor out = at::empty_like(x);
+  if (out.is_cpu()) cpu::advise_huge_pages(out.data_ptr(), out.nbytes());
+  return out;
+}
+
 struct Prepared {
   at::Tensor x;      // dense
   at::Tensor param;  // compute dtype, contiguous, or undefined for a scalar/no parameter
@@ -91,6 +100,7 @@ Prepared prepare(const OpInfo& op, const at::Tensor& x, const ParamArg& param) {
   pr.param = p.param.defined() ? p.param.data_ptr() : nullptr;
   pr.param_scalar = op.kind == ParamKind::Scalar ? param.scalar : 0.0;
   pr.param_grad = nullptr;
+  pr.stream_out = false;
   return p;
 }
 
@@ -113,7 +123,7 @@ void launch(const at::Tensor& x, const ElementwiseProblem& problem, bool backwar
 
 at::Tensor forward(const OpInfo& op, const at::Tensor& x, const ParamArg& param) {
   Prepared p = prepare(op, x, param);
-  at::Tensor out = at::empty_like(p.x);
+  at::Tensor out = empty_output_like(p.x);
   p.problem.out = out.data_ptr();
   launch(p.x, p.problem, /*backward=*/false);
   return out;
@@ -127,7 +137,7 @@ at::Tensor& forward_out(const OpInfo& op, const at::Tensor& x, const ParamArg& p
     p.problem.out = out.data_ptr();
     launch(p.x, p.problem, /*backward=*/false);
   } else {
-    at::Tensor tmp = at::empty_like(p.x);
+    at::Tensor tmp = empty_output_like(p.x);
     p.problem.out = tmp.data_ptr();
     launch(p.x, p.problem, /*backward=*/false);
     out.copy_(tmp);
@@ -141,9 +151,9 @@ void backward_out(const OpInfo& op, const at::Tensor& grad, const at::Tensor& x,
   check_like(op, "grad", grad, x);
   check_like(op, "grad_input", grad_input, x);
   // grad must be walked in the same memory order as x.
-  const at::Tensor g = grad.strides() == p.x.strides() ? grad : at::empty_like(p.x).copy_(grad);
+  const at::Tensor g = grad.strides() == p.x.strides() ? grad : empty_output_like(p.x).copy_(grad);
   const bool direct = grad_input.strides() == p.x.strides() && !grad_input.is_same(p.x);
-  at::Tensor gx = direct ? grad_input : at::empty_like(p.x);
+  at::Tensor gx = direct ? grad_input : empty_output_like(p.x);
   at::Tensor param_grad;
   if (op.kind == ParamKind::Tensor) {
     const at::Tensor& w = *param.tensor;
@@ -173,7 +183,7 @@ void backward_out(const OpInfo& op, const at::Tensor& grad, const at::Tensor& x,
 std::tuple<at::Tensor, at::Tensor> backward(const OpInfo& op, const at::Tensor& grad, const at::Tensor& x,
                                             const ParamArg& param) {
   check_tensor(op, "x", x);
-  at::Tensor grad_input = at::empty_like(x);  // the layout of dense(x), as the fake kernel gives
+  at::Tensor grad_input = empty_output_like(x);  // the layout of dense(x), as the fake kernel gives
   at::Tensor grad_param;
   if (op.kind == ParamKind::Tensor) {
     TORCH_CHECK(param.tensor != nullptr && param.tensor->defined(), "fastact.", op.name, ": ", op.param_name,

@@ -1,6 +1,7 @@
 // What the device-independent op layer (ops.cpp) hands to a device's kernels.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -50,6 +51,8 @@ struct ElementwiseProblem {
   // Backward of a Tensor parameter: `channels` values of d(loss)/d(param) in the compute type, written
   // (not accumulated) by the kernel, in a fixed order so that every run gives the same bits.
   void* param_grad;
+  // CPU: write `out` with non-temporal stores (set by cpu::forward/backward for data larger than the cache).
+  bool stream_out;
 };
 
 // The op layer (ops.cpp): argument checks, layout, allocation; one implementation for every device.
@@ -82,6 +85,14 @@ void backward(const ElementwiseProblem& p);
 std::string capability();                             // the kernel build in use: default, avx2, avx512
 std::string set_capability(const std::string& name);  // returns the previous one
 std::vector<std::string> supported_capabilities();    // the builds this CPU can run
+// Transparent huge pages for large fresh outputs (cpu/huge_pages.cpp).
+void advise_huge_pages(void* data, std::size_t nbytes);
+bool huge_pages_enabled();
+bool set_huge_pages(bool enabled);  // returns the previous setting
+// Calls that touch more bytes than this (default: the last-level cache) write their output with non-temporal
+// stores. For tuning and for the tests, which force them on small tensors.
+int64_t streaming_threshold();
+int64_t set_streaming_threshold(int64_t nbytes);  // returns the previous one
 }  // namespace cpu
 
 namespace cuda {

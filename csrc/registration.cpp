@@ -122,6 +122,12 @@ TORCH_LIBRARY(fastact, m) {
   m.def("cpu_capability() -> str", [] { return cpu::capability(); });
   m.def("set_cpu_capability(str name) -> str", [](const std::string& name) { return cpu::set_capability(name); });
   m.def("supported_cpu_capabilities() -> str[]", [] { return cpu::supported_capabilities(); });
+  // Transparent huge pages for large CPU outputs (csrc/cpu/huge_pages.cpp).
+  m.def("cpu_huge_pages() -> bool", [] { return cpu::huge_pages_enabled(); });
+  m.def("set_cpu_huge_pages(bool enabled) -> bool", [](bool enabled) { return cpu::set_huge_pages(enabled); });
+  m.def("cpu_streaming_threshold() -> int", [] { return cpu::streaming_threshold(); });
+  m.def("set_cpu_streaming_threshold(int nbytes) -> int",
+        [](int64_t nbytes) { return cpu::set_streaming_threshold(nbytes); });
   m.def("has_cuda_kernels() -> bool", [] {
 #if defined(FASTACT_WITH_CUDA)
     return true;

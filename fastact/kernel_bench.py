@@ -10,7 +10,9 @@ after warm-up; CUDA is synchronized by the timer).
 
 Two regimes, labelled in every row:
   user      fresh outputs every call, as a user calls the function (on CPU, fresh large outputs cost page
-            faults: at 2^24 float32 each 64 MB output is newly mapped memory)
+            faults: at 2^24 float32 each 64 MB output is newly mapped memory; fastact backs its large CPU
+            outputs with transparent huge pages where the system allows it, fastact.cpu_huge_pages(), and
+            torch does so for all tensors with THP_MEM_ALLOC_ENABLE=1: both are recorded under "machine")
   kernel    the kernel alone, writing into preallocated buffers through the out= ops (fastact's
             <op>.out / <op>_backward.out, torch's aten out= variants where they exist): the memory-bound
             regime, compared with the bandwidth of y.copy_(x) measured in the same run.
@@ -505,6 +507,10 @@ def machine_info(devices: list[str]) -> dict:
                            if f in flags]
     except OSError:
         pass
+    with contextlib.suppress(OSError):  # transparent huge pages: the mode decides the user regime's page faults
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as fh:
+            info["transparent_hugepage"] = fh.read().strip()
+    info["THP_MEM_ALLOC_ENABLE"] = os.environ.get("THP_MEM_ALLOC_ENABLE")  # PyTorch's own huge-page switch
     try:
         info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except Exception:  # noqa: BLE001
@@ -513,6 +519,8 @@ def machine_info(devices: list[str]) -> dict:
         fa = _fa()
         info["fastact_version"] = getattr(fa, "__version__", None)
         info["fastact_cpu_capability"] = fa.cpu_capability()
+        info["fastact_cpu_huge_pages"] = fa.cpu_huge_pages()
+        info["fastact_cpu_streaming_threshold"] = fa.ops.cpu_streaming_threshold()
         info["fastact_cuda_kernels"] = fa.has_cuda_kernels()
     except Exception as exc:  # noqa: BLE001
         info["fastact_error"] = _short_error(exc)

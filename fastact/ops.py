@@ -17,7 +17,9 @@ from torch import Tensor
 
 from . import reference as ref
 
-__all__ = ["cpu_capability", "set_cpu_capability", "supported_cpu_capabilities", "has_cuda_kernels"]
+__all__ = ["cpu_capability", "set_cpu_capability", "supported_cpu_capabilities", "cpu_huge_pages",
+           "set_cpu_huge_pages", "cpu_streaming_threshold", "set_cpu_streaming_threshold",
+           "has_cuda_kernels"]
 
 _lib = torch.ops.fastact
 
@@ -35,6 +37,31 @@ def set_cpu_capability(name: str) -> str:
 
 def supported_cpu_capabilities() -> list[str]:
     return list(_lib.supported_cpu_capabilities())
+
+
+def cpu_huge_pages() -> bool:
+    """Whether fastact backs its large CPU outputs (4 MB and more) with transparent huge pages. On by default
+    where the system hands them out on request (/sys/kernel/mm/transparent_hugepage/enabled is 'madvise');
+    off with FASTACT_HUGE_PAGES=0, or when PyTorch's own THP_MEM_ALLOC_ENABLE=1 already does it. It cuts the
+    page faults of writing a fresh output (one per 2 MB instead of one per 4 KB); results are unchanged."""
+    return bool(_lib.cpu_huge_pages())
+
+
+def set_cpu_huge_pages(enabled: bool) -> bool:
+    """Turn huge pages for large CPU outputs on or off; returns the previous setting. Turning them on where
+    the system does not hand them out on request leaves them off."""
+    return bool(_lib.set_cpu_huge_pages(bool(enabled)))
+
+
+def cpu_streaming_threshold() -> int:
+    """CPU calls that touch more bytes than this (inputs and output; default: the last-level cache) write
+    their output with non-temporal stores, which skip reading each cache line before overwriting it."""
+    return int(_lib.cpu_streaming_threshold())
+
+
+def set_cpu_streaming_threshold(nbytes: int) -> int:
+    """Set the streaming threshold in bytes (0: always stream); returns the previous one."""
+    return int(_lib.set_cpu_streaming_threshold(int(nbytes)))
 
 
 def has_cuda_kernels() -> bool:

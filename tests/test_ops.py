@@ -539,6 +539,132 @@ def test_set_cpu_capability_rejects_unknown():
 
 
 # --------------------------------------------------------------------------------------------------------
+# Non-temporal stores (CPU outputs larger than the cache): forced on small tensors, same bits as plain stores
+
+def _all_outputs(case, x, p, g):
+    x = x.detach().clone().requires_grad_()
+    p = p.detach().clone().requires_grad_() if case.tensor_param else p
+    y = case.fast(x, p)
+    grads = torch.autograd.grad(y, (x, p) if case.tensor_param else (x,), g)
+    return (y.detach(), *grads)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_streaming_stores_give_the_same_bits(case, dtype):
+    # Runs of >= 4096 elements stream (shorter per-channel runs do not): inner = 64 * 67 = 4288 per channel.
+    x = make_input((2, 4, 64, 67), "contiguous", dtype, 11, "cpu", 6.0)
+    x.view(-1)[:len(EDGE)] = torch.tensor(EDGE, dtype=torch.float64).to(dtype)
+    g = torch.randn(x.shape, dtype=torch.float64).to(dtype)
+    p = case.make_param(x, torch.Generator().manual_seed(5))
+    previous = fastact.ops.set_cpu_streaming_threshold(1 << 62)
+    try:
+        layouts = {
+            "contiguous": (x, g, p),
+            "channels_last": (x.contiguous(memory_format=torch.channels_last),
+                              g.contiguous(memory_format=torch.channels_last), p),
+            # 1-d views 3 elements in: the input is not aligned (the fresh output is)
+            "offset": (x.view(-1)[3:], g.view(-1)[3:], p[:1] if case.param == "channel" else p),
+        }
+        for layout, (xs, gs, ps) in layouts.items():
+            fastact.ops.set_cpu_streaming_threshold(1 << 62)
+            plain = _all_outputs(case, xs, ps, gs)
+            fastact.ops.set_cpu_streaming_threshold(0)
+            streamed = _all_outputs(case, xs, ps, gs)
+            for a, b in zip(streamed, plain):
+                torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{layout}: {m}")
+    finally:
+        fastact.ops.set_cpu_streaming_threshold(previous)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shift", [0, 1, 5, 13])
+def test_streaming_into_unaligned_out(dtype, shift):
+    # out= into a view that starts `shift` elements into its buffer: the aligning head, the streamed middle
+    # and the tail must cover every element once.
+    n = 10000 + shift
+    x = (torch.randn(n, dtype=torch.float64) * 4).to(dtype)
+    expected = fastact.mish(x)
+    previous = fastact.ops.set_cpu_streaming_threshold(0)
+    try:
+        buffer = torch.full((n + shift,), math.nan, dtype=dtype)
+        out = buffer[shift:]
+        torch.ops.fastact.mish.out(x, out=out)
+        g = torch.randn(n, dtype=torch.float64).to(dtype)
+        grad_buffer = torch.full((n + shift,), math.nan, dtype=dtype)
+        torch.ops.fastact.mish_backward.out(g, x, grad_input=grad_buffer[shift:])
+    finally:
+        fastact.ops.set_cpu_streaming_threshold(previous)
+    assert torch.equal(out, expected)
+    assert buffer[:shift].isnan().all()  # nothing written before the view
+    assert torch.equal(grad_buffer[shift:], torch.ops.fastact.mish_backward(g, x))
+    assert grad_buffer[:shift].isnan().all()
+
+
+def test_streaming_threshold_is_the_cache_by_default_and_rejects_negative():
+    assert fastact.ops.cpu_streaming_threshold() >= 1 << 20
+    with pytest.raises(RuntimeError, match="set_cpu_streaming_threshold: nbytes must be >= 0"):
+        fastact.ops.set_cpu_streaming_threshold(-1)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Transparent huge pages for large CPU outputs
+# --------------------------------------------------------------------------------------------------------
+
+def _thp_mode() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
+def _huge_page_advised(t: torch.Tensor) -> bool:
+    """Whether the mapping under the first whole 2 MB page of t is marked MADV_HUGEPAGE ('hg' in VmFlags)."""
+    addr = (t.data_ptr() + (2 << 20) - 1) & ~((2 << 20) - 1)
+    inside = False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:  # a mapping's first line: start-end perms ...
+                start, end = (int(v, 16) for v in head.split("-"))
+                inside = start <= addr < end
+            elif inside and line.startswith("VmFlags:"):
+                return "hg" in line.split()[1:]
+    raise AssertionError(f"no mapping holds address {addr:#x}")
+
+
+@pytest.mark.skipif("[madvise]" not in _thp_mode(), reason="transparent huge pages are not in madvise mode")
+def test_large_cpu_outputs_are_backed_by_huge_pages():
+    # 64 MB: over glibc's largest mmap threshold, so every allocation is a fresh mapping (never heap memory
+    # that an earlier output may already have marked).
+    x = torch.randn(1 << 24, requires_grad=True)
+    previous = fastact.set_cpu_huge_pages(True)
+    try:
+        assert fastact.cpu_huge_pages()
+        y = fastact.silu(x)
+        (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+        assert _huge_page_advised(y) and _huge_page_advised(gx)
+        assert fastact.set_cpu_huge_pages(False) is True
+        y_plain = fastact.silu(x)
+        assert not _huge_page_advised(y_plain)
+        assert torch.equal(y, y_plain)
+    finally:
+        fastact.set_cpu_huge_pages(previous)
+
+
+def test_huge_pages_switch_off_from_the_environment():
+    import os
+    import subprocess
+    import sys
+    code = "import fastact; print(fastact.cpu_huge_pages())"
+    for env in ({"FASTACT_HUGE_PAGES": "0"}, {"THP_MEM_ALLOC_ENABLE": "1"}):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
+                             text=True, check=True).stdout.split()
+        assert out[-1] == "False", (env, out)
+
+
+# --------------------------------------------------------------------------------------------------------
 # Bad input: a clear error naming the op and the argument
 
 @pytest.mark.parametrize("call, pattern", [

@@ -5,7 +5,9 @@
 // thread count), each piece writes its own partial sum, and the partials are added in index order. The
 // parameter gradient therefore has the same bits on every run and for any number of threads.
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -69,6 +71,31 @@ const Capability* detect() {
     if (wanted != nullptr && wanted->supported() && wanted <= best) return wanted;
   }
   return best;
+}
+
+// The size of the largest cache one core sees (its share of a shared L3 is not known, so all of it).
+int64_t last_level_cache_bytes() {
+  int64_t best = 0;
+  for (int index = 0; index < 8; ++index) {
+    std::ifstream file("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/size");
+    std::string text;
+    if (!(file >> text)) break;
+    const char unit = text.empty() ? ' ' : text.back();
+    const int64_t scale = unit == 'K' ? 1 << 10 : unit == 'M' ? 1 << 20 : 1;
+    best = std::max<int64_t>(best, std::atoll(text.c_str()) * scale);
+  }
+  return best > 0 ? best : int64_t(32) << 20;
+}
+
+std::atomic<int64_t>& stream_threshold() {
+  static std::atomic<int64_t> bytes{last_level_cache_bytes()};
+  return bytes;
+}
+
+// Non-temporal stores for an output that cannot stay in the cache anyway: the bytes the call touches (inputs
+// and output) exceed the last-level cache.
+bool should_stream(const ElementwiseProblem& p, int tensors) {
+  return p.numel * c10::elementSize(p.dtype) * tensors > stream_threshold().load(std::memory_order_relaxed);
 }
 
 const Capability*& active() {
@@ -144,12 +171,23 @@ std::vector<std::string> supported_capabilities() {
   return names;
 }
 
-void forward(const ElementwiseProblem& p) {
+int64_t streaming_threshold() { return stream_threshold().load(); }
+
+int64_t set_streaming_threshold(int64_t nbytes) {
+  TORCH_CHECK(nbytes >= 0, "fastact.set_cpu_streaming_threshold: nbytes must be >= 0, got ", nbytes);
+  return stream_threshold().exchange(nbytes);
+}
+
+void forward(const ElementwiseProblem& problem) {
+  ElementwiseProblem p = problem;
+  p.stream_out = should_stream(p, 2);
   const RangeKernels& k = *active()->kernels;
   at::parallel_for(0, p.numel, kGrain, [&](int64_t begin, int64_t end) { k.forward(p, begin, end); });
 }
 
-void backward(const ElementwiseProblem& p) {
+void backward(const ElementwiseProblem& problem) {
+  ElementwiseProblem p = problem;
+  p.stream_out = should_stream(p, 3);
   const RangeKernels& k = *active()->kernels;
   if (p.param_grad == nullptr) {
     at::parallel_for(0, p.numel, kGrain, [&](int64_t begin, int64_t end) {

@@ -79,12 +79,55 @@ FASTACT_HOST_DEVICE __m256i narrow_bf16_unordered(const Vectorized<float>& a, co
 constexpr bool kUnorderedBFloat16 = false;
 #endif
 
+// Non-temporal stores, for outputs too large to stay in the cache (dispatch.cpp decides): written straight to
+// memory, a cache line costs one transfer instead of two (a plain store first reads the line it overwrites).
+// They need an address aligned to the vector's width.
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+constexpr bool kCanStream = true;
+constexpr std::uintptr_t kStreamAlignment = sizeof(Vectorized<float>);
+constexpr int64_t kMinStreamRun = 4096;
+#if defined(CPU_CAPABILITY_AVX512)
+FASTACT_HOST_DEVICE void stream_vector(float* p, const Vectorized<float>& v) { _mm512_stream_ps(p, v); }
+FASTACT_HOST_DEVICE void stream_vector(double* p, const Vectorized<double>& v) { _mm512_stream_pd(p, v); }
+template <typename S>  // the 16-bit types
+FASTACT_HOST_DEVICE void stream_vector(S* p, const Vectorized<S>& v) {
+  _mm512_stream_si512(reinterpret_cast<__m512i*>(p), __m512i(v));
+}
+#else
+FASTACT_HOST_DEVICE void stream_vector(float* p, const Vectorized<float>& v) { _mm256_stream_ps(p, v); }
+FASTACT_HOST_DEVICE void stream_vector(double* p, const Vectorized<double>& v) { _mm256_stream_pd(p, v); }
+template <typename S>
+FASTACT_HOST_DEVICE void stream_vector(S* p, const Vectorized<S>& v) {
+  _mm256_stream_si256(reinterpret_cast<__m256i*>(p), __m256i(v));
+}
+#endif
+// Non-temporal stores are weakly ordered: each range fences them before its thread reports it done.
+FASTACT_HOST_DEVICE void fa_store_fence() { _mm_sfence(); }
+#else
+constexpr bool kCanStream = false;
+constexpr std::uintptr_t kStreamAlignment = 1;
+constexpr int64_t kMinStreamRun = 0;
+template <typename S>
+FASTACT_HOST_DEVICE void stream_vector(S* p, const Vectorized<S>& v) { v.store(p); }
+FASTACT_HOST_DEVICE void fa_store_fence() {}
+#endif
+
+template <typename S>
+FASTACT_HOST_DEVICE void store_full(S* p, const Vectorized<S>& v, bool stream) {
+  if (stream) {
+    stream_vector(p, v);
+  } else {
+    v.store(p);
+  }
+}
+
 // A block is kVecsPerBlock vectors of the compute type (float for the half types, which are widened as ATen
 // does; at::vec::convert_to_float gives two float vectors per Vectorized<scalar_t>). kKeepOrder: lane k of
 // the compute vectors is element k (needed to line elements up with per-element parameters). A partial
 // block always keeps the order, so that its lanes past the end are known.
 template <typename scalar_t, bool kKeepOrder>
 struct Block {
+  using scalar_type = scalar_t;
   using opmath_t = at::opmath_type<scalar_t>;
   using CVec = Vectorized<opmath_t>;
   using Pack = VecPack<opmath_t, kVecsPerBlock>;
@@ -121,20 +164,26 @@ struct Block {
     return out;
   }
 
-  FASTACT_HOST_DEVICE static void store(scalar_t* ptr, int64_t count, const Pack& in) {
+  // With stream (full blocks only, ptr aligned to kStreamAlignment), the stores are non-temporal.
+  FASTACT_HOST_DEVICE static void store(scalar_t* ptr, int64_t count, const Pack& in, bool stream) {
     if constexpr (kReduced) {
       fa_static_for<kVecsPerBlock / 2>([&](auto k) FASTACT_ALWAYS_INLINE_LAMBDA {
         constexpr int j = 2 * k;
         const int64_t n = part_count(count, j) + part_count(count, j + 1);
-        if constexpr (kUnordered) {
-          if (count == kSize) {
-            return Vectorized<scalar_t>(narrow_bf16_unordered(in.v[j], in.v[j + 1])).store(ptr + j * kVecSize);
+        if (count == kSize) {
+          Vectorized<scalar_t> out;
+          if constexpr (kUnordered) {
+            out = Vectorized<scalar_t>(narrow_bf16_unordered(in.v[j], in.v[j + 1]));
+          } else {
+            out = at::vec::convert_from_float<scalar_t>(in.v[j], in.v[j + 1]);
           }
+          return store_full(ptr + j * kVecSize, out, stream);
         }
         if (n > 0) at::vec::convert_from_float<scalar_t>(in.v[j], in.v[j + 1]).store(ptr + j * kVecSize, n);
       });
     } else {
       fa_static_for<kVecsPerBlock>([&](auto j) FASTACT_ALWAYS_INLINE_LAMBDA {
+        if (count == kSize) return store_full(ptr + j * kVecSize, in.v[j], stream);
         const int64_t n = part_count(count, j);
         if (n > 0) in.v[j].store(ptr + j * kVecSize, n);
       });
@@ -156,23 +205,33 @@ struct Block {
   }
 };
 
-// Calls block(offset, count) over [0, n): full blocks (count is a constant there, so loads and stores take
-// their full-width path), then the partial tail.
+// Calls block(offset, count, stream) over [0, n): full blocks (count is a constant there, so loads and
+// stores take their full-width path), then the partial tail. With stream (and an instruction set that has
+// non-temporal stores), the full blocks' stores are non-temporal; a partial head block first brings `out` to
+// the alignment they need.
 template <typename B, typename BlockFn>
-FASTACT_HOST_DEVICE void for_each_block(int64_t n, BlockFn&& block) {
+FASTACT_HOST_DEVICE void for_each_block(int64_t n, const typename B::scalar_type* out, bool stream,
+                                        BlockFn&& block) {
   int64_t i = 0;
-  for (; i + B::kSize <= n; i += B::kSize) block(i, B::kSize);
-  if (i < n) block(i, n - i);
+  const auto address = reinterpret_cast<std::uintptr_t>(out);
+  // Short runs (per-channel pieces) keep plain stores: the aligning head would cost more than they save.
+  stream = stream && kCanStream && n >= kMinStreamRun && address % sizeof(*out) == 0;
+  if (stream) {
+    i = (-address & (kStreamAlignment - 1)) / sizeof(*out);
+    if (i > 0) block(0, i, false);
+  }
+  for (; i + B::kSize <= n; i += B::kSize) block(i, B::kSize, stream);
+  if (i < n) block(i, n - i, false);
 }
 
 // One run of n elements. Lanewise: element k uses param[k] (channels_last, where the channel is the
 // fastest-moving index); otherwise the whole run uses param[0].
 template <typename Op, typename scalar_t, bool kLanewise>
-void forward_run(const scalar_t* x, scalar_t* y, int64_t n, const at::opmath_type<scalar_t>* param) {
+void forward_run(const scalar_t* x, scalar_t* y, int64_t n, const at::opmath_type<scalar_t>* param, bool stream) {
   using B = Block<scalar_t, kLanewise>;
-  for_each_block<B>(n, [&](int64_t i, int64_t count) FASTACT_ALWAYS_INLINE_LAMBDA {
+  for_each_block<B>(n, y, stream, [&](int64_t i, int64_t count, bool stream_block) FASTACT_ALWAYS_INLINE_LAMBDA {
     const auto p = B::template load_param<kLanewise>(param, i, count);
-    B::store(y + i, count, Op::forward(B::load(x + i, count), p));
+    B::store(y + i, count, Op::forward(B::load(x + i, count), p), stream_block);
   });
 }
 
@@ -180,16 +239,17 @@ void forward_run(const scalar_t* x, scalar_t* y, int64_t n, const at::opmath_typ
 // element k, otherwise the run's sum into acc[0].
 template <typename Op, typename scalar_t, bool kLanewise, bool kParamGrad>
 void backward_run(const scalar_t* grad, const scalar_t* x, scalar_t* grad_input, int64_t n,
-                  const at::opmath_type<scalar_t>* param, at::opmath_type<scalar_t>* acc) {
+                  const at::opmath_type<scalar_t>* param, at::opmath_type<scalar_t>* acc, bool stream) {
   using B = Block<scalar_t, kLanewise>;
   using CVec = typename B::CVec;
   using Pack = typename B::Pack;
   Pack sum(0);
-  for_each_block<B>(n, [&](int64_t i, int64_t count) FASTACT_ALWAYS_INLINE_LAMBDA {
+  for_each_block<B>(n, grad_input, stream,
+                    [&](int64_t i, int64_t count, bool stream_block) FASTACT_ALWAYS_INLINE_LAMBDA {
     const Pack p = B::template load_param<kLanewise>(param, i, count);
     Pack gx, gp;
     Op::backward(B::load(grad + i, count), B::load(x + i, count), p, gx, gp);
-    B::store(grad_input + i, count, gx);
+    B::store(grad_input + i, count, gx, stream_block);
     if constexpr (kParamGrad) {
       fa_static_for<kVecsPerBlock>([&](auto j) FASTACT_ALWAYS_INLINE_LAMBDA {
         const int64_t part = B::part_count(count, j);
@@ -244,11 +304,12 @@ void forward_range_typed(const ElementwiseProblem& p, int64_t begin, int64_t end
   const opmath_t* param = p.param ? static_cast<const opmath_t*>(p.param) : &scalar_param;
   for_each_run(p, begin, end, [&](int64_t offset, int64_t length, int64_t channel, bool lanewise) {
     if (lanewise) {
-      forward_run<Op, scalar_t, true>(x + offset, y + offset, length, param + channel);
+      forward_run<Op, scalar_t, true>(x + offset, y + offset, length, param + channel, p.stream_out);
     } else {
-      forward_run<Op, scalar_t, false>(x + offset, y + offset, length, param + channel);
+      forward_run<Op, scalar_t, false>(x + offset, y + offset, length, param + channel, p.stream_out);
     }
   });
+  if (p.stream_out) fa_store_fence();
 }
 
 template <typename Op, typename scalar_t>
@@ -261,22 +322,25 @@ void backward_range_typed(const ElementwiseProblem& p, int64_t begin, int64_t en
   const opmath_t scalar_param = static_cast<opmath_t>(p.param_scalar);
   const opmath_t* param = p.param ? static_cast<const opmath_t*>(p.param) : &scalar_param;
   auto* acc = static_cast<opmath_t*>(acc_void);
+  const bool stream = p.stream_out;
   for_each_run(p, begin, end, [&](int64_t offset, int64_t length, int64_t channel, bool lanewise) {
     const scalar_t* g = grad + offset;
     const scalar_t* xs = x + offset;
     scalar_t* gx = grad_input + offset;
+    const opmath_t* pc = param + channel;
     if (acc == nullptr) {
       if (lanewise) {
-        backward_run<Op, scalar_t, true, false>(g, xs, gx, length, param + channel, nullptr);
+        backward_run<Op, scalar_t, true, false>(g, xs, gx, length, pc, nullptr, stream);
       } else {
-        backward_run<Op, scalar_t, false, false>(g, xs, gx, length, param + channel, nullptr);
+        backward_run<Op, scalar_t, false, false>(g, xs, gx, length, pc, nullptr, stream);
       }
     } else if (lanewise) {
-      backward_run<Op, scalar_t, true, true>(g, xs, gx, length, param + channel, acc + channel - acc_base);
+      backward_run<Op, scalar_t, true, true>(g, xs, gx, length, pc, acc + channel - acc_base, stream);
     } else {
-      backward_run<Op, scalar_t, false, true>(g, xs, gx, length, param + channel, acc + channel - acc_base);
+      backward_run<Op, scalar_t, false, true>(g, xs, gx, length, pc, acc + channel - acc_base, stream);
     }
   });
+  if (stream) fa_store_fence();
 }
 
 template <typename Fn>
