@@ -38,6 +38,17 @@ inline bool needs_graph(std::initializer_list<const Tensor*> inputs) {
 }
 
 // One torch::autograd::Function per kind of parameter; `Info` (registration.cpp) names the activation.
+// Calls a backward op from a backward function. With create_graph (grad mode on) it goes through the op's
+// Autograd kernel, which records the double backward (fastact/ops.py); without, it goes below autograd: that
+// kernel is Python, and entering it from the autograd engine costs ~50 us a call, more than the kernel of a
+// 4 MB tensor.
+template <typename Fn>
+auto call_backward(Fn&& fn) {
+  if (at::GradMode::is_enabled()) return fn();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return fn();
+}
+
 template <ParamKind K, typename Info>
 struct ActivationFunction;
 
@@ -59,7 +70,7 @@ struct ActivationFunction<ParamKind::None, Info>
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    return {backward_op().call(grads[0], saved[0])};
+    return {call_backward([&] { return backward_op().call(grads[0], saved[0]); })};
   }
   static Tensor kernel(const Tensor& x) {
     if (!needs_graph({&x})) {
@@ -90,7 +101,8 @@ struct ActivationFunction<ParamKind::Scalar, Info>
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    return {backward_op().call(grads[0], saved[0], ctx->saved_data["param"].toDouble()), Tensor()};
+    const double param = ctx->saved_data["param"].toDouble();
+    return {call_backward([&] { return backward_op().call(grads[0], saved[0], param); }), Tensor()};
   }
   static Tensor kernel(const Tensor& x, double param) {
     if (!needs_graph({&x})) {
@@ -120,7 +132,7 @@ struct ActivationFunction<ParamKind::Tensor, Info>
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    auto [grad_input, grad_param] = backward_op().call(grads[0], saved[0], saved[1]);
+    auto [grad_input, grad_param] = call_backward([&] { return backward_op().call(grads[0], saved[0], saved[1]); });
     return {ctx->needs_input_grad(0) ? grad_input : Tensor(), ctx->needs_input_grad(1) ? grad_param : Tensor()};
   }
   static Tensor kernel(const Tensor& x, const Tensor& param) {

@@ -211,34 +211,73 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_median(fn: Callable, device: str, threads: int, min_run_time: float, warmup: int = 3,
-                min_blocks: int = 5) -> dict:
-    """Median seconds per call of fn() over blocks of calls, timed by torch.utils.benchmark.Timer (whose
-    clock synchronizes CUDA). The warm-up calls also size the blocks: about min_run_time / 10 each, at least
-    min_blocks of them and min_run_time in all. (Timer.blocked_autorange sizes blocks so that its loop
-    overhead is under 1e-4 of a block, which at fast ops means few long blocks and slow short runs.)"""
+def _warm_up(fn: Callable, device: str, warmup: int) -> float:
+    """Seconds per call after warm-up (the first call may compile, allocate or build a graph)."""
+    warm = []
+    for _ in range(max(2, warmup)):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        warm.append(time.perf_counter() - start)
+    return max(min(warm[1:]), 1e-7)
+
+
+def _summary(times: list[float], number: int) -> dict:
+    times = sorted(times)
+    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
+    return {"median_s": statistics.median(times), "iqr_s": q(0.75) - q(0.25), "runs": len(times) * number,
+            "blocks": len(times)}
+
+
+def time_interleaved(fns: dict[str, Callable], device: str, threads: int, min_run_time: float, warmup: int = 3,
+                     min_blocks: int = 5) -> dict[str, dict | Exception]:
+    """Median seconds per call of each fn() over blocks of calls, timed by torch.utils.benchmark.Timer (whose
+    clock synchronizes CUDA), the implementations taking turns block by block: a slow spell of a shared
+    machine, or a state of the heap, then falls on all of them alike instead of on whichever ran then
+    (while they still need samples: a slow peer's fewer, longer blocks are not padded out). Each
+    block lasts about min_run_time / 10 (sized from the warm-up), each fn gets at least min_blocks and
+    min_run_time in all. (Timer.blocked_autorange sizes blocks so that its loop overhead is under 1e-4 of a
+    block, which at fast ops means few long blocks and slow short runs.) A fn that raises is dropped and its
+    exception returned in its place."""
     from torch.utils import benchmark  # noqa: PLC0415
 
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    results: dict[str, dict | Exception] = {}
+    timers, numbers, times, totals = {}, {}, {}, {}
     with benchmark.utils.common.set_torch_threads(threads):
-        warm = []
-        for _ in range(max(2, warmup)):  # the first call may compile, allocate or build a graph
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            warm.append(time.perf_counter() - start)
-        per_call = max(min(warm[1:]), 1e-7)
-    number = max(1, int(min_run_time / 10 / per_call))
-    times: list[float] = []
-    total = 0.0
-    while total < min_run_time or len(times) < min_blocks:
-        m = timer.timeit(number)
-        times.extend(m.times)
-        total += m.times[-1] * number
-    times.sort()
-    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
-    median = statistics.median(times)
-    return {"median_s": median, "iqr_s": q(0.75) - q(0.25), "runs": len(times) * number, "blocks": len(times)}
+        for name, fn in fns.items():
+            try:
+                numbers[name] = max(1, int(min_run_time / 10 / _warm_up(fn, device, warmup)))
+            except Exception as exc:  # noqa: BLE001  (a failing peer is reported, not fatal)
+                results[name] = exc
+                continue
+            timers[name] = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+            times[name], totals[name] = [], 0.0
+
+        def wanted(name: str) -> bool:
+            return totals[name] < min_run_time or len(times[name]) < min_blocks
+
+        while any(wanted(n) for n in timers):
+            for name in [n for n in timers if wanted(n)]:  # one that has its samples sits out the rest
+                try:
+                    m = timers[name].timeit(numbers[name])
+                except Exception as exc:  # noqa: BLE001
+                    results[name] = exc
+                    del timers[name]
+                    continue
+                times[name].extend(m.times)
+                totals[name] += m.times[-1] * numbers[name]
+    for name in timers:
+        results[name] = _summary(times[name], numbers[name])
+    return results
+
+
+def time_median(fn: Callable, device: str, threads: int, min_run_time: float, warmup: int = 3,
+                min_blocks: int = 5) -> dict:
+    """time_interleaved of one fn."""
+    result = time_interleaved({"fn": fn}, device, threads, min_run_time, warmup, min_blocks)["fn"]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def measure_copy_gbps(x: Tensor, device: str, threads: int, min_run_time: float) -> float:
@@ -591,13 +630,11 @@ def run_benchmark(cfg: Config, progress: bool = True) -> dict:
                         p = _make_param(spec, x, cfg.channels)
                         saved_by_impl: dict[str, int | None] = {}
                         for regime in cfg.regimes:
-                            for impl in cfg.impls:
-                                if not _impl_available(spec, impl, regime):
-                                    continue
-                                if bar is not None:
-                                    bar.set_description(f"{device} {dtype_name} {numel}: {op} {regime} {impl}")
-                                rows.extend(_measure_impl(cfg, spec, impl, regime, x, p, dy, device, dtype_name,
-                                                          numel, shape, saved_by_impl, compiled, bar))
+                            impls = [i for i in cfg.impls if _impl_available(spec, i, regime)]
+                            if bar is not None:
+                                bar.set_description(f"{device} {dtype_name} {numel}: {op} {regime}")
+                            rows.extend(_measure_regime(cfg, spec, impls, regime, x, p, dy, device, dtype_name,
+                                                        numel, shape, saved_by_impl, compiled, bar))
                         del p
                     # copy bandwidth again after the rows; the best of the two is the reference (a busy
                     # moment during one copy measurement would otherwise inflate every copy_fraction)
@@ -634,12 +671,8 @@ def run_benchmark(cfg: Config, progress: bool = True) -> dict:
     }
 
 
-def _measure_impl(cfg, spec, impl, regime, x, p, dy, device, dtype_name, numel, shape,
-                  saved_by_impl, compiled, bar) -> list[dict]:
-    base = {"op": spec.name, "impl": impl, "regime": regime, "dtype": dtype_name, "device": device,
-            "numel": numel, "shape": list(shape)}
-    out = []
-    error = None
+def _build_impl(cfg, spec, impl, regime, x, p, dy, saved_by_impl, compiled):
+    """The closures of one implementation, per pass, with notes; or the error that prevented them."""
     fns: dict[str, Callable] = {}
     notes: dict[str, str] = {}
     try:
@@ -655,26 +688,38 @@ def _measure_impl(cfg, spec, impl, regime, x, p, dy, device, dtype_name, numel, 
         else:
             fns, notes = _kernel_passes(spec, impl, x, p, dy)
     except Exception as exc:  # noqa: BLE001  (a failing peer, e.g. torch.compile, is reported, not fatal)
-        error = _short_error(exc)
-    saved = saved_by_impl.get(impl)
+        return {}, notes, _short_error(exc)
+    return fns, notes, None
+
+
+def _measure_regime(cfg, spec, impls, regime, x, p, dy, device, dtype_name, numel, shape,
+                    saved_by_impl, compiled, bar) -> list[dict]:
+    """One row per implementation and pass; the implementations of a pass are timed in turns
+    (time_interleaved), so that their ratios compare like with like."""
+    built = {impl: _build_impl(cfg, spec, impl, regime, x, p, dy, saved_by_impl, compiled) for impl in impls}
+    out = []
     for ps in cfg.passes:
-        row = {**base, "pass": ps, "median_ms": None, "iqr_ms": None, "gbps": None, "copy_fraction": None,
-               "saved_bytes": saved}
-        if ps in notes:
-            row["note"] = notes[ps]
-        if error is None:
-            try:
-                t = time_median(fns[ps], device, cfg.threads, cfg.min_run_time)
+        timed = time_interleaved({impl: fns[ps] for impl, (fns, _, error) in built.items() if error is None},
+                                 device, cfg.threads, cfg.min_run_time)
+        for impl, (fns, notes, error) in built.items():
+            row = {"op": spec.name, "impl": impl, "regime": regime, "dtype": dtype_name, "device": device,
+                   "numel": numel, "shape": list(shape), "pass": ps, "median_ms": None, "iqr_ms": None,
+                   "gbps": None, "copy_fraction": None, "saved_bytes": saved_by_impl.get(impl)}
+            if ps in notes:
+                row["note"] = notes[ps]
+            t = timed.get(impl)
+            if error is not None:
+                row["error"] = error
+            elif isinstance(t, Exception):
+                row["error"] = _short_error(t)
+            else:
                 gbps = _gbps(numel, x.element_size(), TENSORS_MOVED[ps], t["median_s"])
                 row.update(median_ms=t["median_s"] * 1e3, iqr_ms=t["iqr_s"] * 1e3, runs=t["runs"], gbps=gbps)
-            except Exception as exc:  # noqa: BLE001
-                row["error"] = _short_error(exc)
-        else:
-            row["error"] = error
-        out.append(row)
-        if bar is not None:
-            bar.update(1)
-    fns.clear()
+            out.append(row)
+            if bar is not None:
+                bar.update(1)
+    for fns, _, _ in built.values():
+        fns.clear()
     return out
 
 
