@@ -601,6 +601,20 @@ def test_streaming_into_unaligned_out(dtype, shift):
     assert grad_buffer[:shift].isnan().all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_streaming_in_place(dtype):
+    # In place, each cache line is read and then overwritten by a non-temporal store.
+    x = (torch.randn(3, 5000, dtype=torch.float64) * 4).to(dtype)
+    expected = fastact.silu(x)
+    previous = fastact.ops.set_cpu_streaming_threshold(0)
+    try:
+        y = x.clone()
+        assert fastact.silu(y, inplace=True) is y
+    finally:
+        fastact.ops.set_cpu_streaming_threshold(previous)
+    assert torch.equal(y, expected)
+
+
 def test_streaming_threshold_is_the_cache_by_default_and_rejects_negative():
     assert fastact.ops.cpu_streaming_threshold() >= 1 << 20
     with pytest.raises(RuntimeError, match="set_cpu_streaming_threshold: nbytes must be >= 0"):
