@@ -1,7 +1,9 @@
-"""Print the README's CPU results table (markdown) from a `fastact-bench kernels --json` file, so that every
+"""Print the README's results tables (markdown) from `fastact-bench kernels --json` files, so that every
 number in README.md is read from the recorded run rather than copied by hand.
 
     python benchmarks/readme_table.py benchmarks/results/cpu/cpu_kernels.json
+    python benchmarks/readme_table.py benchmarks/results/gpu/gpu_kernels.json \
+        --compile benchmarks/results/gpu/gpu_compile.json
 """
 from __future__ import annotations
 
@@ -23,9 +25,17 @@ NAMES = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("json", help="a fastact-bench kernels --json file")
+    parser.add_argument("--compile", metavar="JSON",
+                        help="GPU: a second run with torch.compile (its fwd+bwd speedups fill the last column)")
     args = parser.parse_args()
     with open(args.json) as f:
         data = json.load(f)
+    if any(r["device"] == "cuda" for r in data["rows"]):
+        compiled = None
+        if args.compile:
+            with open(args.compile) as f:
+                compiled = json.load(f)
+        return gpu_table(data, compiled)
     rows = [r for r in data["rows"] if r["impl"] == "fastact"]
     sizes = sorted({r["numel"] for r in rows})
     small, large = sizes[0], sizes[-1]
@@ -57,6 +67,42 @@ def main() -> None:
                   f"| {speedup(user_small, 'eager')} | {speedup(user_small, 'compile')} "
                   f"| {speedup(user_large, 'native')} / {speedup(user_large, 'compile')} "
                   f"| {fraction(row(op, dtype, large, 'kernel', 'fwd'))} / {fraction(row(op, dtype, large, 'kernel', 'bwd'))} |")
+
+
+def gpu_table(data: dict, compiled: dict | None) -> None:
+    """One row per op and dtype at the largest size: kernel regime fraction of copy and speed against native
+    (where aten has out= variants), user regime fwd+bwd against native, eager and torch.compile (from the
+    second run)."""
+    def find(source, op, dtype, regime, pass_):
+        if source is None:
+            return None
+        numel = max(r["numel"] for r in source["rows"])
+        for r in source["rows"]:
+            if (r["impl"], r["op"], r["dtype"], r["numel"], r["regime"], r["pass"]) == (
+                    "fastact", op, dtype, numel, regime, pass_):
+                return r
+        return None
+
+    def ratio(r, peer):
+        value = (r or {}).get("speedup_vs", {}).get(peer)
+        return f"{value:.2f}x" if value else "—"
+
+    def fraction(r):
+        return f"{r['copy_fraction']:.2f}" if r else "—"
+
+    print("| op | dtype | kernel fwd / bwd x copy | kernel vs native fwd / bwd "
+          "| fwd+bwd vs native | fwd+bwd vs eager | fwd+bwd vs compile |")
+    print("|---|---|---|---|---|---|---|")
+    dtypes = [d for d in ("float32", "bfloat16", "float16") if any(r["dtype"] == d for r in data["rows"])]
+    for op, name in NAMES.items():
+        for dtype in dtypes:
+            fwd, bwd = find(data, op, dtype, "kernel", "fwd"), find(data, op, dtype, "kernel", "bwd")
+            if fwd is None:
+                continue
+            user = find(data, op, dtype, "user", "fwd+bwd")
+            print(f"| {name} | {dtype} | {fraction(fwd)} / {fraction(bwd)} | {ratio(fwd, 'native')} / "
+                  f"{ratio(bwd, 'native')} | {ratio(user, 'native')} | {ratio(user, 'eager')} "
+                  f"| {ratio(find(compiled, op, dtype, 'user', 'fwd+bwd'), 'compile')} |")
 
 
 if __name__ == "__main__":

@@ -95,7 +95,8 @@ std::atomic<int64_t>& stream_threshold() {
 // Non-temporal stores for an output that cannot stay in the cache anyway: the bytes the call touches (inputs
 // and output) exceed the last-level cache.
 bool should_stream(const ElementwiseProblem& p, int tensors) {
-  return p.numel * c10::elementSize(p.dtype) * tensors > stream_threshold().load(std::memory_order_relaxed);
+  const int64_t bytes = p.numel * static_cast<int64_t>(c10::elementSize(p.dtype)) * tensors;
+  return bytes > stream_threshold().load(std::memory_order_relaxed);
 }
 
 const Capability*& active() {

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include <ATen/core/Tensor.h>
@@ -147,11 +148,13 @@ rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad, s
             int64_t inner, int64_t channels, int64_t pieces_per_row, bool aligned, ParamAccess<opmath_t> param,
             opmath_t* __restrict__ partials) {
   constexpr int64_t kPiece = int64_t(kThreads) * UNROLL * VEC;
-  const int64_t piece = blockIdx.x;
-  const int64_t row = piece / pieces_per_row;
-  const int64_t start = row * inner + (piece % pieces_per_row) * kPiece;
-  const int64_t end = std::min(start + kPiece, (row + 1) * inner);
-  const opmath_t p = param[row % channels];
+  // 32-bit division: pieces, rows and channels are all under 2^31 (checked at launch), and a 64-bit division
+  // is a long instruction sequence that every block runs before its first load.
+  const uint32_t piece = blockIdx.x, per_row = static_cast<uint32_t>(pieces_per_row);
+  const uint32_t row = piece / per_row;
+  const int64_t start = int64_t(row) * inner + int64_t(piece - row * per_row) * kPiece;
+  const int64_t end = std::min(start + kPiece, (int64_t(row) + 1) * inner);
+  const opmath_t p = param[row % static_cast<uint32_t>(channels)];
   opmath_t acc(0);
 
   int64_t body = start, body_end = start;
@@ -317,6 +320,16 @@ int multiprocessor_count() {
   return count;
 }
 
+// FASTACT_CUDA_PIECE_VECTORS (1, 2 or 4), read once; 0 where unset or anything else.
+int piece_vectors_override() {
+  static const int value = [] {
+    const char* env = std::getenv("FASTACT_CUDA_PIECE_VECTORS");
+    const int v = env ? std::atoi(env) : 0;
+    return v == 1 || v == 2 || v == 4 ? v : 0;
+  }();
+  return value;
+}
+
 bool aligned16(const void* ptr) { return ptr == nullptr || reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 template <typename Op, Pass P, typename scalar_t>
@@ -357,7 +370,14 @@ void launch_typed(const ElementwiseProblem& pr) {
     };
     // Pieces of 4 vectors per thread, or 2 where a run is shorter than that (measured on an H200: bfloat16
     // per-channel rows of 4096 elements ran at 0.76-0.86 of copy bandwidth with half-empty 4-vector pieces,
-    // 0.92-0.95 with 2; benchmarks/results/gpu/README.md).
+    // 0.92-0.95 with 2; benchmarks/results/gpu/README.md). FASTACT_CUDA_PIECE_VECTORS=1|2|4 overrides the
+    // choice, for measuring it.
+    switch (piece_vectors_override()) {
+      case 1: return launch_rows(std::integral_constant<int, 1>{});
+      case 2: return launch_rows(std::integral_constant<int, 2>{});
+      case 4: return launch_rows(std::integral_constant<int, 4>{});
+      default: break;
+    }
     if (pr.inner >= int64_t(kThreads) * 4 * VEC) return launch_rows(std::integral_constant<int, 4>{});
     return launch_rows(std::integral_constant<int, 2>{});
   }
