@@ -40,7 +40,7 @@ if want layouts; then
 phase layouts
 # Rows-kernel layouts beside torch's copy and LeakyReLU and fastact's kernel (a small library, ~10 s to build).
 NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
-{ $NVCC -O3 -std=c++17 -arch=sm_90 -shared -Xcompiler -fPIC -o /tmp/librows_layout.so \
+{ $NVCC -O3 -std=c++17 -arch=sm_90 --expt-relaxed-constexpr -shared -Xcompiler -fPIC -o /tmp/librows_layout.so \
     benchmarks/gpu_experiments/rows_layout.cu \
   && timeout 120 $PY benchmarks/gpu_experiments/rows_layout.py /tmp/librows_layout.so; } >"$OUT/layouts.log" 2>&1
 tail -45 "$OUT/layouts.log"

@@ -40,7 +40,7 @@ def supported_cpu_capabilities() -> list[str]:
 
 
 def cpu_huge_pages() -> bool:
-    """Whether fastact backs its large CPU outputs (4 MB and more) with transparent huge pages. On by default
+    """Whether fastact backs its large CPU outputs (32 MiB and more) with transparent huge pages. On by default
     where the system hands them out on request (/sys/kernel/mm/transparent_hugepage/enabled is 'madvise');
     off with FASTACT_HUGE_PAGES=0, or when PyTorch's own THP_MEM_ALLOC_ENABLE=1 already does it. It cuts the
     page faults of writing a fresh output (one per 2 MB instead of one per 4 KB); results are unchanged."""

@@ -667,6 +667,18 @@ def test_large_cpu_outputs_are_backed_by_huge_pages():
         fastact.set_cpu_huge_pages(previous)
 
 
+@pytest.mark.skipif("[madvise]" not in _thp_mode(), reason="transparent huge pages are not in madvise mode")
+def test_outputs_under_32_mib_are_not_advised():
+    # 16 MiB: glibc may serve it from its heap, already mapped, where the advice would only cost a system call
+    # (and would mark heap memory that other tensors reuse).
+    previous = fastact.set_cpu_huge_pages(True)
+    try:
+        y = fastact.silu(torch.randn(1 << 22))
+        assert not _huge_page_advised(y)
+    finally:
+        fastact.set_cpu_huge_pages(previous)
+
+
 def test_huge_pages_switch_off_from_the_environment():
     import os
     import subprocess

@@ -1,11 +1,13 @@
 // Transparent huge pages for fastact's large CPU outputs.
 //
-// A fresh output of tens of MB comes from the allocator as new memory (glibc mmaps anything over 32 MB), and
-// the first write to each 4 KB page takes a page fault: for a 64 MB output that is 16384 faults, several
-// times the cost of the kernel that fills it. Where the system leaves huge pages to the program
+// A fresh output of tens of MB comes from the allocator as new memory (glibc mmaps every block of 32 MiB and
+// more), and the first write to each 4 KB page takes a page fault: for a 64 MB output that is 16384 faults,
+// several times the cost of the kernel that fills it. Where the system leaves huge pages to the program
 // (/sys/kernel/mm/transparent_hugepage/enabled = madvise, the common default), marking the output with
 // madvise(MADV_HUGEPAGE) before the kernel writes it makes that one fault per 2 MB. PyTorch does the same
-// for every allocation when THP_MEM_ALLOC_ENABLE=1; fastact does it for its own outputs of 4 MB and more.
+// for every allocation when THP_MEM_ALLOC_ENABLE=1; fastact does it for its own outputs of 32 MiB and more.
+// Smaller blocks usually come back from glibc's heap, already mapped: there the advice saves nothing and its
+// system call cost 2-7% of a 4 MB LeakyReLU (measured, benchmarks/results/cpu/README.md).
 // Off with FASTACT_HUGE_PAGES=0 or fastact.set_cpu_huge_pages(False).
 #include <atomic>
 #include <cstdint>
@@ -68,8 +70,11 @@ bool set_huge_pages(bool enabled) {
 
 void advise_huge_pages(void* data, std::size_t nbytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
+  // glibc's largest mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit): blocks this large are always fresh
+  // mappings.
+  constexpr std::size_t kMinBytes = std::size_t(32) << 20;
   const std::size_t page = huge_page_size();
-  if (page == 0 || nbytes < 2 * page || !huge_pages_enabled()) return;
+  if (page == 0 || nbytes < kMinBytes || !huge_pages_enabled()) return;
   // Only the whole huge pages inside the buffer: the memory around it may belong to other allocations.
   const auto begin = (reinterpret_cast<std::uintptr_t>(data) + page - 1) & ~(page - 1);
   const auto end = (reinterpret_cast<std::uintptr_t>(data) + nbytes) & ~(page - 1);
