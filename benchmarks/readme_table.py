@@ -22,6 +22,31 @@ NAMES = {
 }
 
 
+def find(data: dict | None, op: str, dtype: str, numel: int | None, regime: str, pass_: str) -> dict | None:
+    """fastact's row for op, dtype, size (None: the largest in the run), regime and pass; None if absent."""
+    if data is None:
+        return None
+    numel = numel or max(r["numel"] for r in data["rows"])
+    for r in data["rows"]:
+        if (r["impl"], r["op"], r["dtype"], r["numel"], r["regime"], r["pass"]) == (
+                "fastact", op, dtype, numel, regime, pass_):
+            return r
+    return None
+
+
+def speedup(r: dict | None, peer: str) -> str:
+    value = (r or {}).get("speedup_vs", {}).get(peer)
+    return f"{value:.2f}x" if value else "—"
+
+
+def fraction(r: dict | None) -> str:
+    return f"{r['copy_fraction']:.2f}" if r else "—"
+
+
+def dtypes_of(data: dict) -> list[str]:
+    return [d for d in ("float32", "bfloat16", "float16") if any(r["dtype"] == d for r in data["rows"])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("json", help="a fastact-bench kernels --json file")
@@ -36,29 +61,17 @@ def main() -> None:
             with open(args.compile) as f:
                 compiled = json.load(f)
         return gpu_table(data, compiled)
-    rows = [r for r in data["rows"] if r["impl"] == "fastact"]
-    sizes = sorted({r["numel"] for r in rows})
+    sizes = sorted({r["numel"] for r in data["rows"]})
     small, large = sizes[0], sizes[-1]
 
     def row(op, dtype, numel, regime, pass_):
-        for r in rows:
-            if (r["op"], r["dtype"], r["numel"], r["regime"], r["pass"]) == (op, dtype, numel, regime, pass_):
-                return r
-        return None
-
-    def speedup(r, peer):
-        value = (r or {}).get("speedup_vs", {}).get(peer)
-        return f"{value:.2f}x" if value else "—"
-
-    def fraction(r):
-        return f"{r['copy_fraction']:.2f}" if r else "—"
+        return find(data, op, dtype, numel, regime, pass_)
 
     print(f"| op | dtype | fwd+bwd 2^{small.bit_length() - 1} ms | vs native | vs eager | vs compile "
           f"| fwd+bwd 2^{large.bit_length() - 1} vs native / compile | kernel x copy 2^{large.bit_length() - 1} fwd / bwd |")
     print("|---|---|---|---|---|---|---|---|")
-    dtypes = [d for d in ("float32", "bfloat16", "float16") if any(r["dtype"] == d for r in rows)]
     for op, name in NAMES.items():
-        for dtype in dtypes:
+        for dtype in dtypes_of(data):
             user_small = row(op, dtype, small, "user", "fwd+bwd")
             if user_small is None:
                 continue
@@ -73,36 +86,18 @@ def gpu_table(data: dict, compiled: dict | None) -> None:
     """One row per op and dtype at the largest size: kernel regime fraction of copy and speed against native
     (where aten has out= variants), user regime fwd+bwd against native, eager and torch.compile (from the
     second run)."""
-    def find(source, op, dtype, regime, pass_):
-        if source is None:
-            return None
-        numel = max(r["numel"] for r in source["rows"])
-        for r in source["rows"]:
-            if (r["impl"], r["op"], r["dtype"], r["numel"], r["regime"], r["pass"]) == (
-                    "fastact", op, dtype, numel, regime, pass_):
-                return r
-        return None
-
-    def ratio(r, peer):
-        value = (r or {}).get("speedup_vs", {}).get(peer)
-        return f"{value:.2f}x" if value else "—"
-
-    def fraction(r):
-        return f"{r['copy_fraction']:.2f}" if r else "—"
-
     print("| op | dtype | kernel fwd / bwd x copy | kernel vs native fwd / bwd "
           "| fwd+bwd vs native | fwd+bwd vs eager | fwd+bwd vs compile |")
     print("|---|---|---|---|---|---|---|")
-    dtypes = [d for d in ("float32", "bfloat16", "float16") if any(r["dtype"] == d for r in data["rows"])]
     for op, name in NAMES.items():
-        for dtype in dtypes:
-            fwd, bwd = find(data, op, dtype, "kernel", "fwd"), find(data, op, dtype, "kernel", "bwd")
+        for dtype in dtypes_of(data):
+            fwd, bwd = find(data, op, dtype, None, "kernel", "fwd"), find(data, op, dtype, None, "kernel", "bwd")
             if fwd is None:
                 continue
-            user = find(data, op, dtype, "user", "fwd+bwd")
-            print(f"| {name} | {dtype} | {fraction(fwd)} / {fraction(bwd)} | {ratio(fwd, 'native')} / "
-                  f"{ratio(bwd, 'native')} | {ratio(user, 'native')} | {ratio(user, 'eager')} "
-                  f"| {ratio(find(compiled, op, dtype, 'user', 'fwd+bwd'), 'compile')} |")
+            user = find(data, op, dtype, None, "user", "fwd+bwd")
+            print(f"| {name} | {dtype} | {fraction(fwd)} / {fraction(bwd)} | {speedup(fwd, 'native')} / "
+                  f"{speedup(bwd, 'native')} | {speedup(user, 'native')} | {speedup(user, 'eager')} "
+                  f"| {speedup(find(compiled, op, dtype, None, 'user', 'fwd+bwd'), 'compile')} |")
 
 
 if __name__ == "__main__":
