@@ -8,15 +8,16 @@
 #   OUT=/tmp/out bash benchmarks/gpu_run.sh            (the device tool sets OUT)
 #   PHASES="tests bench pieces" bash benchmarks/gpu_run.sh   (a subset; the build always runs)
 #
-# Phases: layouts (layouts.log), tests (tests.log), bench (gpu_kernels.json/.png, bench.log), compile
-# (gpu_compile.json, appended to bench.log), pieces (pieces.log: the rows kernel at 1, 2 and 4 vectors per
-# thread through FASTACT_CUDA_PIECE_VECTORS, kernel regime).
+# Phases (default: layouts tests bench flat): layouts (layouts.log), tests (tests.log), bench
+# (gpu_kernels.json/.png, bench.log), compile (gpu_compile.json, appended to bench.log), pieces (pieces.log:
+# the rows kernel at 1, 2 and 4 vectors per thread through FASTACT_CUDA_PIECE_VECTORS, kernel regime), flat
+# (flat.log: the CUDA tests and the kernel regime with the experimental flat kernel, FASTACT_CUDA_FLAT).
 set -u
 OUT=${OUT:-/tmp/fastact-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-PHASES=${PHASES:-layouts tests bench compile}
+PHASES=${PHASES:-layouts tests bench flat}
 phase() { echo "== $1 ($(date -u +%H:%M:%S))"; }
 want() { case " $PHASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}   # the in-place build, also for scripts run from elsewhere
@@ -76,5 +77,24 @@ for v in 1 2 4; do
     --min-run-time 0.05 --no-progress 2>&1
 done > "$OUT/pieces.log"
 grep -a -E "FASTACT_CUDA|fraction|fastact/native|^cuda" "$OUT/pieces.log" | cut -c1-150
+fi
+if want flat; then
+phase flat
+# The flat kernel (csrc/cuda/kernels.cuh, off by default): correct at 1 and 4 vectors per thread, then timed
+# against the rows kernel (0) and native for the ops it takes (no per-channel or tensor parameter).
+{
+  for v in 1 4; do
+    echo "CUDA tests, FASTACT_CUDA_FLAT=$v"
+    FASTACT_CUDA_FLAT=$v timeout 120 $PY -m pytest tests/test_ops.py tests/test_nn.py -q --tb=short --maxfail=15 \
+      -p no:cacheprovider -k cuda 2>&1 | tail -15
+  done
+  for v in 0 1 2 4; do
+    echo "FASTACT_CUDA_FLAT=$v"
+    FASTACT_CUDA_FLAT=$v timeout 60 $PY -m fastact.bench kernels --device cuda --regimes kernel \
+      --ops swish,mish,leaky_0.5 --impls fastact,native --dtypes float32,bfloat16,float16 --min-run-time 0.05 \
+      --no-progress 2>&1
+  done
+} > "$OUT/flat.log"
+grep -a -E "FASTACT_CUDA|passed|failed|fastact/native|fraction" "$OUT/flat.log" | cut -c1-150
 fi
 phase done
