@@ -142,6 +142,43 @@ __device__ __forceinline__ opmath_t apply(const scalar_t* __restrict__ x, const 
   }
 }
 
+// A thread's UNROLL 16-byte vectors: vector indices first + u * kThreads (u < UNROLL) below nvec, counted
+// from element `offset` (16-byte aligned) of x, grad and out. All loads are issued before any math, so they
+// are in flight together. Adds the thread's parameter-gradient terms to acc (backward), in element order.
+template <typename Op, Pass P, int VEC, int UNROLL, typename scalar_t, typename opmath_t>
+__device__ __forceinline__ void apply_vectors(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad,
+                                              scalar_t* __restrict__ out, int64_t offset, int64_t first, int64_t nvec,
+                                              opmath_t p, opmath_t& acc) {
+  using V = Pack<scalar_t, VEC>;
+  V xv[UNROLL], gv[UNROLL];
+#pragma unroll
+  for (int u = 0; u < UNROLL; ++u) {
+    const int64_t v = first + int64_t(u) * kThreads;
+    if (v < nvec) {
+      xv[u] = reinterpret_cast<const V*>(x + offset)[v];
+      if constexpr (P != Pass::Forward) gv[u] = reinterpret_cast<const V*>(grad + offset)[v];
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < UNROLL; ++u) {
+    const int64_t v = first + int64_t(u) * kThreads;
+    if (v < nvec) {
+      V o;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        if constexpr (P == Pass::Forward) {
+          o.v[j] = forward_element<Op>(xv[u].v[j], p);
+        } else {
+          opmath_t gp;
+          o.v[j] = backward_element<Op>(gv[u].v[j], xv[u].v[j], p, gp);
+          acc += gp;
+        }
+      }
+      reinterpret_cast<V*>(out + offset)[v] = o;
+    }
+  }
+}
+
 template <typename Op, Pass P, int VEC, int UNROLL, typename scalar_t, typename opmath_t>
 __global__ void __launch_bounds__(kThreads)
 rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad, scalar_t* __restrict__ out,
@@ -166,35 +203,7 @@ rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad, s
   for (int64_t i = start + threadIdx.x; i < body; i += kThreads) acc += apply<Op, P>(x, grad, out, i, p);
   for (int64_t i = body_end + threadIdx.x; i < end; i += kThreads) acc += apply<Op, P>(x, grad, out, i, p);
 
-  using V = Pack<scalar_t, VEC>;
-  const int64_t nvec = (body_end - body) / VEC;
-  V xv[UNROLL], gv[UNROLL];
-#pragma unroll
-  for (int u = 0; u < UNROLL; ++u) {
-    const int64_t v = threadIdx.x + int64_t(u) * kThreads;
-    if (v < nvec) {
-      xv[u] = reinterpret_cast<const V*>(x + body)[v];
-      if constexpr (P != Pass::Forward) gv[u] = reinterpret_cast<const V*>(grad + body)[v];
-    }
-  }
-#pragma unroll
-  for (int u = 0; u < UNROLL; ++u) {
-    const int64_t v = threadIdx.x + int64_t(u) * kThreads;
-    if (v < nvec) {
-      V o;
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        if constexpr (P == Pass::Forward) {
-          o.v[j] = forward_element<Op>(xv[u].v[j], p);
-        } else {
-          opmath_t gp;
-          o.v[j] = backward_element<Op>(gv[u].v[j], xv[u].v[j], p, gp);
-          acc += gp;
-        }
-      }
-      reinterpret_cast<V*>(out + body)[v] = o;
-    }
-  }
+  apply_vectors<Op, P, VEC, UNROLL>(x, grad, out, body, threadIdx.x, (body_end - body) / VEC, p, acc);
   if constexpr (P == Pass::BackwardParamGrad) {
     acc = block_sum(acc);
     if (threadIdx.x == 0) partials[piece] = acc;
@@ -212,35 +221,10 @@ __global__ void __launch_bounds__(kThreads)
 flat_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad, scalar_t* __restrict__ out,
             int64_t numel, opmath_t param) {
   static_assert(P != Pass::BackwardParamGrad, "the parameter gradient takes the rows or columns kernel");
-  using V = Pack<scalar_t, VEC>;
   const int64_t nvec = numel / VEC;
-  const int64_t base = int64_t(blockIdx.x) * kThreads * UNROLL + threadIdx.x;
-  V xv[UNROLL], gv[UNROLL];
-#pragma unroll
-  for (int u = 0; u < UNROLL; ++u) {
-    const int64_t v = base + int64_t(u) * kThreads;
-    if (v < nvec) {
-      xv[u] = reinterpret_cast<const V*>(x)[v];
-      if constexpr (P != Pass::Forward) gv[u] = reinterpret_cast<const V*>(grad)[v];
-    }
-  }
-#pragma unroll
-  for (int u = 0; u < UNROLL; ++u) {
-    const int64_t v = base + int64_t(u) * kThreads;
-    if (v < nvec) {
-      V o;
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        if constexpr (P == Pass::Forward) {
-          o.v[j] = forward_element<Op>(xv[u].v[j], param);
-        } else {
-          opmath_t unused;
-          o.v[j] = backward_element<Op>(gv[u].v[j], xv[u].v[j], param, unused);
-        }
-      }
-      reinterpret_cast<V*>(out)[v] = o;
-    }
-  }
+  opmath_t unused(0);
+  apply_vectors<Op, P, VEC, UNROLL>(x, grad, out, 0, int64_t(blockIdx.x) * kThreads * UNROLL + threadIdx.x, nvec,
+                                    param, unused);
   if (blockIdx.x == gridDim.x - 1) {
     for (int64_t i = nvec * VEC + threadIdx.x; i < numel; i += kThreads) apply<Op, P>(x, grad, out, i, param);
   }
