@@ -349,23 +349,20 @@ int multiprocessor_count() {
   return count;
 }
 
-// FASTACT_CUDA_PIECE_VECTORS (1, 2 or 4), read once; 0 where unset or anything else.
+// A vectors-per-thread override from the environment: 1, 2 or 4, else 0 (none).
+int vectors_from_env(const char* name) {
+  const char* env = std::getenv(name);
+  const int v = env ? std::atoi(env) : 0;
+  return v == 1 || v == 2 || v == 4 ? v : 0;
+}
+// FASTACT_CUDA_PIECE_VECTORS: the rows kernel's piece size; read once.
 int piece_vectors_override() {
-  static const int value = [] {
-    const char* env = std::getenv("FASTACT_CUDA_PIECE_VECTORS");
-    const int v = env ? std::atoi(env) : 0;
-    return v == 1 || v == 2 || v == 4 ? v : 0;
-  }();
+  static const int value = vectors_from_env("FASTACT_CUDA_PIECE_VECTORS");
   return value;
 }
-
-// FASTACT_CUDA_FLAT (1, 2 or 4: vectors per thread), read once; 0 (the rows kernel) where unset.
+// FASTACT_CUDA_FLAT: the flat kernel, at that many vectors per thread (0: the rows kernel); read once.
 int flat_vectors_override() {
-  static const int value = [] {
-    const char* env = std::getenv("FASTACT_CUDA_FLAT");
-    const int v = env ? std::atoi(env) : 0;
-    return v == 1 || v == 2 || v == 4 ? v : 0;
-  }();
+  static const int value = vectors_from_env("FASTACT_CUDA_FLAT");
   return value;
 }
 
