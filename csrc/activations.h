@@ -38,6 +38,14 @@ struct SwishOp {
     ds = q * one_minus_q;
   }
 
+  // sigmoid(z) alone (the forward's need): 1 / (1 + e) for z >= 0, e / (1 + e) otherwise. Picking the
+  // numerator before the division leaves the division last in the chain, with one rounding after it.
+  template <typename T>
+  FASTACT_HOST_DEVICE static T sigmoid(T z) {
+    const T e = fa_exp_nonpositive(fa_neg_abs(z));
+    return fa_select(z >= T(0), T(1), e) / (T(1) + e);
+  }
+
   template <typename T>
   FASTACT_HOST_DEVICE static T scaled_input(T x, T beta) {
     // beta = 0 makes f = x / 2 exactly, also at x = +-inf (where beta * x would be NaN).
@@ -47,10 +55,8 @@ struct SwishOp {
   template <typename T>
   FASTACT_HOST_DEVICE static T forward(T x, T beta) {
     const T z = scaled_input(x, beta);
-    T s, ds;
-    sigmoid_parts(z, s, ds);
     // z = -inf: x * 0 would be NaN for x = +-inf; the limit is 0.
-    return fa_select(z == fa_neg(fa_inf<T>()), T(0), x * s);
+    return fa_select(z == fa_neg(fa_inf<T>()), T(0), x * sigmoid(z));
   }
 
   template <typename T>
@@ -86,11 +92,17 @@ struct MishOp {
     return fa_select(x >= T(0), T(1) - m_over_den, m_over_den);
   }
 
+  // The forward divides the other way round, t = (den - m) / den, with den - m = 1 + 2e (x >= 0) or
+  // e^2 + 2e (x < 0) summed directly: a sum of positive terms, so still exact in the tails, and the
+  // division ends the chain instead of being followed by 1 - m / den.
   template <typename T>
   FASTACT_HOST_DEVICE static T forward(T x, T /*unused*/) {
-    T e, m, den;
-    parts(x, e, m, den);
-    return fa_select(x == fa_neg(fa_inf<T>()), T(0), x * tanh_softplus(x, m / den));
+    const T e = fa_exp_nonpositive(fa_neg_abs(x));
+    const auto nonneg = x >= T(0);
+    const T e2 = e * e;
+    const T num = fa_select(nonneg, T(1), e2) + T(2) * e;
+    const T den = num + fa_select(nonneg, T(2) * e2, T(2));
+    return fa_select(x == fa_neg(fa_inf<T>()), T(0), x * (num / den));
   }
 
   template <typename T>
