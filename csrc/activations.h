@@ -120,6 +120,15 @@ struct MishOp {
 // Leaky family: f = x for x > 0, alpha x otherwise, for any real alpha (1: identity, 0: ReLU, -1: |x|).
 // At x = 0 the derivative is alpha, PyTorch's convention.
 struct LeakyOp {
+  // The forward where alpha != 0 (the CPU kernels switch to it when no alpha of a call is zero): only
+  // alpha = 0 needs forward()'s guard, and at cache-resident sizes the guard costs the CPU kernel 12-15%.
+  struct NonzeroParam {
+    template <typename T>
+    FASTACT_HOST_DEVICE static T forward(T x, T alpha) {
+      return fa_select(x > T(0), x, alpha * x);
+    }
+  };
+
   template <typename T>
   FASTACT_HOST_DEVICE static T forward(T x, T alpha) {
     // alpha = 0 at x = -inf: the limit is 0, not 0 * -inf = NaN.

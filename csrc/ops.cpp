@@ -101,6 +101,7 @@ Prepared prepare(const OpInfo& op, const at::Tensor& x, const ParamArg& param) {
   pr.param_scalar = op.kind == ParamKind::Scalar ? param.scalar : 0.0;
   pr.param_grad = nullptr;
   pr.stream_out = false;
+  pr.params_nonzero = false;
   return p;
 }
 

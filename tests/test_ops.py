@@ -255,6 +255,27 @@ def test_edge_values(device, case, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("zero_channel", [True, False])
+def test_prelu_limits_with_and_without_a_zero_weight(device, dtype, layout, zero_channel):
+    """The CPU kernels take a cheaper form when no weight is zero (LeakyOp::NonzeroParam); both forms give the
+    limits at +-inf (0 where the weight is 0, not 0 * -inf = NaN), propagate NaN, and match float64."""
+    weight_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    weight = torch.tensor([0.25, -1.5, 0.0 if zero_channel else 2.0], dtype=weight_dtype, device=device)
+    values = torch.tensor([-INF, INF, math.nan, -2.0, 3.0, -0.0], dtype=torch.float64)
+    x = values.repeat(2, 3, 5, 1).transpose(2, 3).to(dtype).to(device)  # (2, 3, 6, 5): every value per channel
+    x = x.contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+    y = fastact.prelu(x, weight).double().cpu()
+    w = weight.double().cpu().view(1, 3, 1, 1)
+    xd = x.double().cpu()
+    want = torch.where(xd > 0, xd, torch.where((w == 0) & (xd == -INF), torch.zeros_like(xd), w * xd))
+    assert torch.equal(y.isnan(), want.isnan()), f"NaN pattern, weight {weight.tolist()}"
+    finite = ~want.isnan()
+    assert torch.equal(y[finite], want[finite].to(dtype).double()), f"values, weight {weight.tolist()}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_mish_no_overflow_at_large_magnitude(device, dtype):
     x = torch.tensor([1e4, -1e4], dtype=dtype, device=device, requires_grad=True)

@@ -99,6 +99,16 @@ bool should_stream(const ElementwiseProblem& p, int tensors) {
   return bytes > stream_threshold().load(std::memory_order_relaxed);
 }
 
+// Whether no parameter value of the call is zero: checked once per call, O(channels).
+bool params_nonzero(const ElementwiseProblem& p) {
+  auto none_zero = [&](auto* values) {
+    return std::none_of(values, values + p.channels, [](auto v) { return v == 0; });
+  };
+  if (p.param == nullptr) return p.param_scalar != 0;
+  if (p.dtype == c10::ScalarType::Double) return none_zero(static_cast<const double*>(p.param));
+  return none_zero(static_cast<const float*>(p.param));
+}
+
 const Capability*& active() {
   static const Capability* capability = detect();
   return capability;
@@ -182,6 +192,7 @@ int64_t set_streaming_threshold(int64_t nbytes) {
 void forward(const ElementwiseProblem& problem) {
   ElementwiseProblem p = problem;
   p.stream_out = should_stream(p, 2);
+  p.params_nonzero = params_nonzero(p);
   const RangeKernels& k = *active()->kernels;
   at::parallel_for(0, p.numel, kGrain, [&](int64_t begin, int64_t end) { k.forward(p, begin, end); });
 }
