@@ -16,6 +16,7 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "math_primitives.h"
 
@@ -120,8 +121,9 @@ struct MishOp {
 // Leaky family: f = x for x > 0, alpha x otherwise, for any real alpha (1: identity, 0: ReLU, -1: |x|).
 // At x = 0 the derivative is alpha, PyTorch's convention.
 struct LeakyOp {
-  // The forward where alpha != 0 (the CPU kernels switch to it when no alpha of a call is zero): only
-  // alpha = 0 needs forward()'s guard, and at cache-resident sizes the guard costs the CPU kernel 12-15%.
+  // The forward where alpha != 0, which the kernels switch to when no alpha of a call is zero (CPU; CUDA for
+  // a float alpha, the one it can check without a device read): only alpha = 0 needs forward()'s guard, and
+  // at cache-resident sizes the guard costs the CPU kernel 12-15%.
   struct NonzeroParam {
     template <typename T>
     FASTACT_HOST_DEVICE static T forward(T x, T alpha) {
@@ -142,6 +144,16 @@ struct LeakyOp {
     gx = g * fa_select(positive, T(1), alpha);
     galpha = g * fa_select(positive, T(0), x);
   }
+};
+
+// Op's cheaper forward for calls without a zero parameter (Op::NonzeroParam) where it has one, else Op.
+template <typename Op, typename = void>
+struct NonzeroParamForward {
+  using type = Op;
+};
+template <typename Op>
+struct NonzeroParamForward<Op, std::void_t<typename Op::NonzeroParam>> {
+  using type = typename Op::NonzeroParam;
 };
 
 }  // namespace

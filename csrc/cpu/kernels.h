@@ -295,16 +295,6 @@ void for_each_run(const ElementwiseProblem& p, int64_t begin, int64_t end, Fn&& 
   }
 }
 
-// Op's cheaper forward for calls without a zero parameter (Op::NonzeroParam), where it has one; else Op.
-template <typename Op, typename = void>
-struct NonzeroParamForward {
-  using type = Op;
-};
-template <typename Op>
-struct NonzeroParamForward<Op, std::void_t<typename Op::NonzeroParam>> {
-  using type = typename Op::NonzeroParam;
-};
-
 template <typename Op, typename scalar_t>
 void forward_range_typed(const ElementwiseProblem& p, int64_t begin, int64_t end) {
   using NonzeroOp = typename NonzeroParamForward<Op>::type;

@@ -479,13 +479,24 @@ void launch(const ElementwiseProblem& pr) {
   }
 }
 
+// The forward, in Op's cheaper form where Op has one for nonzero parameters and the parameter is a nonzero
+// float (a tensor parameter lives on the device: reading it would synchronize).
+template <typename Op>
+void launch_forward(const ElementwiseProblem& pr) {
+  using NonzeroOp = typename NonzeroParamForward<Op>::type;
+  if constexpr (!std::is_same_v<NonzeroOp, Op>) {
+    if (pr.param == nullptr && pr.param_scalar != 0) return launch<NonzeroOp, Pass::Forward>(pr);
+  }
+  launch<Op, Pass::Forward>(pr);
+}
+
 }  // namespace
 
 // Each functor's launchers are compiled in a file of their own (swish.cu, mish.cu, leaky.cu: one line each),
 // so that the files build in parallel; dispatch.cu picks one by ActivationId.
 #define FASTACT_CUDA_LAUNCHERS(F)                        \
   void forward_##F(const ElementwiseProblem& pr) {      \
-    launch<F##Op, Pass::Forward>(pr);                    \
+    launch_forward<F##Op>(pr);                           \
   }                                                      \
   void backward_##F(const ElementwiseProblem& pr) {     \
     if (pr.param_grad != nullptr) {                      \
