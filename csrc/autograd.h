@@ -2,17 +2,36 @@
 //
 // Why C++: torch's own activations pay ~3 us per call for autograd; the same formula registered from Python
 // (torch.library.register_autograd) pays ~25 us, a fifth of a leaky_relu on 2^20 floats. The first
-// derivative runs the fused <name>_backward kernel; that op's own autograd (the double backward, rarely on a
-// hot path) stays in Python, in fastact/ops.py, and the engine reaches it through the dispatcher when
-// create_graph is set. torch.compile traces through this layer as through torchvision's C++ autograd: the
-// forward and backward ops are redispatched below autograd, where the Python fake kernels answer.
+// derivative runs the fused <name>_backward kernel; that op's own autograd (the double backward and its
+// forward-mode derivative, rarely on a hot path) stays in Python, in fastact/ops.py, and the engine reaches
+// it through the dispatcher when create_graph is set. torch.compile traces through this layer as through
+// torchvision's C++ autograd: the forward and backward ops are redispatched below autograd, where the Python
+// fake kernels answer.
+//
+// How a call is recorded:
+// - reverse mode, the usual case: a torch::autograd::Function (compiled autograd can trace its node);
+// - reverse mode inside torch.func transforms (grad, vjp, jacrev, vmap of those), which refuse a C++
+//   torch::autograd::Function, and for inputs that carry forward-mode tangents: a plain autograd Node, as
+//   PyTorch's generated code records its own ops (it saves the inputs with their tangents, so that
+//   forward-over-reverse differentiates the backward as well);
+// - forward mode (torch.autograd.forward_ad, torch.func.jvp / jacfwd / hessian): the output's tangent is
+//   f_x * t_x, computed by the backward kernel, plus f_p * t_p for a tensor parameter.
+// Inside torch.func transforms the derivatives are computed with torch ops (input_partial, param_partial)
+// rather than the fused backward, whose own autograd is Python and cannot run there; torch.func then
+// differentiates and batches those ops itself.
 #pragma once
 
 #include <string>
 #include <tuple>
+#include <vector>
 
+#include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/FuncTorchTLS.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 
 #include "ops.h"
 
@@ -37,7 +56,67 @@ inline bool needs_graph(std::initializer_list<const Tensor*> inputs) {
   return false;
 }
 
-// One torch::autograd::Function per kind of parameter; `Info` (registration.cpp) names the activation.
+// Inside a torch.func transform (vmap, grad, jvp, ...), where torch::autograd::Function::apply refuses to
+// run. Asked the way apply asks it (ATen/functorch/DynamicLayer.h, which would say it directly, needs
+// headers that torch does not ship); the exception is thrown only inside transforms.
+inline bool in_functorch_transform() {
+  const auto& tls = at::functorch::functorchTLSAccessor();
+  if (!tls) return false;
+  try {
+    tls->checkSupportsCppAutogradFunction();
+    return false;
+  } catch (const c10::Error&) {
+    return true;
+  }
+}
+
+// Forward-mode AD uses level 0 (torch.func nests levels by wrapping tensors, not by dual levels).
+constexpr uint64_t kForwardLevel = 0;
+
+// An input's tangent (undefined if it has none), and the input without it (the kernels compute the primal
+// output; its tangent is attached afterwards).
+struct Dual {
+  Tensor primal;
+  Tensor tangent;
+  explicit Dual(const Tensor& t) : tangent(t.defined() ? t._fw_grad(kForwardLevel) : Tensor()) {
+    primal = tangent.defined() ? t._fw_primal(kForwardLevel) : t;
+  }
+};
+
+// A one-element or per-channel (dim 1) parameter, broadcastable against x.
+inline Tensor channel_view(const Tensor& param, const Tensor& x) {
+  if (param.numel() == 1) return param.reshape({});
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape[1] = -1;
+  return param.reshape(shape);
+}
+
+// The type the derivative formulas run in: float for the half types, or what holds x and the parameter.
+inline at::ScalarType formula_type(const Tensor& x, const Tensor& param) {
+  const auto t = at::promote_types(x.scalar_type(), at::kFloat);
+  return param.defined() ? at::promote_types(t, param.scalar_type()) : t;
+}
+
+// df/dparam, elementwise (unreduced), for the activations with a tensor parameter; in torch ops, so that a
+// tangent built from it stays differentiable.
+inline Tensor param_partial(ActivationId activation, const Tensor& x_in, const Tensor& param) {
+  const Tensor x = x_in.to(formula_type(x_in, param));
+  const Tensor p = channel_view(param, x);
+  switch (activation) {
+    case ActivationId::Swish: {
+      // x^2 s(1 - s) with s(1 - s) = sigmoid(z) sigmoid(-z) (1 - s cancels to 0 early); 0 wherever that
+      // factor is 0, so that x = +-inf gives the limit 0, not inf * 0.
+      const Tensor z = at::where(p == 0, at::zeros_like(x), p * x);
+      const Tensor q = at::sigmoid(z) * at::sigmoid(-z);
+      return at::where(q == 0, at::zeros_like(x), x * q * x);
+    }
+    case ActivationId::Leaky:  // prelu: x where x <= 0, else 0
+      return at::where(x > 0, at::zeros_like(x), x);
+    default:
+      TORCH_CHECK(false, "fastact: no parameter derivative for this activation");
+  }
+}
+
 // Calls a backward op from a backward function. With create_graph (grad mode on) it goes through the op's
 // Autograd kernel, which records the double backward (fastact/ops.py); without, it goes below autograd: that
 // kernel is Python, and entering it from the autograd engine costs ~50 us a call, more than the kernel of a
@@ -49,98 +128,288 @@ auto call_backward(Fn&& fn) {
   return fn();
 }
 
+// df/dx, elementwise, in torch ops (the first derivative inside torch.func transforms). `param` is undefined
+// for Mish; for LeakyReLU and fixed-beta Swish it is the float as a 0-d tensor.
+inline Tensor input_partial(ActivationId activation, const Tensor& x_in, const Tensor& param) {
+  const Tensor x = x_in.to(formula_type(x_in, param));
+  switch (activation) {
+    case ActivationId::Swish: {  // s + b x s(1 - s), the second term 0 where s(1 - s) is (x = +-inf)
+      const Tensor b = channel_view(param, x);
+      const Tensor z = at::where(b == 0, at::zeros_like(x), b * x);  // beta = 0: x / 2, also at x = +-inf
+      const Tensor s = at::sigmoid(z);
+      const Tensor q = s * at::sigmoid(-z);
+      return at::where(q == 0, s, s + z * q);
+    }
+    case ActivationId::Mish: {  // t + x sigmoid(x) (1 - t^2), t = tanh(softplus(x))
+      const Tensor t = at::tanh(at::softplus(x));
+      const Tensor d = 1 - t * t;
+      const Tensor s = at::sigmoid(x);
+      return at::where((d == 0).logical_or(s == 0), t, t + x * s * d);
+    }
+    case ActivationId::Leaky:
+      return at::where(x > 0, at::ones_like(x), channel_view(param, x).expand_as(x));
+  }
+  TORCH_CHECK(false, "fastact: unknown activation");
+}
+
+// The sum of an elementwise tensor over everything but the parameter's channel (adjoint of channel_view).
+inline Tensor reduce_to_param(const Tensor& t, const Tensor& param) {
+  if (param.numel() == 1) return t.sum().reshape(param.sizes()).to(param.scalar_type());
+  std::vector<int64_t> dims;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (d != 1) dims.push_back(d);
+  }
+  return t.sum(dims).reshape(param.sizes()).to(param.scalar_type());
+}
+
+// The parameter of one call, whatever its kind: a tensor (learnable), a float, or nothing.
+struct CallParam {
+  Tensor tensor;
+  double scalar = 0.0;
+};
+
+// How to call one activation's forward and backward ops, per kind of parameter.
+template <ParamKind K, typename Info>
+struct OpCalls;
+
+template <typename Info>
+struct OpCalls<ParamKind::None, Info> {
+  static Tensor forward(const Tensor& x, const CallParam&) {
+    static const auto op = find_op<Tensor(const Tensor&)>(Info::get().name);
+    return op.call(x);
+  }
+  static std::tuple<Tensor, Tensor> backward(const Tensor& grad, const Tensor& x, const CallParam&) {
+    static const auto op =
+        find_op<Tensor(const Tensor&, const Tensor&)>(std::string(Info::get().name) + "_backward");
+    return {op.call(grad, x), Tensor()};
+  }
+};
+
+template <typename Info>
+struct OpCalls<ParamKind::Scalar, Info> {
+  static Tensor forward(const Tensor& x, const CallParam& p) {
+    static const auto op = find_op<Tensor(const Tensor&, double)>(Info::get().name);
+    return op.call(x, p.scalar);
+  }
+  static std::tuple<Tensor, Tensor> backward(const Tensor& grad, const Tensor& x, const CallParam& p) {
+    static const auto op =
+        find_op<Tensor(const Tensor&, const Tensor&, double)>(std::string(Info::get().name) + "_backward");
+    return {op.call(grad, x, p.scalar), Tensor()};
+  }
+};
+
+template <typename Info>
+struct OpCalls<ParamKind::Tensor, Info> {
+  static Tensor forward(const Tensor& x, const CallParam& p) {
+    static const auto op = find_op<Tensor(const Tensor&, const Tensor&)>(Info::get().name);
+    return op.call(x, p.tensor);
+  }
+  static std::tuple<Tensor, Tensor> backward(const Tensor& grad, const Tensor& x, const CallParam& p) {
+    static const auto op = find_op<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&)>(
+        std::string(Info::get().name) + "_backward");
+    return op.call(grad, x, p.tensor);
+  }
+};
+
+// The derivatives of one activation, shared by every way a call is recorded.
+template <ParamKind K, typename Info>
+struct Derivatives {
+  using Calls = OpCalls<K, Info>;
+
+  // The parameter as a tensor for the torch-op formulas (the slope of LeakyReLU, beta of fixed Swish).
+  static Tensor param_tensor(const Tensor& x, const CallParam& p) {
+    if constexpr (K == ParamKind::Tensor) return p.tensor;
+    if constexpr (K == ParamKind::Scalar) {
+      return at::scalar_tensor(p.scalar, x.options().dtype(at::promote_types(x.scalar_type(), at::kFloat)));
+    }
+    return Tensor();
+  }
+
+  // d(loss)/dx and d(loss)/d(param) (undefined unless the parameter is a tensor) from d(loss)/dy.
+  static std::tuple<Tensor, Tensor> gradients(const Tensor& grad, const Tensor& x, const CallParam& p) {
+    if (!in_functorch_transform()) return call_backward([&] { return Calls::backward(grad, x, p); });
+    const Tensor pt = param_tensor(x, p);
+    Tensor grad_input = (grad * input_partial(Info::get().activation, x, pt)).to(x.scalar_type());
+    Tensor grad_param;
+    if constexpr (K == ParamKind::Tensor) {
+      grad_param = reduce_to_param(grad * param_partial(Info::get().activation, x, pt), pt);
+    }
+    return {grad_input, grad_param};
+  }
+
+  // The output's tangent from the inputs' (either may be undefined, not both).
+  static Tensor tangent(const Tensor& x, const CallParam& p, const Tensor& t_x, const Tensor& t_param) {
+    Tensor t;
+    if (t_x.defined()) {
+      if (in_functorch_transform()) {
+        t = (input_partial(Info::get().activation, x, param_tensor(x, p)) * t_x).to(x.scalar_type());
+      } else {
+        t = std::get<0>(Calls::backward(t_x, x, p));
+      }
+    }
+    if (t_param.defined()) {
+      const Tensor term =
+          (param_partial(Info::get().activation, x, p.tensor) * channel_view(t_param, x)).to(x.scalar_type());
+      t = t.defined() ? t + term : term;
+    }
+    return t;
+  }
+};
+
+// The reverse-mode node for calls that a torch::autograd::Function cannot record: inside torch.func
+// transforms, and with forward-mode tangents (it saves the inputs with their tangents, so that
+// forward-over-reverse differentiates the backward too).
+template <ParamKind K, typename Info>
+struct ActivationNode : torch::autograd::Node {
+  torch::autograd::SavedVariable x;
+  torch::autograd::SavedVariable param_tensor;  // K == Tensor
+  double param_scalar = 0.0;                    // K == Scalar
+
+  variable_list apply(variable_list&& grads) override {
+    if (!grads[0].defined()) return variable_list(num_outputs());
+    CallParam p{K == ParamKind::Tensor ? param_tensor.unpack() : Tensor(), param_scalar};
+    auto [grad_input, grad_param] = Derivatives<K, Info>::gradients(grads[0], x.unpack(), p);
+    variable_list out{task_should_compute_output(0) ? grad_input : Tensor()};
+    if (num_outputs() > 1) out.push_back(task_should_compute_output(1) ? grad_param : Tensor());
+    return out;
+  }
+  void release_variables() override {
+    x.reset_data();
+    param_tensor.reset_data();
+  }
+  std::string name() const override { return std::string("fastact::") + Info::get().name + "Backward"; }
+};
+
+// A new node, owned the way this torch owns them: c10::intrusive_ptr (torch >= 2.13) or std::shared_ptr with
+// torch's deleter (older; found by argument-dependent lookup, so that it is only named where it exists).
+template <typename T, typename Ptr = decltype(torch::autograd::Edge::function)>
+auto make_node() {
+  if constexpr (std::is_same_v<Ptr, c10::intrusive_ptr<torch::autograd::Node>>) {
+    return c10::make_intrusive<T>();
+  } else {
+    return std::shared_ptr<T>(new T(), [](T* node) { deleteNode(node); });
+  }
+}
+
+// The usual reverse-mode record: a torch::autograd::Function, whose node compiled autograd can trace.
 template <ParamKind K, typename Info>
 struct ActivationFunction;
 
 template <typename Info>
 struct ActivationFunction<ParamKind::None, Info>
     : torch::autograd::Function<ActivationFunction<ParamKind::None, Info>> {
-  static const auto& op() {
-    static const auto handle = find_op<Tensor(const Tensor&)>(Info::get().name);
-    return handle;
-  }
-  static const auto& backward_op() {
-    static const auto handle = find_op<Tensor(const Tensor&, const Tensor&)>(std::string(Info::get().name) + "_backward");
-    return handle;
-  }
   static Tensor forward(AutogradContext* ctx, const Tensor& x) {
     ctx->save_for_backward({x});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return op().call(x);
+    return OpCalls<ParamKind::None, Info>::forward(x, {});
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    return {call_backward([&] { return backward_op().call(grads[0], saved[0]); })};
-  }
-  static Tensor kernel(const Tensor& x) {
-    if (!needs_graph({&x})) {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      return op().call(x);
-    }
-    return ActivationFunction::apply(x);
+    return {std::get<0>(Derivatives<ParamKind::None, Info>::gradients(grads[0], saved[0], {}))};
   }
 };
 
 template <typename Info>
 struct ActivationFunction<ParamKind::Scalar, Info>
     : torch::autograd::Function<ActivationFunction<ParamKind::Scalar, Info>> {
-  static const auto& op() {
-    static const auto handle = find_op<Tensor(const Tensor&, double)>(Info::get().name);
-    return handle;
-  }
-  static const auto& backward_op() {
-    static const auto handle =
-        find_op<Tensor(const Tensor&, const Tensor&, double)>(std::string(Info::get().name) + "_backward");
-    return handle;
-  }
   static Tensor forward(AutogradContext* ctx, const Tensor& x, double param) {
     ctx->save_for_backward({x});
     ctx->saved_data["param"] = param;
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return op().call(x, param);
+    return OpCalls<ParamKind::Scalar, Info>::forward(x, {Tensor(), param});
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const double param = ctx->saved_data["param"].toDouble();
-    return {call_backward([&] { return backward_op().call(grads[0], saved[0], param); }), Tensor()};
-  }
-  static Tensor kernel(const Tensor& x, double param) {
-    if (!needs_graph({&x})) {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      return op().call(x, param);
-    }
-    return ActivationFunction::apply(x, param);
+    const CallParam p{Tensor(), ctx->saved_data["param"].toDouble()};
+    return {std::get<0>(Derivatives<ParamKind::Scalar, Info>::gradients(grads[0], saved[0], p)), Tensor()};
   }
 };
 
 template <typename Info>
 struct ActivationFunction<ParamKind::Tensor, Info>
     : torch::autograd::Function<ActivationFunction<ParamKind::Tensor, Info>> {
-  static const auto& op() {
-    static const auto handle = find_op<Tensor(const Tensor&, const Tensor&)>(Info::get().name);
-    return handle;
-  }
-  static const auto& backward_op() {
-    static const auto handle = find_op<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&)>(
-        std::string(Info::get().name) + "_backward");
-    return handle;
-  }
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& param) {
     ctx->save_for_backward({x, param});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return op().call(x, param);
+    return OpCalls<ParamKind::Tensor, Info>::forward(x, {param, 0.0});
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    auto [grad_input, grad_param] = call_backward([&] { return backward_op().call(grads[0], saved[0], saved[1]); });
+    auto [grad_input, grad_param] = Derivatives<ParamKind::Tensor, Info>::gradients(grads[0], saved[0], {saved[1], 0.0});
     return {ctx->needs_input_grad(0) ? grad_input : Tensor(), ctx->needs_input_grad(1) ? grad_param : Tensor()};
   }
-  static Tensor kernel(const Tensor& x, const Tensor& param) {
-    if (!needs_graph({&x, &param})) {
+};
+
+// The Autograd-key kernel of one activation (registration.cpp).
+template <ParamKind K, typename Info>
+struct AutogradKernel {
+  static Tensor call(const Tensor& x_in, const CallParam& p_in) {
+    const Dual x(x_in);
+    const Dual param(p_in.tensor);
+    const bool has_tangent = x.tangent.defined() || param.tangent.defined();
+    const CallParam p{param.primal, p_in.scalar};
+    const bool graph = K == ParamKind::Tensor ? needs_graph({&x_in, &p_in.tensor}) : needs_graph({&x_in});
+    Tensor y;
+    if (!graph) {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
-      return op().call(x, param);
+      y = OpCalls<K, Info>::forward(x.primal, p);
+    } else if (has_tangent || in_functorch_transform()) {
+      y = record_with_node(x_in, p_in);
+    } else if constexpr (K == ParamKind::None) {
+      y = ActivationFunction<K, Info>::apply(x_in);
+    } else if constexpr (K == ParamKind::Scalar) {
+      y = ActivationFunction<K, Info>::apply(x_in, p_in.scalar);
+    } else {
+      y = ActivationFunction<K, Info>::apply(x_in, p_in.tensor);
     }
-    return ActivationFunction::apply(x, param);
+    if (has_tangent) {
+      y._set_fw_grad(Derivatives<K, Info>::tangent(x.primal, p, x.tangent, param.tangent), kForwardLevel,
+                     /*is_inplace_op=*/false);
+    }
+    return y;
+  }
+
+  // Records y = f(x, param) under an ActivationNode that saves the inputs as they are (tangents included).
+  static Tensor record_with_node(const Tensor& x, const CallParam& p) {
+    auto node = make_node<ActivationNode<K, Info>>();
+    if constexpr (K == ParamKind::Tensor) {
+      node->set_next_edges(torch::autograd::collect_next_edges(x, p.tensor));
+      node->param_tensor = torch::autograd::SavedVariable(p.tensor, /*is_output=*/false);
+    } else {
+      node->set_next_edges(torch::autograd::collect_next_edges(x));
+    }
+    node->x = torch::autograd::SavedVariable(x, /*is_output=*/false);
+    node->param_scalar = p.scalar;
+    Tensor y;
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;  // the kernel reads the values; tangents stay out
+      y = OpCalls<K, Info>::forward(x, p);
+    }
+    torch::autograd::set_history(y, node);
+    return y;
+  }
+};
+
+// The kernel to register, with the op's signature.
+template <ParamKind K, typename Info>
+struct AutogradEntry;
+
+template <typename Info>
+struct AutogradEntry<ParamKind::None, Info> {
+  static Tensor kernel(const Tensor& x) { return AutogradKernel<ParamKind::None, Info>::call(x, {}); }
+};
+
+template <typename Info>
+struct AutogradEntry<ParamKind::Scalar, Info> {
+  static Tensor kernel(const Tensor& x, double param) {
+    return AutogradKernel<ParamKind::Scalar, Info>::call(x, {Tensor(), param});
+  }
+};
+
+template <typename Info>
+struct AutogradEntry<ParamKind::Tensor, Info> {
+  static Tensor kernel(const Tensor& x, const Tensor& param) {
+    return AutogradKernel<ParamKind::Tensor, Info>::call(x, {param, 0.0});
   }
 };
 

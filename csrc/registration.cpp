@@ -110,7 +110,7 @@ FASTACT_FOR_EACH_ACTIVATION(FASTACT_INFO)
   }
 
 #define FASTACT_AUTOGRAD_IMPL(name, Id, Kind, param) \
-  m.impl(#name, TORCH_FN((autograd::ActivationFunction<ParamKind::Kind, name##_info>::kernel)));
+  m.impl(#name, TORCH_FN((autograd::AutogradEntry<ParamKind::Kind, name##_info>::kernel)));
 
 }  // namespace
 

@@ -1,14 +1,15 @@
 """torch.library registrations for the ops defined in C++ (csrc/registration.cpp): fake kernels, so that
-torch.compile can trace them, and the autograd of the backward ops, so that every op is differentiable twice
-(and beyond).
+torch.compile can trace them; the autograd of the backward ops, so that every op is differentiable twice (and
+beyond, in reverse and forward mode); and vmap batching rules.
 
 First derivatives are registered in C++ (csrc/autograd.h: a per-call cost like torch's own ops) and run
-fastact's fused backward kernels, saving only the input and the parameter. The backward of a backward is
-written here in plain torch ops from the closed-form derivatives in `fastact.reference`, so it is itself
-differentiable.
+fastact's fused backward kernels, saving only the input and the parameter. The backward of a backward, and its
+forward-mode derivative, are written here in plain torch ops from the closed-form derivatives in
+`fastact.reference`, so they are themselves differentiable.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -118,39 +119,150 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
         torch.library.register_fake(f"{qualname}_backward")(lambda grad, x, *param: torch.empty_like(x))
         torch.library.register_fake(f"{qualname}_backward.out")(lambda grad, x, *param, grad_input: grad_input)
 
-    # --- second derivative: the backward of the backward, in differentiable torch ops ------------------
-    def setup_backward(ctx, inputs, output):
-        grad, x, *param = inputs
-        if has_tensor_param:
-            ctx.save_for_backward(grad, x, param[0])
-        else:
-            ctx.save_for_backward(grad, x)
-            ctx.param = param
+    # --- autograd of the backward op: the second derivatives, in differentiable torch ops ----------------
+    # A torch.autograd.Function at the Autograd key (rather than torch.library.register_autograd) so that it
+    # also has a forward-mode derivative (jvp): forward-over-reverse (torch.autograd.forward_ad over a
+    # backward, gradgradcheck's check_fwd_over_rev) differentiates this op forward. Inside torch.func
+    # transforms the C++ layer computes derivatives with torch ops instead and never calls this op.
+    def tangent_view(t, x):
+        return None if t is None else ref.channel_view(t, x)
 
-    def backward_backward(ctx, gg_input, gg_param=None):
-        if has_tensor_param:
-            grad, x, p = ctx.saved_tensors
-        else:
-            grad, x = ctx.saved_tensors
-            p = ctx.param[0] if ctx.param else None
-        if gg_input is None:
-            gg_input = torch.zeros_like(x)
-        d_grad = gg_input * d.f_x(x, p)
-        d_x = gg_input * grad * d.f_xx(x, p)
-        d_param = None
-        if has_tensor_param:
-            f_xp = d.f_xp(x, p)
-            d_param = ref.reduce_to_param(gg_input * grad * f_xp, p)
-            if gg_param is not None:
-                gg_p = ref.channel_view(gg_param, x)
-                d_grad = d_grad + gg_p * d.f_p(x, p)
-                d_x = d_x + gg_p * grad * f_xp
-                d_param = d_param + ref.reduce_to_param(gg_p * grad * d.f_pp(x, p), p)
-            return d_grad.to(grad.dtype), d_x.to(x.dtype), d_param
-        return (d_grad.to(grad.dtype), d_x.to(x.dtype), *([None] * len(ctx.param)))
+    class BackwardOfActivation(torch.autograd.Function):
+        @staticmethod
+        def forward(grad, x, *param):
+            with torch._C._AutoDispatchBelowAutograd():
+                return backward_op(grad, x, *param)
 
-    torch.library.register_autograd(f"{qualname}_backward", backward_backward, setup_context=setup_backward)
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            grad, x, *param = inputs
+            if has_tensor_param:
+                ctx.save_for_backward(grad, x, param[0])
+                ctx.save_for_forward(grad, x, param[0])
+            else:
+                ctx.save_for_backward(grad, x)
+                ctx.save_for_forward(grad, x)
+                ctx.param = param
 
+        @staticmethod
+        def backward(ctx, gg_input, gg_param=None):
+            grad, x, p = _saved(ctx, ctx.saved_tensors)
+            if gg_input is None:
+                gg_input = torch.zeros_like(x)
+            d_grad = gg_input * d.f_x(x, p)
+            d_x = gg_input * grad * d.f_xx(x, p)
+            if has_tensor_param:
+                f_xp = d.f_xp(x, p)
+                d_param = ref.reduce_to_param(gg_input * grad * f_xp, p)
+                if gg_param is not None:
+                    gg_p = ref.channel_view(gg_param, x)
+                    d_grad = d_grad + gg_p * d.f_p(x, p)
+                    d_x = d_x + gg_p * grad * f_xp
+                    d_param = d_param + ref.reduce_to_param(gg_p * grad * d.f_pp(x, p), p)
+                return d_grad.to(grad.dtype), d_x.to(x.dtype), d_param
+            return (d_grad.to(grad.dtype), d_x.to(x.dtype), *([None] * len(ctx.param)))
+
+        @staticmethod
+        def jvp(ctx, t_grad, t_x, *t_param):
+            # d(g f_x) = t_g f_x + g f_xx t_x + g f_xp t_p, and for a tensor parameter
+            # d reduce(g f_p) = reduce(t_g f_p + g f_xp t_x + g f_pp t_p).
+            grad, x, p = _saved(ctx, ctx.saved_tensors)
+            t_p = tangent_view(t_param[0], x) if has_tensor_param and t_param else None
+            t_input = torch.zeros_like(x, dtype=torch.promote_types(x.dtype, grad.dtype))
+            if t_grad is not None:
+                t_input = t_input + t_grad * d.f_x(x, p)
+            if t_x is not None:
+                t_input = t_input + grad * d.f_xx(x, p) * t_x
+            if t_p is not None:
+                t_input = t_input + grad * d.f_xp(x, p) * t_p
+            if not has_tensor_param:
+                return t_input.to(grad.dtype)
+            t_elem = torch.zeros_like(t_input)
+            if t_grad is not None:
+                t_elem = t_elem + t_grad * d.f_p(x, p)
+            if t_x is not None:
+                t_elem = t_elem + grad * d.f_xp(x, p) * t_x
+            if t_p is not None:
+                t_elem = t_elem + grad * d.f_pp(x, p) * t_p
+            return t_input.to(grad.dtype), ref.reduce_to_param(t_elem, p)
+
+    def _saved(ctx, tensors):
+        if has_tensor_param:
+            return tensors
+        grad, x = tensors
+        return grad, x, (ctx.param[0] if ctx.param else None)
+
+    def autograd_kernel(grad, x, *param):
+        return BackwardOfActivation.apply(grad, x, *param)
+
+    _autograd_lib.impl(f"{name}_backward", autograd_kernel, "Autograd")
+
+
+_autograd_lib = torch.library.Library("fastact", "IMPL")
+
+
+# --- vmap (torch.vmap, and torch.func.vmap of grad/jacrev...): batching rules --------------------------
+# Without them torch runs the op once per batch element (and warns). The batch dimension of x is an outer
+# dimension to the kernels; a batched parameter (one per batch element: model ensembles) is folded into the
+# channel dimension, so that one per-channel call covers the whole batch.
+def _batch_first(t: Tensor, dim: int | None, batch_size: int) -> Tensor:
+    """`t` with its batch dimension first (an unbatched tensor is expanded)."""
+    if dim is None:
+        return t.unsqueeze(0).expand(batch_size, *t.shape)
+    return t.movedim(dim, 0)
+
+
+def _fold_batch_into_channels(ts: list[Tensor], per_channel: bool) -> tuple[list[Tensor], Callable]:
+    """Batch-first tensors (B, *logical) -> tensors whose channel dimension (dim 1) is batch x channel, and the
+    function that unfolds a result. Per channel, logical (N, C, *rest) -> (N, B*C, *rest); with one parameter
+    per batch element, (B, *logical) -> (1, B, numel)."""
+    shape = ts[0].shape
+    if per_channel:
+        folded = [t.movedim(0, 1).reshape(shape[1], shape[0] * shape[2], *shape[3:]) for t in ts]
+        return folded, lambda r: r.reshape(shape[1], shape[0], *shape[2:]).movedim(1, 0)
+    folded = [t.reshape(1, shape[0], math.prod(shape[1:])) for t in ts]
+    return folded, lambda r: r.reshape(shape)
+
+
+def _register_vmap(name: str, kind: str) -> None:
+    forward_op = getattr(_lib, name).default
+    backward_op = getattr(_lib, f"{name}_backward").default
+
+    if kind != "tensor":
+        def forward_rule(info, in_dims, x, *param):
+            return forward_op(x, *param), in_dims[0]
+
+        def backward_rule(info, in_dims, grad, x, *param):
+            grad, x = (_batch_first(t, d, info.batch_size) for t, d in zip((grad, x), in_dims[:2]))
+            return backward_op(grad, x, *param), 0
+    else:
+        def forward_rule(info, in_dims, x, p):
+            x_dim, p_dim = in_dims
+            if p_dim is None and p.numel() == 1:  # the batch dimension is one more outer dimension
+                return forward_op(x, p), x_dim
+            x = _batch_first(x, x_dim, info.batch_size)
+            if x.dim() < 3 and (p.numel() if p_dim is None else p[0].numel()) > 1:
+                return forward_op(x[0], p if p_dim is None else p.select(p_dim, 0)), 0  # the op's own error
+            if p_dim is None:  # one parameter per channel for every batch element: fold the batch into dim 0
+                return forward_op(x.flatten(0, 1), p).unflatten(0, x.shape[:2]), 0
+            p = p.movedim(p_dim, 0)
+            (x,), unfold = _fold_batch_into_channels([x], per_channel=p[0].numel() > 1)
+            return unfold(forward_op(x, p.reshape(-1))), 0
+
+        def backward_rule(info, in_dims, grad, x, p):
+            # d(param) is one per batch element even for a shared parameter, so the batch is always folded
+            # into the channels.
+            grad, x, p = (_batch_first(t, d, info.batch_size) for t, d in zip((grad, x, p), in_dims))
+            per_channel = p[0].numel() > 1
+            if per_channel and x.dim() < 3:
+                return backward_op(grad[0], x[0], p[0]), (0, 0)  # the op's own error
+            (grad, x), unfold = _fold_batch_into_channels([grad, x], per_channel)
+            grad_input, grad_param = backward_op(grad, x, p.reshape(-1))
+            return (unfold(grad_input), grad_param.reshape(p.shape)), (0, 0)
+
+    torch.library.register_vmap(f"fastact::{name}", forward_rule, lib=_autograd_lib)
+    torch.library.register_vmap(f"fastact::{name}_backward", backward_rule, lib=_autograd_lib)
 
 for _name, (_kind, _derivatives) in _OPS.items():
     _register(_name, _kind, _derivatives)
+    _register_vmap(_name, _kind)

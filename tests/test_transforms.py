@@ -1,0 +1,267 @@
+"""Forward-mode AD and torch.func: jvp, grad, vjp, jacrev, jacfwd, hessian, vmap (with batching rules, also
+of batched parameters) and per-sample gradients, against plain-torch references in float64."""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import nn
+from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, stack_module_state, vjp, vmap
+
+import fastact
+from fastact import reference as R
+
+from conftest import DEVICES
+from test_ops import CASE_IDS, CASES
+
+INF = math.inf
+
+
+def inputs_for(case, device, dtype=torch.float64, seed=0, shape=(3, 4, 5)):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64) * 2
+    x = (x.sign() * (x.abs() + 0.05)).to(dtype).to(device)  # away from the kink of the leaky family at 0
+    p = case.make_param(x, gen, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    return x, p
+
+
+def fast_and_ref(case):
+    """f(x, p) through fastact and through the float64 reference, with a float parameter bound in."""
+    if case.tensor_param:
+        return case.fast, case.ref
+    return (lambda x, p=None: case.fast(x, case.param)), (lambda x, p=None: case.ref(x, case.param))
+
+
+@contextlib.contextmanager
+def batching_rules_only():
+    """vmap without torch's per-element fallback, which would otherwise run an op without a batching rule
+    once per batch element (correct, slow, and silent: its warning is off by default)."""
+    previous = torch._C._functorch._is_vmap_fallback_enabled()
+    torch._C._functorch._set_vmap_fallback_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._functorch._set_vmap_fallback_enabled(previous)
+
+
+def test_vmap_fallback_switch_is_effective():
+    """An op without a batching rule fails inside batching_rules_only, so the tests below can fail."""
+    lib = torch.library.Library("fastact_test", "FRAGMENT")
+    lib.define("double_it(Tensor x) -> Tensor")
+    lib.impl("double_it", lambda x: x * 2, "CompositeExplicitAutograd")
+    with batching_rules_only(), pytest.raises(RuntimeError, match="vmap fallback"):
+        vmap(torch.ops.fastact_test.double_it)(torch.ones(3, 2))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Forward-mode AD
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_forward_ad_tangent(device, case, requires_grad):
+    x, p = inputs_for(case, device)
+    gen = torch.Generator().manual_seed(1)
+    t_x = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(device)
+    fast, ref = fast_and_ref(case)
+    x.requires_grad_(requires_grad)
+    with fwAD.dual_level():
+        y = fast(fwAD.make_dual(x, t_x), p)
+        primal, tangent = fwAD.unpack_dual(y)
+        assert tangent is not None, "the output lost its tangent"
+        assert torch.equal(primal.detach(), fast(x, p).detach())
+    _, expected = jvp(lambda u: ref(u, p), (x.detach(),), (t_x,))
+    torch.testing.assert_close(tangent.detach(), expected, rtol=1e-12, atol=1e-14)
+    if case.tensor_param:  # the parameter's tangent, alone and with x's
+        t_p = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(device)
+        for tangents in ((None, t_p), (t_x, t_p)):
+            with fwAD.dual_level():
+                xd = x if tangents[0] is None else fwAD.make_dual(x, tangents[0])
+                tangent = fwAD.unpack_dual(fast(xd, fwAD.make_dual(p, t_p))).tangent
+            expected = jvp(ref, (x.detach(), p), (torch.zeros_like(x) if tangents[0] is None else t_x, t_p))[1]
+            torch.testing.assert_close(tangent.detach(), expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_gradcheck_forward_mode_and_batched(device, case):
+    """Forward mode, forward-over-reverse and vmap over the backward (batched grads) against finite
+    differences."""
+    x, p = inputs_for(case, device, shape=(2, 3, 4))
+    x.requires_grad_()
+    if case.tensor_param:
+        inputs, fn = (x, p.requires_grad_()), case.fast
+    else:
+        inputs, fn = (x,), (lambda t: case.fast(t, case.param))
+    with batching_rules_only():
+        assert torch.autograd.gradcheck(fn, inputs, check_forward_ad=True, check_batched_grad=True,
+                                        check_batched_forward_grad=True)
+        assert torch.autograd.gradgradcheck(fn, inputs, check_fwd_over_rev=True, check_batched_grad=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("case", [c for c in CASES if c.tensor_param], ids=str)
+def test_forward_ad_mixed_precision(case, dtype):
+    """x in a half type with a float32 parameter: tangents come back in x's dtype, close to float64."""
+    x, p = inputs_for(case, "cpu", dtype=dtype)
+    t_x, t_p = torch.randn_like(x), torch.randn_like(p)
+    y, tangent = jvp(case.fast, (x, p), (t_x, t_p))
+    assert y.dtype == tangent.dtype == dtype
+    _, expected = jvp(case.ref, (x.double(), p.double()), (t_x.double(), t_p.double()))
+    torch.testing.assert_close(tangent.double(), expected, rtol=3 * torch.finfo(dtype).eps, atol=0.05
+                               if dtype != torch.float32 else 1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------
+# torch.func
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_torch_func_derivatives(device, case):
+    x, p = inputs_for(case, device, shape=(1, 3, 2))
+    fast, ref = fast_and_ref(case)
+
+    def total(f):
+        return lambda u, q: f(u, q).sum()
+
+    for transform in (grad, jacrev, jacfwd, hessian):
+        got = transform(total(fast))(x, p)
+        want = transform(total(ref))(x, p)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14, msg=transform.__name__)
+    v = torch.randn_like(x)
+    got, want = vjp(lambda u: fast(u, p), x)[1](v), vjp(lambda u: ref(u, p), x)[1](v)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    if case.tensor_param:  # with respect to the parameter, and mixed second derivatives
+        for transform in (grad, jacrev, hessian):
+            got = transform(total(fast), argnums=(0, 1))(x, p)
+            want = transform(total(ref), argnums=(0, 1))(x, p)
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14, msg=transform.__name__)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c.tensor_param], ids=str)
+def test_torch_func_grad_at_edge_values_matches_backward(case):
+    """Inside torch.func the first derivative is computed with torch ops (the fused backward cannot be
+    differentiated there); it gives what the kernel gives, limits at +-inf and NaN included."""
+    x = torch.tensor([0.0, 1e-300, -1e-300, 1.0, -1.0, 20.0, -20.0, 700.0, -700.0, INF, -INF, math.nan],
+                     dtype=torch.float64)
+    fast, _ = fast_and_ref(case)
+    got = grad(lambda u: fast(u).sum())(x)
+    xr = x.clone().requires_grad_()
+    fast(xr).sum().backward()
+    torch.testing.assert_close(got, xr.grad, rtol=1e-12, atol=1e-300, equal_nan=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# vmap: batching rules (no per-element fallback), batched parameters
+
+def ref_of(case):
+    return case.ref if case.tensor_param else (lambda x: case.ref(x, case.param))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("x_dim", [0, 2])
+def test_vmap_forward_and_backward_ops(device, case, x_dim):
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(3, 4, 5, 2, generator=gen, dtype=torch.float64)).movedim(0, x_dim).to(device)
+    g = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(device)
+    name = case.name if case.name != "silu" else "swish"
+    backward = getattr(torch.ops.fastact, f"{name}_backward")
+    with batching_rules_only():
+        if not case.tensor_param:
+            param = {"silu": (1.0,), "mish": ()}.get(case.name, (case.param,))
+            got = vmap(case.fast, in_dims=(x_dim, None))(x, case.param)
+            want = vmap(ref_of(case), in_dims=x_dim)(x)
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+            xs = x.select(x_dim, 0)  # one x for every gradient: only grad is batched
+            got = vmap(lambda gg, xx: backward(gg, xx, *param), in_dims=(x_dim, None))(g, xs)
+            rows = []
+            for gi in g.movedim(x_dim, 0):
+                xr = xs.detach().clone().requires_grad_()
+                rows.append(torch.autograd.grad(ref_of(case)(xr), xr, gi)[0])
+            torch.testing.assert_close(got, torch.stack(rows), rtol=1e-12, atol=1e-14)
+        else:
+            per_channel = case.param == "channel"
+            for batched_param in (False, True):
+                p = torch.rand((3, 5) if per_channel else (3, 1), generator=gen, dtype=torch.float64).to(device)
+                p_dims = 0 if batched_param else None
+                p_in = p if batched_param else p[0]
+                got = vmap(case.fast, in_dims=(x_dim, p_dims))(x, p_in)
+                want = vmap(case.ref, in_dims=(x_dim, p_dims))(x, p_in)
+                torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+                got_gx, got_gp = vmap(backward, in_dims=(x_dim, x_dim, p_dims))(g, x, p_in)
+                for i, (gi, xi) in enumerate(zip(g.movedim(x_dim, 0), x.movedim(x_dim, 0))):
+                    xr = xi.detach().clone().requires_grad_()
+                    pr = (p[i] if batched_param else p[0]).detach().clone().requires_grad_()
+                    want_gx, want_gp = torch.autograd.grad(case.ref(xr, pr), (xr, pr), gi)
+                    torch.testing.assert_close(got_gx[i], want_gx, rtol=1e-12, atol=1e-14)
+                    torch.testing.assert_close(got_gp[i], want_gp, rtol=1e-10, atol=1e-12)
+
+
+class SmallNet(nn.Module):
+    def __init__(self, acts):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8)
+        self.act1 = acts[0]
+        self.fc2 = nn.Linear(8, 8)
+        self.act2 = acts[1]
+        self.act3 = acts[2]
+        self.fc3 = nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.fc3(self.act3(self.act2(self.fc2(self.act1(self.fc1(x))))))
+
+
+def fastact_net():
+    torch.manual_seed(0)
+    net = SmallNet([fastact.nn.Swish(beta=1.0, learnable=True, num_parameters=8), fastact.nn.PReLU(8),
+                    fastact.nn.Mish()]).double()
+    with torch.no_grad():
+        net.act1.beta.uniform_(0.5, 1.5)
+        net.act2.weight.uniform_(-0.5, 0.5)
+    return net
+
+
+def test_per_sample_gradients_with_vmap_of_grad():
+    """The torch.func recipe (vmap of grad of functional_call) against one backward per sample."""
+    net = fastact_net()
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    data = torch.randn(5, 6, dtype=torch.float64)
+    target = torch.randn(5, 1, dtype=torch.float64)
+
+    def loss(params, x, t):
+        return ((functional_call(net, params, (x.unsqueeze(0),)) - t) ** 2).sum()
+
+    with batching_rules_only():
+        per_sample = vmap(grad(loss), in_dims=(None, 0, 0))(params, data, target)
+    for i in range(data.shape[0]):
+        net.zero_grad()
+        ((net(data[i:i + 1]) - target[i]) ** 2).sum().backward()
+        for name, p in net.named_parameters():
+            torch.testing.assert_close(per_sample[name][i], p.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_model_ensemble_with_vmap_over_parameters():
+    """vmap over stacked parameters (a batched beta and PReLU weight) against each model alone."""
+    nets = []
+    for seed in range(3):
+        net = fastact_net()
+        with torch.no_grad():
+            torch.manual_seed(seed + 10)
+            for p in net.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        nets.append(net)
+    params, buffers = stack_module_state(nets)
+    base = fastact_net().to("meta")
+    x = torch.randn(4, 6, dtype=torch.float64)
+
+    def run(params, buffers, x):
+        return functional_call(base, (params, buffers), (x,))
+
+    with batching_rules_only():
+        out = vmap(run, in_dims=(0, 0, None))(params, buffers, x)
+    for i, net in enumerate(nets):
+        torch.testing.assert_close(out[i], net(x), rtol=1e-12, atol=1e-14)
