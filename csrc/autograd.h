@@ -117,13 +117,17 @@ inline Tensor param_partial(ActivationId activation, const Tensor& x_in, const T
   }
 }
 
-// Calls a backward op from a backward function. With create_graph (grad mode on) it goes through the op's
-// Autograd kernel, which records the double backward (fastact/ops.py); without, it goes below autograd: that
-// kernel is Python, and entering it from the autograd engine costs ~50 us a call, more than the kernel of a
-// 4 MB tensor.
+inline bool has_tangent(const Tensor& t) { return t.defined() && t._fw_grad(kForwardLevel).defined(); }
+
+// Calls a backward op from a backward function. With create_graph (grad mode on), or inputs that carry
+// tangents (forward-over-reverse), it goes through the op's Autograd kernel, which records the double
+// backward and computes the tangent (fastact/ops.py); otherwise it goes below autograd: that kernel is Python,
+// and entering it from the autograd engine costs ~50 us a call, more than the kernel of a 4 MB tensor.
 template <typename Fn>
-auto call_backward(Fn&& fn) {
-  if (at::GradMode::is_enabled()) return fn();
+auto call_backward(std::initializer_list<const Tensor*> inputs, Fn&& fn) {
+  bool through_autograd = at::GradMode::is_enabled();
+  for (const Tensor* t : inputs) through_autograd = through_autograd || has_tangent(*t);
+  if (through_autograd) return fn();
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   return fn();
 }
@@ -226,8 +230,21 @@ struct Derivatives {
   }
 
   // d(loss)/dx and d(loss)/d(param) (undefined unless the parameter is a tensor) from d(loss)/dy.
-  static std::tuple<Tensor, Tensor> gradients(const Tensor& grad, const Tensor& x, const CallParam& p) {
-    if (!in_functorch_transform()) return call_backward([&] { return Calls::backward(grad, x, p); });
+  static std::tuple<Tensor, Tensor> gradients(const Tensor& grad, const Tensor& x_saved, const CallParam& p_saved) {
+    // A saved-tensor hook may hand x and the parameter back in another dtype (say, stored in a narrower one):
+    // compute in the dtype of the gradient, which is the output's and so the input's, with a parameter the op
+    // accepts for it (the engine casts the parameter's gradient to the parameter's dtype).
+    const auto dtype = grad.scalar_type();
+    const Tensor x = x_saved.scalar_type() == dtype ? x_saved : x_saved.to(dtype);
+    CallParam p = p_saved;
+    if (p.tensor.defined()) {
+      const auto pt = p.tensor.scalar_type();
+      const auto want = dtype == at::kDouble ? at::kDouble : (pt == dtype || pt == at::kFloat ? pt : at::kFloat);
+      if (want != pt) p.tensor = p.tensor.to(want);
+    }
+    if (!in_functorch_transform()) {
+      return call_backward({&grad, &x, &p.tensor}, [&] { return Calls::backward(grad, x, p); });
+    }
     const Tensor pt = param_tensor(x, p);
     Tensor grad_input = (grad * input_partial(Info::get().activation, x, pt)).to(x.scalar_type());
     Tensor grad_param;
@@ -387,6 +404,113 @@ struct AutogradKernel {
     }
     torch::autograd::set_history(y, node);
     return y;
+  }
+};
+
+// The Autograd-key kernels of the out= overloads. As torch's out= ops, they refuse arguments that need a
+// gradient or carry a tangent (the result would silently have neither), and they bump the version counter of
+// what they write, so that a graph that saved one of those tensors raises instead of using the new values.
+inline void check_out_call(const char* op, std::initializer_list<std::pair<const char*, const Tensor*>> inputs,
+                           std::initializer_list<std::pair<const char*, Tensor*>> outputs) {
+  auto check = [&](const char* name, const Tensor& t) {
+    if (!t.defined()) return;
+    TORCH_CHECK(!(at::GradMode::is_enabled() && t.requires_grad()), "fastact.", op, ": ", name,
+                " requires grad, but the out= variants are not differentiable; call the op without out=");
+    TORCH_CHECK(!has_tangent(t), "fastact.", op, ": ", name,
+                " has a forward-mode tangent, but the out= variants are not differentiable; call the op without out=");
+  };
+  for (const auto& [name, t] : inputs) check(name, *t);
+  for (const auto& [name, t] : outputs) {
+    check(name, *t);
+    TORCH_CHECK(!t->is_inference() || c10::InferenceMode::is_enabled(), "fastact.", op, ": ", name,
+                " is an inference tensor, which can only be written inside torch.inference_mode()");
+  }
+}
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_out_op(const std::string& name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(("fastact::" + name).c_str(), "out").typed<Signature>();
+}
+
+template <ParamKind K, typename Info>
+struct OutAutograd;
+
+template <typename Info>
+struct OutAutograd<ParamKind::None, Info> {
+  static Tensor& forward(const Tensor& x, Tensor& out) {
+    static const auto op = find_out_op<Tensor&(const Tensor&, Tensor&)>(Info::get().name);
+    check_out_call(Info::get().name, {{"x", &x}}, {{"out", &out}});
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      op.call(x, out);
+    }
+    torch::autograd::impl::bump_version(out);
+    return out;
+  }
+  static Tensor& backward(const Tensor& grad, const Tensor& x, Tensor& grad_input) {
+    static const auto op =
+        find_out_op<Tensor&(const Tensor&, const Tensor&, Tensor&)>(std::string(Info::get().name) + "_backward");
+    check_out_call(Info::get().name, {{"grad", &grad}, {"x", &x}}, {{"grad_input", &grad_input}});
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      op.call(grad, x, grad_input);
+    }
+    torch::autograd::impl::bump_version(grad_input);
+    return grad_input;
+  }
+};
+
+template <typename Info>
+struct OutAutograd<ParamKind::Scalar, Info> {
+  static Tensor& forward(const Tensor& x, double param, Tensor& out) {
+    static const auto op = find_out_op<Tensor&(const Tensor&, double, Tensor&)>(Info::get().name);
+    check_out_call(Info::get().name, {{"x", &x}}, {{"out", &out}});
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      op.call(x, param, out);
+    }
+    torch::autograd::impl::bump_version(out);
+    return out;
+  }
+  static Tensor& backward(const Tensor& grad, const Tensor& x, double param, Tensor& grad_input) {
+    static const auto op = find_out_op<Tensor&(const Tensor&, const Tensor&, double, Tensor&)>(
+        std::string(Info::get().name) + "_backward");
+    check_out_call(Info::get().name, {{"grad", &grad}, {"x", &x}}, {{"grad_input", &grad_input}});
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      op.call(grad, x, param, grad_input);
+    }
+    torch::autograd::impl::bump_version(grad_input);
+    return grad_input;
+  }
+};
+
+template <typename Info>
+struct OutAutograd<ParamKind::Tensor, Info> {
+  static Tensor& forward(const Tensor& x, const Tensor& param, Tensor& out) {
+    static const auto op = find_out_op<Tensor&(const Tensor&, const Tensor&, Tensor&)>(Info::get().name);
+    check_out_call(Info::get().name, {{"x", &x}, {Info::get().param_name, &param}}, {{"out", &out}});
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      op.call(x, param, out);
+    }
+    torch::autograd::impl::bump_version(out);
+    return out;
+  }
+  static std::tuple<Tensor&, Tensor&> backward(const Tensor& grad, const Tensor& x, const Tensor& param,
+                                               Tensor& grad_input, Tensor& grad_param) {
+    static const auto op =
+        find_out_op<std::tuple<Tensor&, Tensor&>(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&)>(
+            std::string(Info::get().name) + "_backward");
+    check_out_call(Info::get().name, {{"grad", &grad}, {"x", &x}, {Info::get().param_name, &param}},
+                   {{"grad_input", &grad_input}, {"grad_param", &grad_param}});
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      op.call(grad, x, param, grad_input, grad_param);
+    }
+    torch::autograd::impl::bump_version(grad_input);
+    torch::autograd::impl::bump_version(grad_param);
+    return {grad_input, grad_param};
   }
 };
 

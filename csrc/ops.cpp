@@ -4,6 +4,7 @@
 #include "ops.h"
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/core/DeviceGuard.h>
 
 namespace fastact {
@@ -120,6 +121,18 @@ void launch(const at::Tensor& x, const ElementwiseProblem& problem, bool backwar
   }
 }
 
+// A tensor the op writes must not overlap itself (an expanded tensor) nor partly overlap an input: the kernels
+// read each element just before writing the same element, so only an exact alias of an input is safe.
+void check_writable(const OpInfo& op, const char* arg, const at::Tensor& out,
+                    std::initializer_list<std::pair<const char*, const at::Tensor*>> inputs) {
+  TORCH_CHECK(at::has_internal_overlap(out) != at::MemOverlap::Yes, "fastact.", op.name, ": ", arg,
+              " has elements that share memory (an expanded tensor?), so it cannot be written");
+  for (const auto& [name, in] : inputs) {
+    TORCH_CHECK(at::get_overlap_status(out, *in) != at::MemOverlapStatus::Partial, "fastact.", op.name, ": ", arg,
+                " partly overlaps ", name, " in memory; pass ", name, " itself (to write in place) or a separate tensor");
+  }
+}
+
 }  // namespace
 
 at::Tensor forward(const OpInfo& op, const at::Tensor& x, const ParamArg& param) {
@@ -133,6 +146,7 @@ at::Tensor forward(const OpInfo& op, const at::Tensor& x, const ParamArg& param)
 at::Tensor& forward_out(const OpInfo& op, const at::Tensor& x, const ParamArg& param, at::Tensor& out) {
   Prepared p = prepare(op, x, param);
   check_like(op, "out", out, x);
+  check_writable(op, "out", out, {{"x", &x}});
   if (out.strides() == p.x.strides()) {
     // Same layout (out may even be x: each element is read before it is written).
     p.problem.out = out.data_ptr();
@@ -151,6 +165,7 @@ void backward_out(const OpInfo& op, const at::Tensor& grad, const at::Tensor& x,
   Prepared p = prepare(op, x, param);
   check_like(op, "grad", grad, x);
   check_like(op, "grad_input", grad_input, x);
+  check_writable(op, "grad_input", grad_input, {{"grad", &grad}, {"x", &x}});
   // grad must be walked in the same memory order as x.
   const at::Tensor g = grad.strides() == p.x.strides() ? grad : empty_output_like(p.x).copy_(grad);
   const bool direct = grad_input.strides() == p.x.strides() && !grad_input.is_same(p.x);
@@ -165,6 +180,8 @@ void backward_out(const OpInfo& op, const at::Tensor& grad, const at::Tensor& x,
                 "fastact.", op.name, ": grad_", op.param_name, " must have the shape, dtype and device of ",
                 op.param_name, " (", w.sizes(), ", ", w.scalar_type(), ", ", w.device(), "), got (",
                 grad_param->sizes(), ", ", grad_param->scalar_type(), ", ", grad_param->device(), ")");
+    check_writable(op, (std::string("grad_") + op.param_name).c_str(), *grad_param,
+                   {{"grad", &grad}, {"x", &x}, {op.param_name, &w}, {"grad_input", &grad_input}});
     // The kernels write (not accumulate) the gradient: straight into grad_param when it has the layout and
     // dtype they write, else into a temporary that is copied over.
     const bool direct_param = grad_param->is_contiguous() && grad_param->scalar_type() == p.param.scalar_type();

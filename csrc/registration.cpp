@@ -109,8 +109,10 @@ FASTACT_FOR_EACH_ACTIVATION(FASTACT_INFO)
     m.impl(#name "_backward.out", TORCH_FN(K::bwd_out));                      \
   }
 
-#define FASTACT_AUTOGRAD_IMPL(name, Id, Kind, param) \
-  m.impl(#name, TORCH_FN((autograd::AutogradEntry<ParamKind::Kind, name##_info>::kernel)));
+#define FASTACT_AUTOGRAD_IMPL(name, Id, Kind, param)                                                 \
+  m.impl(#name, TORCH_FN((autograd::AutogradEntry<ParamKind::Kind, name##_info>::kernel)));          \
+  m.impl(#name ".out", TORCH_FN((autograd::OutAutograd<ParamKind::Kind, name##_info>::forward)));      \
+  m.impl(#name "_backward.out", TORCH_FN((autograd::OutAutograd<ParamKind::Kind, name##_info>::backward)));
 
 }  // namespace
 

@@ -2,7 +2,10 @@
 tensor beta. All are differentiable (twice), traceable by torch.compile, and run fastact's kernels."""
 from __future__ import annotations
 
+import numbers
+
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 __all__ = ["swish", "silu", "mish", "leaky_relu", "prelu"]
@@ -10,46 +13,72 @@ __all__ = ["swish", "silu", "mish", "leaky_relu", "prelu"]
 _ops = torch.ops.fastact
 
 
-def _maybe_inplace(op, x: Tensor, *args) -> Tensor:
-    """Writes into x when no gradient flows through it. Under autograd the op runs out of place instead:
-    its backward reads the input, which an in-place write would destroy (torch's in-place variants save a
-    copy of it, which saves no memory either). Callers use the returned tensor in both cases, as with torch."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return op.default(x, *args)
-    op.out(x, *args, out=x)
-    # Tell autograd x changed, so a graph that saved x for backward raises instead of using the new values.
-    torch.autograd.graph.increment_version(x)
-    return x
+def _check_tensor(op: str, arg: str, value) -> None:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"fastact.{op}: {arg} must be a tensor, got {type(value).__name__}")
+
+
+def _check_number(op: str, arg: str, value) -> float:
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.requires_grad:
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"fastact.{op}: {arg} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def _plain_eager(x: Tensor) -> bool:
+    """Not traced by torch.compile, not inside a torch.func transform, and without a forward-mode tangent."""
+    if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return False
+    return fwAD._current_level < 0 or fwAD.unpack_dual(x).tangent is None
+
+
+def _inplace(name: str, op, x: Tensor, *args) -> Tensor:
+    """op(x, *args) written into x, as torch's in-place activations do: under autograd x becomes the output
+    (its old value is kept for the backward, as torch keeps it; a leaf that requires grad is refused by torch's
+    own check), and the write bumps x's version, so a graph that saved x raises rather than use new values."""
+    _check_tensor(name, "x", x)
+    if _plain_eager(x) and not (torch.is_grad_enabled() and x.requires_grad):
+        return op.out(x, *args, out=x)  # no copy: the kernel reads each element before writing it
+    # Autograd, transforms, tangents, compile: a differentiable, functionalizable copy (torch.compile removes it)
+    return x.copy_(op.default(x.clone(), *args))
 
 
 def swish(x: Tensor, beta: float | Tensor = 1.0) -> Tensor:
     """x * sigmoid(beta * x). beta: a float, or a tensor of one element or one per channel (dim 1)."""
+    _check_tensor("swish", "x", x)
     if isinstance(beta, Tensor):
         return _ops.swish_param.default(x, beta)
-    return _ops.swish.default(x, float(beta))
+    return _ops.swish.default(x, _check_number("swish", "beta", beta))
 
 
 def silu(x: Tensor, inplace: bool = False) -> Tensor:
     """x * sigmoid(x), like torch.nn.functional.silu."""
     if inplace:
-        return _maybe_inplace(_ops.swish, x, 1.0)
+        return _inplace("silu", _ops.swish, x, 1.0)
+    _check_tensor("silu", "x", x)
     return _ops.swish.default(x, 1.0)
 
 
 def mish(x: Tensor, inplace: bool = False) -> Tensor:
     """x * tanh(softplus(x)), like torch.nn.functional.mish."""
     if inplace:
-        return _maybe_inplace(_ops.mish, x)
+        return _inplace("mish", _ops.mish, x)
+    _check_tensor("mish", "x", x)
     return _ops.mish.default(x)
 
 
 def leaky_relu(x: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
     """x for x > 0, negative_slope * x otherwise, for any real slope (1: identity, 0: ReLU, -1: |x|)."""
+    negative_slope = _check_number("leaky_relu", "negative_slope", negative_slope)
     if inplace:
-        return _maybe_inplace(_ops.leaky_relu, x, float(negative_slope))
-    return _ops.leaky_relu.default(x, float(negative_slope))
+        return _inplace("leaky_relu", _ops.leaky_relu, x, negative_slope)
+    _check_tensor("leaky_relu", "x", x)
+    return _ops.leaky_relu.default(x, negative_slope)
 
 
 def prelu(x: Tensor, weight: Tensor) -> Tensor:
     """Like torch.nn.functional.prelu: weight has one element or one per channel (dim 1)."""
+    _check_tensor("prelu", "x", x)
+    _check_tensor("prelu", "weight", weight)
     return _ops.prelu.default(x, weight)

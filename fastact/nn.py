@@ -129,14 +129,23 @@ def _replacement(module: nn.Module) -> nn.Module | None:
 
 def convert(model: nn.Module) -> nn.Module:
     """Replace torch.nn.SiLU, Mish, LeakyReLU and PReLU modules in `model` (recursively, in place) with
-    fastact's, keeping parameters; returns the model. A model that is itself one of those is replaced."""
-    top = _replacement(model)
-    if top is not None:
-        return top
-    for name, child in model.named_children():
-        new = _replacement(child)
-        if new is not None:
-            setattr(model, name, new)
-        else:
-            convert(child)
+    fastact's, keeping parameters; returns the model. A model that is itself one of those is replaced. A module
+    used in several places is replaced by one fastact module everywhere (so a shared PReLU stays shared)."""
+    return _convert(model, {})
+
+
+def _convert(model: nn.Module, done: dict[int, nn.Module]) -> nn.Module:
+    if id(model) in done:
+        return done[id(model)]
+    new = _replacement(model)
+    done[id(model)] = model if new is None else new
+    if new is not None:
+        return new
+    # _modules rather than named_children(), which skips every later attribute holding the same module
+    for name, child in list(model._modules.items()):
+        if child is None:
+            continue
+        converted = _convert(child, done)
+        if converted is not child:
+            setattr(model, name, converted)
     return model

@@ -263,24 +263,27 @@ def test_inplace_grad_disabled_on_leaf_requiring_grad(case):
 
 @pytest.mark.parametrize("case", list(INPLACE_CASES))
 def test_inplace_under_autograd(case):
+    """As torch's in-place activations: a leaf that requires grad is refused; a non-leaf becomes the output
+    (written in place, also when the caller ignores the return value) and gradients flow through it."""
     make, reference = INPLACE_CASES[case]
-    # leaf input
+    torch_make = {"SiLU": lambda: nn.SiLU(inplace=True), "Mish": lambda: nn.Mish(inplace=True),
+                  "LeakyReLU(0.2)": lambda: nn.LeakyReLU(0.2, inplace=True),
+                  "LeakyReLU(-1)": lambda: nn.LeakyReLU(-1.0, inplace=True)}[case]
     x = _make_input("4d", torch.float64)
     x_before = x.detach().clone()
-    y = make()(x)
-    _close(y, reference(x_before), TOL[torch.float64])
-    g = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    (gx,) = torch.autograd.grad(y, x, g)
-    x64 = x_before.clone().requires_grad_(True)
-    (gx64,) = torch.autograd.grad(reference(x64), x64, g)
-    _close(gx, gx64, TOL[torch.float64], "leaf")
+    for module in (make(), torch_make()):
+        with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+            module(x)
+    assert torch.equal(x.detach(), x_before)
 
-    # non-leaf input: gradients flow back through the activation to an earlier tensor
+    g = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     a = x_before.clone().requires_grad_(True)
     h = a * 2.0
+    version = h._version
     y = make()(h)
-    _close(y, reference(x_before * 2.0), TOL[torch.float64])
-    (ga,) = torch.autograd.grad(y, a, g)
+    assert y is h and h._version > version
+    _close(h, reference(x_before * 2.0), TOL[torch.float64])
+    (ga,) = torch.autograd.grad(h, a, g)
     a64 = x_before.clone().requires_grad_(True)
     (ga64,) = torch.autograd.grad(reference(a64 * 2.0), a64, g)
     _close(ga, ga64, TOL[torch.float64], "non-leaf")
@@ -315,6 +318,31 @@ def test_inplace_on_tensor_saved_for_backward_is_detected(case):
         assert "modified by an inplace operation" in str(e)
     else:
         torch.testing.assert_close(gw, x0)
+
+
+@pytest.mark.parametrize("case", list(INPLACE_CASES))
+def test_inplace_under_forward_ad_vmap_and_compile(case):
+    """In place where torch.func or a tangent is involved: the same values, tangents and batching as out of
+    place (the write must not bypass them), and torch.compile of an in-place module under no_grad."""
+    make, reference = INPLACE_CASES[case]
+    x = _make_input("4d", torch.float64).detach()
+    v = torch.randn_like(x)
+    _, expected = torch.func.jvp(reference, (x,), (v,))
+    _, tangent = torch.func.jvp(lambda u: make()(u * 1.0), (x,), (v,))
+    _close(tangent, expected, TOL[torch.float64], "torch.func.jvp")
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        d = fwAD.make_dual(x.clone(), v)
+        out = make()(d)
+        assert out is d
+        _close(fwAD.unpack_dual(out).tangent, expected, TOL[torch.float64], "forward_ad")
+    with torch.no_grad():
+        batched = torch.vmap(lambda u: make()(u * 1.0))(x)
+    _close(batched, reference(x), TOL[torch.float64], "vmap")
+    model = nn.Sequential(nn.Identity(), make()).eval()
+    with torch.no_grad():
+        compiled = torch.compile(model, fullgraph=True)(x.clone())
+    _close(compiled, reference(x), TOL[torch.float64], "compile")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -465,6 +493,15 @@ def test_convert_replaces_every_activation_and_keeps_parameters():
     torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-5, atol=1e-6)
     for k in op:
         torch.testing.assert_close(cp[k].grad, op[k].grad, rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_convert_replaces_a_shared_module_everywhere_by_one_module():
+    act, prelu = nn.SiLU(), nn.PReLU(3)
+    model = nn.Sequential(prelu, act, nn.Sequential(act, prelu))
+    fnn.convert(model)
+    assert type(model[0]) is fnn.PReLU and model[2][1] is model[0]  # still shared, so still one weight
+    assert type(model[1]) is fnn.SiLU and model[2][0] is model[1]
+    assert model[0].weight is prelu.weight
 
 
 def test_convert_keeps_training_flag():
@@ -790,7 +827,8 @@ SAVED_CASES = {
     "leaky_relu": (lambda x, p: F.leaky_relu(x, 0.1), False),
     "prelu(1)": (lambda x, p: F.prelu(x, p), True),
     "prelu(C)": (lambda x, p: F.prelu(x, p), True),
-    "SiLU(inplace)": (lambda x, p: fnn.SiLU(inplace=True)(x), False),
+    # in place on a non-leaf (a leaf that requires grad is refused, as by torch): it saves the input's old value
+    "SiLU(inplace)": (lambda x, p: fnn.SiLU(inplace=True)(x * 1.0), False),
 }
 
 
@@ -802,7 +840,8 @@ def test_forward_saves_only_input_and_parameter(case):
     saved = _saved(fn, x, p)
     expected = [x, p] if has_param else [x]
     assert sum(t.nbytes for t in saved) == sum(t.nbytes for t in expected)
-    assert {t.data_ptr() for t in saved} == {t.data_ptr() for t in expected}
+    if "inplace" not in case:  # in place, the saved tensor is a copy of x * 1.0
+        assert {t.data_ptr() for t in saved} == {t.data_ptr() for t in expected}
 
 
 def test_eager_compositions_save_more():
@@ -865,6 +904,29 @@ def test_bad_input_errors_name_op_and_argument(call, op, arg):
     msg = str(info.value)
     assert op + ":" in msg, msg
     assert f" {arg} " in msg, msg
+
+
+@pytest.mark.parametrize("call,op,arg", [
+    (lambda: F.prelu(X8(), None), "fastact.prelu", "weight"),
+    (lambda: F.prelu(None, torch.ones(8)), "fastact.prelu", "x"),
+    (lambda: F.silu(None), "fastact.silu", "x"),
+    (lambda: F.silu([1.0], inplace=True), "fastact.silu", "x"),
+    (lambda: F.mish(None), "fastact.mish", "x"),
+    (lambda: F.swish(X8(), None), "fastact.swish", "beta"),
+    (lambda: F.swish(None, 1.0), "fastact.swish", "x"),
+    (lambda: F.leaky_relu(X8(), "0.1"), "fastact.leaky_relu", "negative_slope"),
+    (lambda: F.leaky_relu(X8(), True), "fastact.leaky_relu", "negative_slope"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_arguments_of_the_wrong_type_name_op_and_argument(call, op, arg):
+    with pytest.raises(TypeError, match=rf"{op}: {arg} must be"):
+        call()
+
+
+def test_number_like_slopes_are_accepted():
+    x = X8()
+    expected = F.leaky_relu(x, 0.25)
+    for slope in (torch.tensor(0.25), 1 / 4, __import__("fractions").Fraction(1, 4)):
+        torch.testing.assert_close(F.leaky_relu(x, slope), expected)
 
 
 # ---------------------------------------------------------------------------------------------------------

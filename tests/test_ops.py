@@ -8,6 +8,7 @@ from typing import Callable
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
@@ -740,6 +741,85 @@ def test_bad_input_errors_name_op_and_argument(call, pattern):
 def test_param_on_other_device_is_an_error():
     with pytest.raises(RuntimeError, match=r"fastact\.prelu: weight must be on the device of x"):
         fastact.prelu(torch.randn(2, 3, device="cuda"), torch.rand(3))
+
+
+# --------------------------------------------------------------------------------------------------------
+# out= variants: memory overlap, and autograd (they are not differentiable, as torch's out= ops)
+
+OUT_OPS = {  # name -> (float or tensor parameter, name of the parameter's gradient in backward.out)
+    "swish": (1.3, None), "mish": (None, None), "leaky_relu": (-0.5, None),
+    "swish_param": ("tensor", "grad_beta"), "prelu": ("tensor", "grad_weight"),
+}
+
+
+def out_call(name, x, **kw):
+    param, _ = OUT_OPS[name]
+    args = () if param is None else ((torch.rand(1),) if param == "tensor" else (param,))
+    return getattr(torch.ops.fastact, name).out(x, *args, **kw)
+
+
+def backward_out_call(name, g, x, grad_input, grad_param=None):
+    param, grad_name = OUT_OPS[name]
+    args = () if param is None else ((torch.rand(1),) if param == "tensor" else (param,))
+    kw = {"grad_input": grad_input}
+    if grad_name:
+        kw[grad_name] = grad_param if grad_param is not None else torch.empty(1)
+    return getattr(torch.ops.fastact, f"{name}_backward").out(g, x, *args, **kw)
+
+
+@pytest.mark.parametrize("name", list(OUT_OPS))
+def test_out_partly_overlapping_an_input_is_an_error(name):
+    base = torch.randn(2000)
+    with pytest.raises(RuntimeError, match=rf"fastact\.{name}: out partly overlaps x"):
+        out_call(name, base[:1960], out=base[40:])
+    g = torch.randn(2000)
+    with pytest.raises(RuntimeError, match=rf"fastact\.{name}: grad_input partly overlaps grad"):
+        backward_out_call(name, g[:1960], torch.randn(1960), grad_input=g[40:])
+    with pytest.raises(RuntimeError, match=rf"fastact\.{name}: grad_input partly overlaps x"):
+        backward_out_call(name, torch.randn(1960), base[:1960], grad_input=base[40:])
+    with pytest.raises(RuntimeError, match=rf"fastact\.{name}: out has elements that share memory"):
+        out_call(name, torch.randn(4, 5), out=torch.empty(1, 5).expand(4, 5))
+    # an exact alias is fine: each element is read before it is written
+    x = torch.randn(1960, dtype=torch.float64)
+    expected = out_call(name, x.clone(), out=torch.empty_like(x)) if OUT_OPS[name][0] != "tensor" else None
+    if expected is not None:
+        out_call(name, x, out=x)
+        torch.testing.assert_close(x, expected)
+
+
+@pytest.mark.parametrize("name", list(OUT_OPS))
+def test_out_variants_refuse_gradients_and_tangents_and_bump_versions(name):
+    x = torch.randn(3, 4)
+    with pytest.raises(RuntimeError, match=rf"fastact\.{name}: x requires grad, but the out= variants"):
+        out_call(name, x.clone().requires_grad_(), out=torch.empty(3, 4))
+    with pytest.raises(RuntimeError, match=rf"fastact\.{name}: out requires grad"):
+        out_call(name, x, out=torch.empty(3, 4, requires_grad=True))
+    with torch.no_grad():  # no gradient can flow: allowed, as for torch's out= ops
+        out_call(name, x.clone().requires_grad_(), out=torch.empty(3, 4))
+    with fwAD.dual_level():
+        with pytest.raises(RuntimeError, match=rf"fastact\.{name}: x has a forward-mode tangent"):
+            out_call(name, fwAD.make_dual(x, torch.ones_like(x)), out=torch.empty(3, 4))
+    out = torch.empty(3, 4)
+    version = out._version
+    out_call(name, x, out=out)
+    assert out._version > version
+    grad_input = torch.empty(3, 4)
+    version = grad_input._version
+    backward_out_call(name, torch.randn(3, 4), x, grad_input=grad_input)
+    assert grad_input._version > version
+    with torch.inference_mode():
+        frozen = torch.empty(3, 4)
+    with pytest.raises(RuntimeError, match="inference tensor"):
+        out_call(name, x, out=frozen)
+
+
+def test_overwriting_a_tensor_saved_for_backward_through_out_is_detected():
+    w = torch.randn(1, requires_grad=True)
+    h = torch.randn(6)
+    z = fastact.swish(h, w)  # saves h (for the gradient of w)
+    torch.ops.fastact.leaky_relu.out(torch.randn(6), 0.1, out=h)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        z.sum().backward()
 
 
 # --------------------------------------------------------------------------------------------------------

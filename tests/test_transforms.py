@@ -115,6 +115,50 @@ def test_forward_ad_mixed_precision(case, dtype):
                                if dtype != torch.float32 else 1e-5)
 
 
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_forward_over_reverse_without_create_graph(case):
+    """A backward taken inside a dual level differentiates forward even without create_graph (the tangents
+    of x, of the parameter and of the incoming gradient all reach the gradient)."""
+    x, p = inputs_for(case, "cpu")
+    fast, ref = fast_and_ref(case)
+    gen = torch.Generator().manual_seed(2)
+    g, t_x, t_g = (torch.randn(x.shape, generator=gen, dtype=x.dtype) for _ in range(3))
+    t_p = torch.randn(p.shape, generator=gen, dtype=p.dtype) if case.tensor_param else None
+
+    for create_graph in (False, True):
+        with fwAD.dual_level():
+            xd = fwAD.make_dual(x.clone().requires_grad_(), t_x)
+            pd = fwAD.make_dual(p.clone().requires_grad_(), t_p) if case.tensor_param else p
+            inputs = (xd, pd) if case.tensor_param else (xd,)
+            got = torch.autograd.grad(fast(xd, pd), inputs, fwAD.make_dual(g, t_g), create_graph=create_graph)
+            got = [fwAD.unpack_dual(t).tangent for t in got]
+        primals = (x, p, g) if case.tensor_param else (x, g)
+        tangents = (t_x, t_p, t_g) if case.tensor_param else (t_x, t_g)
+        if case.tensor_param:
+            want = jvp(lambda a, b, c: vjp(ref, a, b)[1](c), primals, tangents)[1]
+        else:
+            want = jvp(lambda a, c: vjp(lambda u: ref(u, p), a)[1](c), primals, tangents)[1]
+        for a, b in zip(got, want):
+            assert a is not None, "the gradient lost its tangent"
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_saved_tensor_hooks_that_change_dtype(case):
+    """Activations stored in float32 by a saved-tensor hook (a memory saving) for a float64 graph: the backward
+    still runs and returns float64 gradients close to the exact ones."""
+    x, p = inputs_for(case, "cpu")
+    x.requires_grad_()
+    fast, ref = fast_and_ref(case)
+    g = torch.randn_like(x)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t.float(), lambda t: t):
+        y = fast(x, p)
+    (gx,) = torch.autograd.grad(y, x, g)
+    assert gx.dtype == torch.float64
+    (want,) = torch.autograd.grad(ref(x, p), x, g)
+    torch.testing.assert_close(gx, want, rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------------------------------------
 # torch.func
 
