@@ -8,19 +8,17 @@
 // torchvision's C++ autograd: the forward and backward ops are redispatched below autograd, where the Python
 // fake kernels answer.
 //
-// How a call is recorded:
-// - reverse mode, the usual case: a torch::autograd::Function (compiled autograd can trace its node);
-// - reverse mode inside torch.func transforms (grad, vjp, jacrev, vmap of those), which refuse a C++
-//   torch::autograd::Function, and for inputs that carry forward-mode tangents: a plain autograd Node, as
-//   PyTorch's generated code records its own ops (it saves the inputs with their tangents, so that
-//   forward-over-reverse differentiates the backward as well);
-// - forward mode (torch.autograd.forward_ad, torch.func.jvp / jacfwd / hessian): the output's tangent is
-//   f_x * t_x, computed by the backward kernel, plus f_p * t_p for a tensor parameter.
-// Inside torch.func transforms the derivatives are computed with torch ops (input_partial, param_partial)
-// rather than the fused backward, whose own autograd is Python and cannot run there; torch.func then
-// differentiates and batches those ops itself.
+// A call that needs a graph is recorded with one autograd Node (ActivationNode), as PyTorch's generated code
+// records its own ops: it saves x and the parameter, never intermediates, and costs about what a torch op
+// costs (a torch::autograd::Function cost ~6 us more per call, and torch.func refuses it). The node works
+// with torch.func transforms (grad, vjp, jacrev, vmap of those) and compiled autograd. Forward mode
+// (torch.autograd.forward_ad, torch.func.jvp / jacfwd / hessian): the output's tangent is f_x * t_x, from the
+// backward kernel, plus f_p * t_p for a tensor parameter. Inside torch.func transforms the derivatives are
+// computed with torch ops (input_partial, param_partial) rather than the fused backward, whose own autograd
+// is Python and cannot run there; torch.func then differentiates and batches those ops itself.
 #pragma once
 
+#include <mutex>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -32,13 +30,13 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
+#include <torch/csrc/dynamo/compiled_autograd.h>
 
 #include "ops.h"
 
 namespace fastact::autograd {
 
 using at::Tensor;
-using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 // The dispatcher's handle of "fastact::<name>" (overload ""), looked up once.
@@ -56,9 +54,9 @@ inline bool needs_graph(std::initializer_list<const Tensor*> inputs) {
   return false;
 }
 
-// Inside a torch.func transform (vmap, grad, jvp, ...), where torch::autograd::Function::apply refuses to
-// run. Asked the way apply asks it (ATen/functorch/DynamicLayer.h, which would say it directly, needs
-// headers that torch does not ship); the exception is thrown only inside transforms.
+// Inside a torch.func transform (vmap, grad, jvp, ...). Asked the way torch::autograd::Function::apply asks
+// it, through functorch's thread-local state (ATen/functorch/DynamicLayer.h, which would say it directly,
+// needs headers that torch does not ship); the exception is thrown only inside transforms.
 inline bool in_functorch_transform() {
   const auto& tls = at::functorch::functorchTLSAccessor();
   if (!tls) return false;
@@ -273,9 +271,8 @@ struct Derivatives {
   }
 };
 
-// The reverse-mode node for calls that a torch::autograd::Function cannot record: inside torch.func
-// transforms, and with forward-mode tangents (it saves the inputs with their tangents, so that
-// forward-over-reverse differentiates the backward too).
+// The graph node of one call: it saves x and the parameter (with their tangents, so that forward-over-reverse
+// differentiates the backward too), as PyTorch's generated code does for its own ops.
 template <ParamKind K, typename Info>
 struct ActivationNode : torch::autograd::Node {
   torch::autograd::SavedVariable x;
@@ -283,6 +280,7 @@ struct ActivationNode : torch::autograd::Node {
   double param_scalar = 0.0;                    // K == Scalar
 
   variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);  // against release_variables in a concurrent backward
     if (!grads[0].defined()) return variable_list(num_outputs());
     CallParam p{K == ParamKind::Tensor ? param_tensor.unpack() : Tensor(), param_scalar};
     auto [grad_input, grad_param] = Derivatives<K, Info>::gradients(grads[0], x.unpack(), p);
@@ -291,10 +289,28 @@ struct ActivationNode : torch::autograd::Node {
     return out;
   }
   void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
     x.reset_data();
     param_tensor.reset_data();
   }
-  std::string name() const override { return std::string("fastact::") + Info::get().name + "Backward"; }
+  std::string name() const override { return std::string("fastact::") + Info::get().name + "_backward"; }
+
+  // Compiled autograd (torch._dynamo.compiled_autograd): the node's inputs, then its backward run on the
+  // traced values; the backward ops have fake kernels, so they are traced into the graph as ops.
+  void compiled_args(torch::dynamo::autograd::CompiledNodeArgs& args) const override {
+    args.collect(x, /*is_output=*/false);
+    if (K == ParamKind::Tensor) args.collect(param_tensor, /*is_output=*/false);
+    args.collect(param_scalar);
+  }
+  variable_list apply_with_saved(const variable_list& inputs,
+                                 torch::dynamo::autograd::SwapSavedVariables& saved) override {
+    saved.before(x);
+    if (K == ParamKind::Tensor) saved.before(param_tensor);
+    auto result = apply(variable_list(inputs));
+    saved.after(x);
+    if (K == ParamKind::Tensor) saved.after(param_tensor);
+    return result;
+  }
 };
 
 // A new node, owned the way this torch owns them: c10::intrusive_ptr (torch >= 2.13) or std::shared_ptr with
@@ -308,55 +324,6 @@ auto make_node() {
   }
 }
 
-// The usual reverse-mode record: a torch::autograd::Function, whose node compiled autograd can trace.
-template <ParamKind K, typename Info>
-struct ActivationFunction;
-
-template <typename Info>
-struct ActivationFunction<ParamKind::None, Info>
-    : torch::autograd::Function<ActivationFunction<ParamKind::None, Info>> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& x) {
-    ctx->save_for_backward({x});
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return OpCalls<ParamKind::None, Info>::forward(x, {});
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    return {std::get<0>(Derivatives<ParamKind::None, Info>::gradients(grads[0], saved[0], {}))};
-  }
-};
-
-template <typename Info>
-struct ActivationFunction<ParamKind::Scalar, Info>
-    : torch::autograd::Function<ActivationFunction<ParamKind::Scalar, Info>> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& x, double param) {
-    ctx->save_for_backward({x});
-    ctx->saved_data["param"] = param;
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return OpCalls<ParamKind::Scalar, Info>::forward(x, {Tensor(), param});
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const CallParam p{Tensor(), ctx->saved_data["param"].toDouble()};
-    return {std::get<0>(Derivatives<ParamKind::Scalar, Info>::gradients(grads[0], saved[0], p)), Tensor()};
-  }
-};
-
-template <typename Info>
-struct ActivationFunction<ParamKind::Tensor, Info>
-    : torch::autograd::Function<ActivationFunction<ParamKind::Tensor, Info>> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& param) {
-    ctx->save_for_backward({x, param});
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return OpCalls<ParamKind::Tensor, Info>::forward(x, {param, 0.0});
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    auto [grad_input, grad_param] = Derivatives<ParamKind::Tensor, Info>::gradients(grads[0], saved[0], {saved[1], 0.0});
-    return {ctx->needs_input_grad(0) ? grad_input : Tensor(), ctx->needs_input_grad(1) ? grad_param : Tensor()};
-  }
-};
-
 // The Autograd-key kernel of one activation (registration.cpp).
 template <ParamKind K, typename Info>
 struct AutogradKernel {
@@ -367,17 +334,11 @@ struct AutogradKernel {
     const CallParam p{param.primal, p_in.scalar};
     const bool graph = K == ParamKind::Tensor ? needs_graph({&x_in, &p_in.tensor}) : needs_graph({&x_in});
     Tensor y;
-    if (!graph) {
+    if (graph) {
+      y = record_with_node(x_in, p_in);
+    } else {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
       y = OpCalls<K, Info>::forward(x.primal, p);
-    } else if (has_tangent || in_functorch_transform()) {
-      y = record_with_node(x_in, p_in);
-    } else if constexpr (K == ParamKind::None) {
-      y = ActivationFunction<K, Info>::apply(x_in);
-    } else if constexpr (K == ParamKind::Scalar) {
-      y = ActivationFunction<K, Info>::apply(x_in, p_in.scalar);
-    } else {
-      y = ActivationFunction<K, Info>::apply(x_in, p_in.tensor);
     }
     if (has_tangent) {
       y._set_fw_grad(Derivatives<K, Info>::tangent(x.primal, p, x.tangent, param.tangent), kForwardLevel,

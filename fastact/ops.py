@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from . import reference as ref
@@ -193,12 +194,26 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
         return grad, x, (ctx.param[0] if ctx.param else None)
 
     def autograd_kernel(grad, x, *param):
+        tensors = (grad, x, *param) if has_tensor_param else (grad, x)
+        if _records_nothing(tensors):  # skip torch.autograd.Function (~100 us a call)
+            with torch._C._AutoDispatchBelowAutograd():
+                return backward_op(grad, x, *param)
         return BackwardOfActivation.apply(grad, x, *param)
 
     _autograd_lib.impl(f"{name}_backward", autograd_kernel, "Autograd")
 
 
 _autograd_lib = torch.library.Library("fastact", "IMPL")
+
+
+def _records_nothing(tensors) -> bool:
+    """No gradient to record, no tangent to compute and no torch.func transform around: autograd has nothing
+    to do for a call on these tensors."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    if any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors):
+        return False
+    return fwAD._current_level < 0 or all(fwAD.unpack_dual(t).tangent is None for t in tensors)
 
 
 # --- vmap (torch.vmap, and torch.func.vmap of grad/jacrev...): batching rules --------------------------

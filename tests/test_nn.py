@@ -619,6 +619,32 @@ def test_torch_compile_fullgraph_matches_eager():
     torch.testing.assert_close(ye.detach().double(), m64.fc(torch.flatten(m64.pool(h), 1)), rtol=1e-5, atol=1e-5)
 
 
+def test_compiled_autograd_traces_the_backward():
+    """torch._dynamo's compiled autograd captures fastact's graph nodes (their backward ops become graph ops)
+    and gives eager's gradients."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    eager = _TinyCNN()
+    model = copy.deepcopy(eager)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    eager(x).square().sum().backward()
+
+    def step(x):
+        loss = model(x).square().sum()
+        loss.backward()
+        return loss
+
+    try:
+        with torch._dynamo.config.patch(compiled_autograd=True):  # read when torch.compile wraps step
+            torch.compile(step, backend="aot_eager")(x)
+    finally:
+        torch._dynamo.reset()
+    assert counters["compiled_autograd"]["captures"] >= 1
+    for (name, pe), pc in zip(eager.named_parameters(), model.parameters()):
+        torch.testing.assert_close(pc.grad, pe.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 6. Double backward through a module, against the float64 reference composition
 # ---------------------------------------------------------------------------------------------------------
