@@ -93,6 +93,8 @@ _PRELU = _Derivatives(
     _zero,
 )
 
+_PARAM_NAMES = {"swish_param": "beta", "prelu": "weight"}
+
 # name -> (kind of parameter, derivatives); mirrors FASTACT_FOR_EACH_ACTIVATION in csrc/ops.h.
 _OPS = {
     "swish": ("scalar", _SWISH),
@@ -109,16 +111,38 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
     has_tensor_param = kind == "tensor"
 
     # --- fake kernels: outputs take the input's layout (empty_like), as the C++ kernels do -------------
-    torch.library.register_fake(qualname)(lambda x, *param: torch.empty_like(x))
-    torch.library.register_fake(f"{qualname}.out")(lambda x, *param, out: out)
+    # They are also the Meta kernels, which the dispatcher picks when any argument is on the meta device: the
+    # checks keep a CPU x with a parameter left on meta from returning uninitialised memory.
+    param_name = _PARAM_NAMES.get(name)
+
+    def check(x, param, **others):
+        for arg, t in [*others.items(), *([(param_name, param[0])] if has_tensor_param else [])]:
+            if t.device != x.device:
+                raise RuntimeError(f"fastact.{name}: {arg} must be on the device of x ({x.device}), got {t.device}")
+        if has_tensor_param and param[0].numel() != 1 and (x.dim() < 2 or param[0].numel() != x.shape[1]):
+            raise RuntimeError(f"fastact.{name}: {param_name} must have 1 element or one per channel, got shape "
+                               f"{list(param[0].shape)} for x of shape {list(x.shape)}")
+
+    def fake_forward(x, *param):
+        check(x, param)
+        return torch.empty_like(x)
+
+    def fake_backward(grad, x, *param):
+        check(x, param, grad=grad)
+        if has_tensor_param:
+            return torch.empty_like(x), torch.empty_like(param[0], memory_format=torch.contiguous_format)
+        return torch.empty_like(x)
+
+    torch.library.register_fake(qualname)(fake_forward)
+    torch.library.register_fake(f"{qualname}.out")(lambda x, *param, out: (check(x, param, out=out), out)[1])
+    torch.library.register_fake(f"{qualname}_backward")(fake_backward)
     if has_tensor_param:
-        torch.library.register_fake(f"{qualname}_backward")(
-            lambda grad, x, p: (torch.empty_like(x), torch.empty_like(p, memory_format=torch.contiguous_format)))
         torch.library.register_fake(f"{qualname}_backward.out")(
-            lambda grad, x, p, *, grad_input, **grad_param: (grad_input, *grad_param.values()))
+            lambda grad, x, p, *, grad_input, **grad_param: (check(x, (p,), grad=grad, grad_input=grad_input),
+                                                             (grad_input, *grad_param.values()))[1])
     else:
-        torch.library.register_fake(f"{qualname}_backward")(lambda grad, x, *param: torch.empty_like(x))
-        torch.library.register_fake(f"{qualname}_backward.out")(lambda grad, x, *param, grad_input: grad_input)
+        torch.library.register_fake(f"{qualname}_backward.out")(
+            lambda grad, x, *param, grad_input: (check(x, param, grad=grad, grad_input=grad_input), grad_input)[1])
 
     # --- autograd of the backward op: the second derivatives, in differentiable torch ops ----------------
     # A torch.autograd.Function at the Autograd key (rather than torch.library.register_autograd) so that it

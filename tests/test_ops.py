@@ -822,6 +822,22 @@ def test_overwriting_a_tensor_saved_for_backward_through_out_is_detected():
         z.sum().backward()
 
 
+def test_an_argument_left_on_meta_is_an_error_not_garbage():
+    """Any meta argument routes a call to the fake (meta) kernel: it must refuse a CPU x with a parameter or
+    gradient on meta (a model whose weights were not all materialized), and keep meta-only calls working."""
+    x = torch.randn(2, 3)
+    with pytest.raises(RuntimeError, match=r"fastact\.prelu: weight must be on the device of x \(cpu\), got meta"):
+        fastact.prelu(x, torch.empty(3, device="meta"))
+    with pytest.raises(RuntimeError, match=r"fastact\.swish_param: beta must be on the device of x"):
+        fastact.swish(x, torch.empty(1, device="meta"))
+    with pytest.raises(RuntimeError, match=r"fastact\.mish: grad must be on the device of x"):
+        torch.ops.fastact.mish_backward(torch.empty(2, 3, device="meta"), x)
+    with pytest.raises(RuntimeError, match=r"fastact\.prelu: weight must have 1 element or one per channel"):
+        fastact.prelu(torch.empty(2, 4, device="meta"), torch.empty(3, device="meta"))
+    y = fastact.prelu(torch.empty(2, 3, 5, device="meta"), torch.empty(3, device="meta"))
+    assert y.device.type == "meta" and y.shape == (2, 3, 5)
+
+
 # --------------------------------------------------------------------------------------------------------
 # CUDA only: 64-bit indexing, unaligned pointers, agreement with the CPU kernels
 
