@@ -8,6 +8,7 @@
 // <name>_backward) are registered from Python, in fastact/ops.py.
 #include <string>
 
+#include <ATen/autocast_mode.h>
 #include <torch/library.h>
 
 #include "autograd.h"
@@ -114,6 +115,18 @@ FASTACT_FOR_EACH_ACTIVATION(FASTACT_INFO)
   m.impl(#name ".out", TORCH_FN((autograd::OutAutograd<ParamKind::Kind, name##_info>::forward)));      \
   m.impl(#name "_backward.out", TORCH_FN((autograd::OutAutograd<ParamKind::Kind, name##_info>::backward)));
 
+// Autocast, as torch's own lists have it: prelu is on CPU's lower-precision and CUDA's float16 list (SiLU,
+// Mish and LeakyReLU are on neither: they run in the input's dtype). A float32 x is cast to the autocast
+// dtype; a float32 weight stays float32, which the kernels take as it is.
+template <c10::DeviceType D>
+Tensor prelu_autocast(const Tensor& x, const Tensor& weight) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(at::autocast::get_autocast_dispatch_key_from_device_type(D));
+  static const auto prelu = autograd::find_op<Tensor(const Tensor&, const Tensor&)>("prelu");
+  const auto dtype = at::autocast::get_autocast_dtype(D);
+  return prelu.call(at::autocast::cached_cast(dtype, x, D),
+                    weight.scalar_type() == at::kFloat ? weight : at::autocast::cached_cast(dtype, weight, D));
+}
+
 }  // namespace
 
 TORCH_LIBRARY(fastact, m) {
@@ -142,6 +155,9 @@ TORCH_LIBRARY(fastact, m) {
 TORCH_LIBRARY_IMPL(fastact, CPU, m) { FASTACT_FOR_EACH_ACTIVATION(FASTACT_IMPL) }
 
 TORCH_LIBRARY_IMPL(fastact, Autograd, m) { FASTACT_FOR_EACH_ACTIVATION(FASTACT_AUTOGRAD_IMPL) }
+
+TORCH_LIBRARY_IMPL(fastact, AutocastCPU, m) { m.impl("prelu", TORCH_FN(prelu_autocast<c10::DeviceType::CPU>)); }
+TORCH_LIBRARY_IMPL(fastact, AutocastCUDA, m) { m.impl("prelu", TORCH_FN(prelu_autocast<c10::DeviceType::CUDA>)); }
 
 #if defined(FASTACT_WITH_CUDA)
 TORCH_LIBRARY_IMPL(fastact, CUDA, m) { FASTACT_FOR_EACH_ACTIVATION(FASTACT_IMPL) }

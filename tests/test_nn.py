@@ -758,6 +758,22 @@ def test_autocast_bfloat16(case):
         assert _rel_err(p.grad, p32.grad) < 5e-2, (name, _rel_err(p.grad, p32.grad))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_output_dtypes_follow_torch(dtype):
+    """On a float32 input (after a BatchNorm, say) each op comes out in the dtype torch's op does: prelu is on
+    autocast's lower-precision list, the others run in the input's dtype."""
+    x = torch.randn(2, 6, 5, generator=torch.Generator().manual_seed(0))
+    w = torch.rand(6)
+    pairs = {"prelu": (lambda t: F.prelu(t, w), lambda t: TF.prelu(t, w)),
+             "silu": (F.silu, TF.silu), "mish": (F.mish, TF.mish),
+             "leaky_relu": (lambda t: F.leaky_relu(t, -0.5), lambda t: TF.leaky_relu(t, -0.5))}
+    for name, (ours, theirs) in pairs.items():
+        with torch.autocast("cpu", dtype=dtype):
+            y, expected = ours(x), theirs(x)
+        assert y.dtype == expected.dtype, name
+        torch.testing.assert_close(y.float(), expected.float(), rtol=1e-2, atol=1e-2, msg=name)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 8. DistributedDataParallel (gloo, 2 CPU processes)
 # ---------------------------------------------------------------------------------------------------------
