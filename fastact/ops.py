@@ -193,22 +193,19 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
             # d reduce(g f_p) = reduce(t_g f_p + g f_xp t_x + g f_pp t_p).
             grad, x, p = _saved(ctx, ctx.saved_tensors)
             t_p = tangent_view(t_param[0], x) if has_tensor_param and t_param else None
-            t_input = torch.zeros_like(x, dtype=torch.promote_types(x.dtype, grad.dtype))
-            if t_grad is not None:
-                t_input = t_input + t_grad * d.f_x(x, p)
-            if t_x is not None:
-                t_input = t_input + grad * d.f_xx(x, p) * t_x
-            if t_p is not None:
-                t_input = t_input + grad * d.f_xp(x, p) * t_p
+            def sum_of(*terms):  # sum of tangent * factor over the tangents that are present
+                total = torch.zeros_like(x, dtype=torch.promote_types(x.dtype, grad.dtype))
+                for tangent, factor in terms:
+                    if tangent is not None:
+                        total = total + tangent * factor()
+                return total
+
+            t_input = sum_of((t_grad, lambda: d.f_x(x, p)), (t_x, lambda: grad * d.f_xx(x, p)),
+                             (t_p, lambda: grad * d.f_xp(x, p)))
             if not has_tensor_param:
                 return t_input.to(grad.dtype)
-            t_elem = torch.zeros_like(t_input)
-            if t_grad is not None:
-                t_elem = t_elem + t_grad * d.f_p(x, p)
-            if t_x is not None:
-                t_elem = t_elem + grad * d.f_xp(x, p) * t_x
-            if t_p is not None:
-                t_elem = t_elem + grad * d.f_pp(x, p) * t_p
+            t_elem = sum_of((t_grad, lambda: d.f_p(x, p)), (t_x, lambda: grad * d.f_xp(x, p)),
+                            (t_p, lambda: grad * d.f_pp(x, p)))
             return t_input.to(grad.dtype), ref.reduce_to_param(t_elem, p)
 
     def _saved(ctx, tensors):
