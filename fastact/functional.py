@@ -13,8 +13,12 @@ __all__ = ["swish", "silu", "mish", "leaky_relu", "prelu"]
 _ops = torch.ops.fastact
 
 
+# What stands for a tensor: a tensor, or torch.fx's placeholder for one while symbolic_trace runs the model.
+_TensorLike = (Tensor, torch.fx.Proxy)
+
+
 def _check_tensor(op: str, arg: str, value) -> None:
-    if not isinstance(value, Tensor):
+    if not isinstance(value, _TensorLike):
         raise TypeError(f"fastact.{op}: {arg} must be a tensor, got {type(value).__name__}")
 
 
@@ -27,7 +31,10 @@ def _check_number(op: str, arg: str, value) -> float:
 
 
 def _plain_eager(x: Tensor) -> bool:
-    """Not traced by torch.compile, not inside a torch.func transform, and without a forward-mode tangent."""
+    """Not traced (torch.compile, torch.fx), not inside a torch.func transform, and without a forward-mode
+    tangent."""
+    if isinstance(x, torch.fx.Proxy):
+        return False
     if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x):
         return False
     return fwAD._current_level < 0 or fwAD.unpack_dual(x).tangent is None
@@ -38,7 +45,7 @@ def _inplace(name: str, op, x: Tensor, *args) -> Tensor:
     (its old value is kept for the backward, as torch keeps it; a leaf that requires grad is refused by torch's
     own check), and the write bumps x's version, so a graph that saved x raises rather than use new values."""
     _check_tensor(name, "x", x)
-    if _plain_eager(x) and not (torch.is_grad_enabled() and x.requires_grad):
+    if _plain_eager(x) and not (torch.is_grad_enabled() and x.requires_grad):  # (short-circuits for a Proxy)
         return op.out(x, *args, out=x)  # no copy: the kernel reads each element before writing it
     # Autograd, transforms, tangents, compile: a differentiable, functionalizable copy (torch.compile removes it)
     return x.copy_(op.default(x.clone(), *args))
@@ -47,7 +54,7 @@ def _inplace(name: str, op, x: Tensor, *args) -> Tensor:
 def swish(x: Tensor, beta: float | Tensor = 1.0) -> Tensor:
     """x * sigmoid(beta * x). beta: a float, or a tensor of one element or one per channel (dim 1)."""
     _check_tensor("swish", "x", x)
-    if isinstance(beta, Tensor):
+    if isinstance(beta, _TensorLike):
         return _ops.swish_param.default(x, beta)
     return _ops.swish.default(x, _check_number("swish", "beta", beta))
 

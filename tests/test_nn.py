@@ -619,6 +619,26 @@ def test_torch_compile_fullgraph_matches_eager():
     torch.testing.assert_close(ye.detach().double(), m64.fc(torch.flatten(m64.pool(h), 1)), rtol=1e-5, atol=1e-5)
 
 
+def test_torch_fx_symbolic_trace():
+    """torch.fx (used by feature extractors and quantization tools) traces every module, learnable and in
+    place included, into graphs of fastact ops that compute what the model computes, gradients too."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), fnn.SiLU(), nn.Linear(6, 6), fnn.Swish(learnable=True, num_parameters=6),
+                          fnn.Mish(inplace=True), fnn.LeakyReLU(-0.5, inplace=True), fnn.PReLU(6), fnn.Swish(1.5),
+                          fnn.SiLU(inplace=True))
+    traced = torch.fx.symbolic_trace(model)
+    targets = {str(n.target) for n in traced.graph.nodes if n.op == "call_function"}
+    assert {"fastact.swish.default", "fastact.swish_param.default", "fastact.mish.default",
+            "fastact.leaky_relu.default", "fastact.prelu.default"} <= targets, targets
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    xe, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ye, yt = model(xe), traced(xt)
+    torch.testing.assert_close(yt, ye, rtol=0, atol=0)
+    ye.sum().backward()
+    yt.sum().backward()
+    torch.testing.assert_close(xt.grad, xe.grad, rtol=0, atol=0)
+
+
 def test_compiled_autograd_traces_the_backward():
     """torch._dynamo's compiled autograd captures fastact's graph nodes (their backward ops become graph ops)
     and gives eager's gradients."""
