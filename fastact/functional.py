@@ -51,8 +51,18 @@ def _inplace(name: str, op, x: Tensor, *args) -> Tensor:
     return x.copy_(op.default(x.clone(), *args))
 
 
+def _script_writes_in_place(x: Tensor) -> bool:
+    """Under TorchScript, whether inplace=True can write the kernel's output straight into x (the .out
+    overloads); otherwise, as in eager, x is overwritten with a copy's result so that autograd stays exact."""
+    return not (torch.is_grad_enabled() and x.requires_grad)
+
+
 def swish(x: Tensor, beta: float | Tensor = 1.0) -> Tensor:
     """x * sigmoid(beta * x). beta: a float, or a tensor of one element or one per channel (dim 1)."""
+    if torch.jit.is_scripting():  # TorchScript compiles only this branch (the checks below are Python)
+        if isinstance(beta, Tensor):
+            return torch.ops.fastact.swish_param(x, beta)
+        return torch.ops.fastact.swish(x, beta)
     _check_tensor("swish", "x", x)
     if isinstance(beta, _TensorLike):
         return _ops.swish_param.default(x, beta)
@@ -61,6 +71,11 @@ def swish(x: Tensor, beta: float | Tensor = 1.0) -> Tensor:
 
 def silu(x: Tensor, inplace: bool = False) -> Tensor:
     """x * sigmoid(x), like torch.nn.functional.silu."""
+    if torch.jit.is_scripting():
+        if inplace and _script_writes_in_place(x):
+            return torch.ops.fastact.swish(x, 1.0, out=x)
+        y = torch.ops.fastact.swish(x.clone() if inplace else x, 1.0)
+        return x.copy_(y) if inplace else y
     if inplace:
         return _inplace("silu", _ops.swish, x, 1.0)
     _check_tensor("silu", "x", x)
@@ -69,6 +84,11 @@ def silu(x: Tensor, inplace: bool = False) -> Tensor:
 
 def mish(x: Tensor, inplace: bool = False) -> Tensor:
     """x * tanh(softplus(x)), like torch.nn.functional.mish."""
+    if torch.jit.is_scripting():
+        if inplace and _script_writes_in_place(x):
+            return torch.ops.fastact.mish(x, out=x)
+        y = torch.ops.fastact.mish(x.clone() if inplace else x)
+        return x.copy_(y) if inplace else y
     if inplace:
         return _inplace("mish", _ops.mish, x)
     _check_tensor("mish", "x", x)
@@ -77,6 +97,11 @@ def mish(x: Tensor, inplace: bool = False) -> Tensor:
 
 def leaky_relu(x: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
     """x for x > 0, negative_slope * x otherwise, for any real slope (1: identity, 0: ReLU, -1: |x|)."""
+    if torch.jit.is_scripting():
+        if inplace and _script_writes_in_place(x):
+            return torch.ops.fastact.leaky_relu(x, negative_slope, out=x)
+        y = torch.ops.fastact.leaky_relu(x.clone() if inplace else x, negative_slope)
+        return x.copy_(y) if inplace else y
     negative_slope = _check_number("leaky_relu", "negative_slope", negative_slope)
     if inplace:
         return _inplace("leaky_relu", _ops.leaky_relu, x, negative_slope)
@@ -86,6 +111,8 @@ def leaky_relu(x: Tensor, negative_slope: float = 0.01, inplace: bool = False) -
 
 def prelu(x: Tensor, weight: Tensor) -> Tensor:
     """Like torch.nn.functional.prelu: weight has one element or one per channel (dim 1)."""
+    if torch.jit.is_scripting():
+        return torch.ops.fastact.prelu(x, weight)
     _check_tensor("prelu", "x", x)
     _check_tensor("prelu", "weight", weight)
     return _ops.prelu.default(x, weight)

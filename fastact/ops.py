@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch._decomp
 import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as TF
 from torch import Tensor
 
 from . import reference as ref
@@ -299,6 +301,20 @@ def _register_vmap(name: str, kind: str) -> None:
     torch.library.register_vmap(f"fastact::{name}", forward_rule, lib=_autograd_lib)
     torch.library.register_vmap(f"fastact::{name}_backward", backward_rule, lib=_autograd_lib)
 
+
+# Each op as the torch ops it fuses, for exporters that lower a model to a standard operator set
+# (torch.onnx.export: the exported model then needs neither fastact nor its kernels). They go into torch's
+# global decomposition table, which only such tools read: torch.compile and torch.export keep fastact's ops
+# (their tables are their own).
+_DECOMPOSITIONS = {
+    "swish": lambda x, beta: TF.silu(x) if beta == 1.0 else x * torch.sigmoid(beta * x),
+    "swish_param": lambda x, beta: x * torch.sigmoid(ref.channel_view(beta.to(x.dtype), x) * x),
+    "mish": lambda x: TF.mish(x),
+    "leaky_relu": lambda x, negative_slope: TF.leaky_relu(x, negative_slope),
+    "prelu": lambda x, weight: TF.prelu(x, weight.to(x.dtype)),
+}
+
 for _name, (_kind, _derivatives) in _OPS.items():
     _register(_name, _kind, _derivatives)
     _register_vmap(_name, _kind)
+    torch._decomp.register_decomposition(getattr(_lib, _name).default)(_DECOMPOSITIONS[_name])

@@ -7,6 +7,7 @@ Every expected value comes from torch's own modules (run in float64) or from the
 from __future__ import annotations
 
 import copy
+import io
 import os
 import socket
 import subprocess
@@ -637,6 +638,139 @@ def test_torch_fx_symbolic_trace():
     ye.sum().backward()
     yt.sum().backward()
     torch.testing.assert_close(xt.grad, xe.grad, rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning")  # torch deprecates TorchScript
+def test_torchscript_scripts_every_module():
+    """torch.jit.script (deprecated by torch, still in older training code) compiles every module, learnable and
+    in place included, into fastact ops; the scripted model and its saved-and-loaded copy compute what the
+    eager model computes, gradients too."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), fnn.SiLU(), nn.Linear(6, 6), fnn.Swish(learnable=True, num_parameters=6),
+                          fnn.Mish(inplace=True), fnn.LeakyReLU(-0.5, inplace=True), fnn.PReLU(6), fnn.Swish(1.5),
+                          fnn.SiLU(inplace=True), fnn.Mish(), fnn.LeakyReLU(0.2))
+    scripted = torch.jit.script(model)
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    graph = str(scripted.inlined_graph)
+    for op in ["swish", "swish_param", "mish", "leaky_relu", "prelu"]:
+        assert f"fastact::{op}(" in graph, op
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    xe = x.clone().requires_grad_()
+    ye = model(xe)
+    ye.sum().backward()
+    for m in (scripted, loaded):
+        xs = x.clone().requires_grad_()
+        ys = m(xs)
+        torch.testing.assert_close(ys, ye, rtol=0, atol=0)
+        ys.sum().backward()
+        torch.testing.assert_close(xs.grad, xe.grad, rtol=0, atol=0)
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), ye.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning")  # torch deprecates TorchScript
+@pytest.mark.parametrize("case", list(INPLACE_CASES))
+def test_torchscript_inplace_module(case):
+    """A scripted in-place module overwrites its input and returns it, as torch's scripted in-place modules do:
+    without grad straight through the kernel, under autograd on a non-leaf with exact gradients; a leaf that
+    requires grad is refused."""
+    make, reference = INPLACE_CASES[case]
+    scripted = torch.jit.script(make())
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    expected = reference(x)
+    with torch.no_grad():
+        work = x.clone()
+        assert scripted(work) is work
+    torch.testing.assert_close(work, expected)
+    leaf = x.clone().requires_grad_()
+    h = leaf * 2.0
+    y = scripted(h)
+    assert y is h
+    torch.testing.assert_close(y, reference(x * 2.0))
+    (grad,) = torch.autograd.grad(y.sum(), leaf)
+    leaf64 = x.clone().requires_grad_()
+    (expected_grad,) = torch.autograd.grad(reference(leaf64 * 2.0).sum(), leaf64)
+    torch.testing.assert_close(grad, expected_grad)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        scripted(x.clone().requires_grad_())
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning")
+def test_torchscript_scripts_user_functions():
+    """A user's scripted function calling the functional API (float or tensor beta, in place or not) gives
+    eager's values and gradients."""
+
+    def block(x: torch.Tensor, beta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        y = F.swish(x, beta) + F.swish(x, 0.5) + F.silu(x) + F.mish(x) + F.prelu(x, weight)
+        return F.leaky_relu(y, 0.3, inplace=True)
+
+    scripted = torch.jit.script(block)
+    g = torch.Generator().manual_seed(4)
+    x, beta, weight = (torch.randn(s, dtype=torch.float64, generator=g) for s in [(2, 3, 4), (3,), (3,)])
+    inputs = [t.clone().requires_grad_() for t in (x, beta, weight)]
+    expected = block(*inputs)
+    expected_grads = torch.autograd.grad(expected.sum(), inputs)
+    inputs = [t.clone().requires_grad_() for t in (x, beta, weight)]
+    got = scripted(*inputs)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    for a, b in zip(torch.autograd.grad(got.sum(), inputs), expected_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _export_model() -> nn.Module:
+    """A small CNN with every fastact module (parameters randomised away from their inits), in eval mode."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), fnn.SiLU(), fnn.Swish(1.5), fnn.Mish(), fnn.PReLU(6), fnn.PReLU(),
+                          fnn.LeakyReLU(-0.5), fnn.Swish(learnable=True, num_parameters=6), fnn.Swish(learnable=True),
+                          fnn.Mish(inplace=True), fnn.LeakyReLU(0.2, inplace=True), fnn.SiLU(inplace=True))
+    with torch.no_grad():
+        for p in model[1:].parameters():
+            p.uniform_(-1.5, 2.0)
+    return model.eval()
+
+
+def test_torch_export_keeps_fastact_ops():
+    """torch.export (with a dynamic batch) captures the fastact ops themselves, also after the default
+    decompositions, and the exported program, saved and loaded, computes what the model computes."""
+    model = _export_model()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    program = program.run_decompositions()
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert {"fastact.swish.default", "fastact.swish_param.default", "fastact.mish.default",
+            "fastact.leaky_relu.default", "fastact.prelu.default"} <= targets, targets
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    buffer.seek(0)
+    loaded = torch.export.load(buffer).module()
+    x5 = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x5), model(x5), rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_onnx_export_runs_in_onnxruntime():
+    """torch.onnx.export lowers every fastact op to standard ONNX operators (so the exported file needs
+    neither fastact nor its kernels), and onnxruntime's results match the model's, at another batch size too."""
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    model = _export_model()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=({0: "batch"},), verbose=False)
+    op_types = {node.op_type for node in program.model.graph}
+    assert {"Sigmoid", "Mish", "PRelu", "LeakyRelu"} <= op_types, op_types
+    assert all(node.domain in ("", "ai.onnx") for node in program.model.graph), op_types
+    session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (2, 5):
+        xb = torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(batch))
+        (got,) = session.run(None, {session.get_inputs()[0].name: xb.numpy()})
+        with torch.no_grad():
+            expected = model.double()(xb.double()).float()
+            model.float()
+        torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_compiled_autograd_traces_the_backward():
