@@ -31,9 +31,9 @@ def _check_number(op: str, arg: str, value) -> float:
 
 
 def _plain_eager(x: Tensor) -> bool:
-    """Not traced (torch.compile, torch.fx), not inside a torch.func transform, and without a forward-mode
-    tangent."""
-    if isinstance(x, torch.fx.Proxy):
+    """A plain tensor (not a subclass such as DTensor, not torch.fx's Proxy), not traced by torch.compile, not
+    inside a torch.func transform, and without a forward-mode tangent."""
+    if type(x) is not Tensor and type(x) is not torch.nn.Parameter:
         return False
     if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x):
         return False

@@ -302,19 +302,33 @@ def _register_vmap(name: str, kind: str) -> None:
     torch.library.register_vmap(f"fastact::{name}_backward", backward_rule, lib=_autograd_lib)
 
 
-# Each op as the torch ops it fuses, for exporters that lower a model to a standard operator set
-# (torch.onnx.export: the exported model then needs neither fastact nor its kernels). They go into torch's
-# global decomposition table, which only such tools read: torch.compile and torch.export keep fastact's ops
-# (their tables are their own).
+# Each op, and each backward op, as plain torch ops, in torch's global decomposition table. torch reads it where
+# it needs an op's meaning rather than its kernel: torch.onnx.export lowers the forward ops through it (so the
+# exported model needs neither fastact nor its kernels), and DTensor traces it to learn how an op shards (the
+# shards still run fastact's kernels). torch.compile and torch.export keep fastact's ops: their tables are their
+# own. (prelu is written with torch.where: DTensor cannot shard through torch's prelu.)
 _DECOMPOSITIONS = {
     "swish": lambda x, beta: TF.silu(x) if beta == 1.0 else x * torch.sigmoid(beta * x),
-    "swish_param": lambda x, beta: x * torch.sigmoid(ref.channel_view(beta.to(x.dtype), x) * x),
+    "swish_param": lambda x, beta: ref.swish(x, beta.to(x.dtype)),
     "mish": lambda x: TF.mish(x),
     "leaky_relu": lambda x, negative_slope: TF.leaky_relu(x, negative_slope),
-    "prelu": lambda x, weight: TF.prelu(x, weight.to(x.dtype)),
+    "prelu": lambda x, weight: ref.prelu(x, weight.to(x.dtype)),
 }
+
+
+def _backward_decomposition(kind: str, d: _Derivatives) -> Callable:
+    """<op>_backward from the closed forms: grad * f_x, and for a tensor parameter grad * f_p summed to it."""
+    def backward(grad, x, *param):
+        grad_input = (grad * d.f_x(x, *param)).to(x.dtype)
+        if kind != "tensor":
+            return grad_input
+        return grad_input, ref.reduce_to_param(grad * d.f_p(x, param[0]), param[0])
+    return backward
+
 
 for _name, (_kind, _derivatives) in _OPS.items():
     _register(_name, _kind, _derivatives)
     _register_vmap(_name, _kind)
     torch._decomp.register_decomposition(getattr(_lib, _name).default)(_DECOMPOSITIONS[_name])
+    torch._decomp.register_decomposition(getattr(_lib, f"{_name}_backward").default)(
+        _backward_decomposition(_kind, _derivatives))

@@ -22,8 +22,10 @@ __all__ = [
 
 def channel_view(param: Tensor | float, x: Tensor) -> Tensor | float:
     """Broadcast a one-element or per-channel (dim 1) parameter against `x`."""
-    if not isinstance(param, Tensor) or param.numel() == 1:
-        return param.reshape(()) if isinstance(param, Tensor) else param
+    if not isinstance(param, Tensor):
+        return param
+    if param.numel() == 1:  # (as x.dim() ones rather than 0-d: DTensor shards through that reshape)
+        return param.reshape([1] * x.dim())
     return param.reshape([1, -1] + [1] * (x.dim() - 2))
 
 

@@ -761,7 +761,7 @@ def test_onnx_export_runs_in_onnxruntime():
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=({0: "batch"},), verbose=False)
     op_types = {node.op_type for node in program.model.graph}
-    assert {"Sigmoid", "Mish", "PRelu", "LeakyRelu"} <= op_types, op_types
+    assert {"Sigmoid", "Mish", "LeakyRelu", "Where"} <= op_types, op_types
     assert all(node.domain in ("", "ai.onnx") for node in program.model.graph), op_types
     session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
     for batch in (2, 5):
@@ -996,6 +996,94 @@ def test_ddp_two_processes_match_single_process():
     for k in grads:
         assert grads[k].abs().sum() > 0, k
         torch.testing.assert_close(ddp_grads[k], grads[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def _dtensor_cases():
+    """name -> (function, parameters, placements of x to try, placement of the parameters for Shard(1))."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 6, 3, dtype=torch.float64, generator=g)
+    w, w1 = torch.rand(6, dtype=torch.float64, generator=g) + 0.5, torch.rand(1, dtype=torch.float64, generator=g)
+    cases = {
+        "silu": (F.silu, []), "swish(1.5)": (lambda x: F.swish(x, 1.5), []), "mish": (F.mish, []),
+        "leaky_relu(-0.3)": (lambda x: F.leaky_relu(x, -0.3), []),
+        "prelu(C)": (F.prelu, [w]), "prelu(1)": (F.prelu, [w1]),
+        "swish(beta C)": (F.swish, [w]), "swish(beta 1)": (F.swish, [w1]),
+    }
+    return x, cases
+
+
+def _dtensor_worker(rank: int, world_size: int, port: int, out_path: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.tensor import DeviceMesh, Replicate, Shard, distribute_tensor
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        mesh = DeviceMesh("cpu", list(range(world_size)))
+        x_full, cases = _dtensor_cases()
+        results = {}
+        for name, (fn, params) in cases.items():
+            for dim in [0, 1, 2, None]:
+                placement = [Replicate()] if dim is None else [Shard(dim)]
+                # a per-channel parameter follows x sharded along the channels
+                param_placement = [Shard(0)] if dim == 1 and params and params[0].numel() > 1 else [Replicate()]
+                x = distribute_tensor(x_full, mesh, placement).requires_grad_()
+                ps = [distribute_tensor(p, mesh, param_placement).requires_grad_() for p in params]
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                    y = fn(x, *ps)
+                    (y * y).sum().backward()
+                kernels = sorted({e.name for e in prof.events() if e.name.startswith("fastact::")})
+                results[name, dim] = (y.full_tensor(), x.grad.full_tensor(), [p.grad.full_tensor() for p in ps],
+                                      str(y.placements), str(x.placements), kernels)
+        inplace = {}
+        leaky = lambda x, inplace: F.leaky_relu(x, 0.2, inplace)  # noqa: E731
+        for name, fn in [("silu", F.silu), ("mish", F.mish), ("leaky_relu", leaky)]:
+            x = distribute_tensor(x_full, mesh, [Shard(0)])
+            with torch.no_grad():
+                assert fn(x, inplace=True) is x
+            inplace[name] = x.full_tensor()
+        if rank == 0:
+            torch.save((results, inplace), out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_dtensor_two_processes_shard_every_op():
+    """DTensor (tensor parallelism): every op and its backward runs on the local shards of x sharded along any
+    dimension (a per-channel parameter sharded with the channels) or replicated, without gathering: the output
+    keeps x's placement, fastact's own kernels run, and values and gradients are the unsharded call's. In-place
+    calls overwrite the DTensor."""
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path = os.path.join(tmp, "results.pt")
+        mp.spawn(_dtensor_worker, args=(2, _free_port(), out_path), nprocs=2, join=True)
+        results, inplace = torch.load(out_path)
+
+    x_full, cases = _dtensor_cases()
+    for name, fn in [("silu", F.silu), ("mish", F.mish), ("leaky_relu", lambda x: F.leaky_relu(x, 0.2))]:
+        torch.testing.assert_close(inplace[name], fn(x_full), rtol=0, atol=0, msg=f"{name} in place")
+    assert len(results) == 4 * len(cases)
+    for (name, dim), (y, grad_x, grad_params, y_placement, x_placement, kernels) in results.items():
+        fn, params = cases[name]
+        x = x_full.clone().requires_grad_()
+        ps = [p.clone().requires_grad_() for p in params]
+        expected = fn(x, *ps)
+        (expected * expected).sum().backward()
+        where = f"{name} sharded on {dim}"
+        assert y_placement == x_placement, where
+        op = "fastact::" + {"prelu": "prelu", "leaky_relu": "leaky_relu", "mish": "mish"}.get(
+            name.split("(")[0], "swish_param" if params and name.startswith("swish") else "swish")
+        assert kernels == [op, op + "_backward"], (where, kernels)
+        torch.testing.assert_close(y, expected.detach(), rtol=0, atol=0, msg=where)
+        torch.testing.assert_close(grad_x, x.grad, rtol=0, atol=0, msg=where)
+        for got, p in zip(grad_params, ps):  # per-shard partial sums, then summed across ranks
+            torch.testing.assert_close(got, p.grad, rtol=1e-12, atol=1e-12, msg=where)
 
 
 # ---------------------------------------------------------------------------------------------------------
