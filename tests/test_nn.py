@@ -949,14 +949,20 @@ def _ddp_batch():
     return torch.randn(8, 3, 8, 8, generator=g), torch.randn(8, 2, generator=g)
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, out_path: str) -> None:
+def _init_gloo(rank: int, world_size: int, port: int) -> None:
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, out_path: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    _init_gloo(rank, world_size, port)
     try:
         model = DDP(_ddp_model())
         x, t = _ddp_batch()
@@ -1016,10 +1022,7 @@ def _dtensor_worker(rank: int, world_size: int, port: int, out_path: str) -> Non
     import torch.distributed as dist
     from torch.distributed.tensor import DeviceMesh, Replicate, Shard, distribute_tensor
 
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    _init_gloo(rank, world_size, port)
     try:
         mesh = DeviceMesh("cpu", list(range(world_size)))
         x_full, cases = _dtensor_cases()
