@@ -773,6 +773,28 @@ def test_onnx_export_runs_in_onnxruntime():
         torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_activation_checkpointing_and_pickled_model(use_reentrant):
+    """torch.utils.checkpoint recomputes the fastact layers in the backward with eager's gradients, and a
+    whole model saved with torch.save loads and computes the same."""
+    model = _TinyCNN()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    model(xe).square().sum().backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    torch.utils.checkpoint.checkpoint(model, xc, use_reentrant=use_reentrant).square().sum().backward()
+    torch.testing.assert_close(xc.grad, xe.grad, rtol=0, atol=0)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=0, atol=0, msg=name)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
 def test_compiled_autograd_traces_the_backward():
     """torch._dynamo's compiled autograd captures fastact's graph nodes (their backward ops become graph ops)
     and gives eager's gradients."""
