@@ -96,6 +96,10 @@ bool set_huge_pages(bool enabled);  // returns the previous setting
 // stores. For tuning and for the tests, which force them on small tensors.
 int64_t streaming_threshold();
 int64_t set_streaming_threshold(int64_t nbytes);  // returns the previous one
+// Lookup tables for 16-bit forwards of at least this many elements (cpu/dispatch.cpp).
+int64_t lookup_threshold();
+int64_t set_lookup_threshold(int64_t numel);  // returns the previous one
+int64_t lookup_tables_cached();
 }  // namespace cpu
 
 namespace cuda {

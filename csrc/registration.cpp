@@ -143,6 +143,9 @@ TORCH_LIBRARY(fastact, m) {
   m.def("cpu_streaming_threshold() -> int", [] { return cpu::streaming_threshold(); });
   m.def("set_cpu_streaming_threshold(int nbytes) -> int",
         [](int64_t nbytes) { return cpu::set_streaming_threshold(nbytes); });
+  m.def("cpu_lookup_threshold() -> int", [] { return cpu::lookup_threshold(); });
+  m.def("set_cpu_lookup_threshold(int numel) -> int", [](int64_t numel) { return cpu::set_lookup_threshold(numel); });
+  m.def("cpu_lookup_tables_cached() -> int", [] { return cpu::lookup_tables_cached(); });
   m.def("has_cuda_kernels() -> bool", [] {
 #if defined(FASTACT_WITH_CUDA)
     return true;

@@ -23,7 +23,7 @@ from . import reference as ref
 
 __all__ = ["cpu_capability", "set_cpu_capability", "supported_cpu_capabilities", "cpu_huge_pages",
            "set_cpu_huge_pages", "cpu_streaming_threshold", "set_cpu_streaming_threshold",
-           "has_cuda_kernels"]
+           "cpu_lookup_threshold", "set_cpu_lookup_threshold", "cpu_lookup_tables_cached", "has_cuda_kernels"]
 
 _lib = torch.ops.fastact
 
@@ -66,6 +66,24 @@ def cpu_streaming_threshold() -> int:
 def set_cpu_streaming_threshold(nbytes: int) -> int:
     """Set the streaming threshold in bytes (0: always stream); returns the previous one."""
     return int(_lib.set_cpu_streaming_threshold(int(nbytes)))
+
+
+def cpu_lookup_threshold() -> int:
+    """bfloat16/float16 swish and mish forwards on CPU with one parameter value and at least this many elements
+    (default 2^18; 4x that where the table must be built first) read f from a table of all 65536 inputs, built
+    with the kernel itself (same bits), where the kernel build has fast gathers (AVX2)."""
+    return int(_lib.cpu_lookup_threshold())
+
+
+def set_cpu_lookup_threshold(numel: int) -> int:
+    """Set the lookup-table threshold in elements (0: always, for tests; a huge value: never); returns the
+    previous one."""
+    return int(_lib.set_cpu_lookup_threshold(int(numel)))
+
+
+def cpu_lookup_tables_cached() -> int:
+    """How many lookup tables are kept (the last 8 (op, dtype, parameter) used)."""
+    return int(_lib.cpu_lookup_tables_cached())
 
 
 def has_cuda_kernels() -> bool:

@@ -3,7 +3,11 @@ determinism and the CPU kernel builds. CUDA variants run where a GPU is present 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -641,6 +645,102 @@ def test_streaming_threshold_is_the_cache_by_default_and_rejects_negative():
     assert fastact.ops.cpu_streaming_threshold() >= 1 << 20
     with pytest.raises(RuntimeError, match="set_cpu_streaming_threshold: nbytes must be >= 0"):
         fastact.ops.set_cpu_streaming_threshold(-1)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Lookup tables (16-bit swish and mish forwards, AVX2 build): forced on small tensors, the computed kernel's bits
+
+LOOKUP_OPS = {
+    "silu": fastact.silu,
+    "swish(1.7)": lambda x: fastact.swish(x, 1.7),
+    "swish(beta tensor)": lambda x: fastact.swish(x, torch.tensor([-0.6])),
+    "mish": fastact.mish,
+}
+
+
+def _assert_same_bits(a, b, where):
+    same = (a.view(torch.int16) == b.view(torch.int16)) | (a.isnan() & b.isnan())  # (any NaN is a NaN)
+    assert bool(same.all()), f"{where}: {int((~same).sum())} of {same.numel()} differ"
+
+
+def _needs_avx2():
+    if "avx2" not in fastact.supported_cpu_capabilities():
+        pytest.skip("the lookup tables are in the AVX2 build, which this CPU does not run")
+
+
+@pytest.mark.parametrize("op", list(LOOKUP_OPS))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lookup_tables_give_the_kernels_bits(op, dtype):
+    """Every 16-bit value, in several layouts, with and without non-temporal stores (whose aligning head and
+    tail cover odd offsets): the table gives exactly the computed kernel's output."""
+    _needs_avx2()
+    f = LOOKUP_OPS[op]
+    every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    every = every[torch.randperm(every.numel(), generator=torch.Generator().manual_seed(8))]
+    layouts = {
+        "every value": every,
+        "offset": every[3:],  # neither input nor the out= below aligned
+        "strided": every[::3],
+        "channels_last": every.reshape(4, 16, 32, 32).contiguous(memory_format=torch.channels_last),
+    }
+    capability = fastact.set_cpu_capability("avx2")
+    threshold = fastact.ops.set_cpu_lookup_threshold(1 << 62)
+    streaming = fastact.ops.cpu_streaming_threshold()
+    try:
+        for layout, x in layouts.items():
+            for stream in (False, True):
+                fastact.ops.set_cpu_streaming_threshold(0 if stream else 1 << 62)
+                fastact.ops.set_cpu_lookup_threshold(1 << 62)
+                computed = f(x)
+                fastact.ops.set_cpu_lookup_threshold(0)
+                looked_up = f(x)
+                where = f"{layout}, streaming={stream}"
+                assert looked_up.stride() == computed.stride(), where
+                _assert_same_bits(looked_up, computed, where)
+        out = torch.full((every.numel() + 5,), 7.0, dtype=dtype)[5:]  # out= 5 elements into its buffer
+        torch.ops.fastact.mish.out(every, out=out)
+        fastact.ops.set_cpu_lookup_threshold(1 << 62)
+        _assert_same_bits(out, fastact.mish(every), "out=")
+    finally:
+        fastact.set_cpu_capability(capability)
+        fastact.ops.set_cpu_lookup_threshold(threshold)
+        fastact.ops.set_cpu_streaming_threshold(streaming)
+
+
+_LOOKUP_SELECTION = """
+import torch, fastact
+fastact.set_cpu_capability("avx2")
+cached = fastact.ops.cpu_lookup_tables_cached
+t = fastact.ops.cpu_lookup_threshold()
+big = torch.randn(4 * t).to(torch.bfloat16)
+small = big[: 2 * t]
+counts = [cached()]
+fastact.silu(big); counts.append(cached())                                   # built: 1
+fastact.silu(small); fastact.silu(big.half()[:t]); counts.append(cached())   # kept one: 1; a half one is not
+fastact.swish(big, 0.5); fastact.swish(big, torch.tensor([0.7])); counts.append(cached())  # 3
+fastact.swish(small, 0.9); counts.append(cached())                           # not built below 4x: 3
+fastact.silu(big.float()); fastact.leaky_relu(big, 0.1); counts.append(cached())  # float32, leaky: 3
+fastact.prelu(big, torch.full((1,), 0.2)); fastact.swish(big.reshape(1, 4, -1), torch.ones(4))
+fastact.silu(big[: t - 1]); counts.append(cached())                          # per channel, below t: 3
+for beta in range(10): fastact.swish(big, float(beta))
+counts.append(cached())                                                      # at most 8 kept
+print(counts)
+"""
+
+
+def test_lookup_tables_are_used_where_they_pay_off():
+    """Which calls take a table, counted in a fresh process: 16-bit swish/mish with one parameter value from the
+    threshold (4x it to build a new table), not float32, leaky, per-channel parameters or small calls."""
+    _needs_avx2()
+    result = subprocess.run([sys.executable, "-c", _LOOKUP_SELECTION], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(Path(fastact.__file__).parent.parent)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[0, 1, 1, 3, 3, 3, 3, 8]"
+
+
+def test_lookup_threshold_rejects_negative():
+    with pytest.raises(RuntimeError, match="set_cpu_lookup_threshold: numel must be >= 0"):
+        fastact.ops.set_cpu_lookup_threshold(-1)
 
 
 # --------------------------------------------------------------------------------------------------------

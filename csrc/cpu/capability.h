@@ -18,6 +18,9 @@ struct RangeKernels {
   // grad_input over [begin, end); if acc is not null, also adds d(loss)/d(param) of channel c into
   // acc[c - acc_base] (acc holds the compute type: float, or double for double inputs).
   void (*backward)(const ElementwiseProblem& p, int64_t begin, int64_t end, void* acc, int64_t acc_base);
+  // y = table[bits of x] over [begin, end) for a 16-bit x (dispatch.cpp's lookup tables); null in builds
+  // without a fast gather.
+  void (*lookup_forward)(const ElementwiseProblem& p, const uint16_t* table, int64_t begin, int64_t end);
 };
 
 namespace DEFAULT { extern const RangeKernels kRangeKernels; }

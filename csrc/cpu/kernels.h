@@ -379,9 +379,46 @@ void backward_range(const ElementwiseProblem& p, int64_t begin, int64_t end, voi
   });
 }
 
+#if defined(CPU_CAPABILITY_AVX2)
+// y = table[x] for 16-bit x, 32 elements per step in four 8-lane gathers (each reads 4 bytes at table + 2 x, so
+// the table has 2 bytes of padding; the low half is the entry). Bits in, bits out: any 16-bit type.
+void lookup_forward(const ElementwiseProblem& p, const uint16_t* table, int64_t begin, int64_t end) {
+  const auto* x = static_cast<const uint16_t*>(p.x) + begin;
+  auto* y = static_cast<uint16_t*>(p.out) + begin;
+  const int64_t n = end - begin;
+  const auto* base = reinterpret_cast<const int*>(table);
+  const __m256i low_half = _mm256_set1_epi32(0xffff);
+  const bool stream = p.stream_out;
+  int64_t i = 0;
+  if (stream) {  // non-temporal stores need 32-byte alignment
+    for (; i < n && reinterpret_cast<std::uintptr_t>(y + i) % 32 != 0; ++i) y[i] = table[x[i]];
+  }
+  for (; i + 32 <= n; i += 32) {
+    __m256i out[2];
+    fa_static_for<2>([&](auto k) FASTACT_ALWAYS_INLINE_LAMBDA {
+      const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i + 16 * k));
+      // Widened out of order (in-lane interleave); the pack below restores the order.
+      const __m256i lo = _mm256_unpacklo_epi16(bits, _mm256_setzero_si256());
+      const __m256i hi = _mm256_unpackhi_epi16(bits, _mm256_setzero_si256());
+      out[k] = _mm256_packus_epi32(_mm256_and_si256(_mm256_i32gather_epi32(base, lo, 2), low_half),
+                                   _mm256_and_si256(_mm256_i32gather_epi32(base, hi, 2), low_half));
+    });
+    fa_static_for<2>([&](auto k) FASTACT_ALWAYS_INLINE_LAMBDA {
+      auto* dst = reinterpret_cast<__m256i*>(y + i + 16 * k);
+      stream ? _mm256_stream_si256(dst, out[k]) : _mm256_storeu_si256(dst, out[k]);
+    });
+  }
+  for (; i < n; ++i) y[i] = table[x[i]];
+  if (stream) fa_store_fence();
+}
+constexpr auto kLookupForward = &lookup_forward;
+#else
+constexpr decltype(RangeKernels::lookup_forward) kLookupForward = nullptr;
+#endif
+
 }  // namespace
 
 // The entry the dispatcher picks at run time.
-const RangeKernels kRangeKernels{&forward_range, &backward_range};
+const RangeKernels kRangeKernels{&forward_range, &backward_range, kLookupForward};
 
 }  // namespace fastact::cpu::CPU_CAPABILITY
