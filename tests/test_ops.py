@@ -650,11 +650,12 @@ def test_streaming_threshold_is_the_cache_by_default_and_rejects_negative():
 # --------------------------------------------------------------------------------------------------------
 # Lookup tables (16-bit swish and mish forwards, AVX2 build): forced on small tensors, the computed kernel's bits
 
-LOOKUP_OPS = {
-    "silu": fastact.silu,
-    "swish(1.7)": lambda x: fastact.swish(x, 1.7),
-    "swish(beta tensor)": lambda x: fastact.swish(x, torch.tensor([-0.6])),
-    "mish": fastact.mish,
+LOOKUP_OPS = {  # name -> (forward, backward's grad_input)
+    "silu": (fastact.silu, lambda g, x: torch.ops.fastact.swish_backward(g, x, 1.0)),
+    "swish(1.7)": (lambda x: fastact.swish(x, 1.7), lambda g, x: torch.ops.fastact.swish_backward(g, x, 1.7)),
+    "swish(beta tensor)": (lambda x: fastact.swish(x, torch.tensor([-0.6])),  # (its backward has a beta gradient)
+                           lambda g, x: torch.ops.fastact.swish_param_backward(g, x, torch.tensor([-0.6]))[0]),
+    "mish": (fastact.mish, torch.ops.fastact.mish_backward),
 }
 
 
@@ -672,31 +673,36 @@ def _needs_avx2():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_lookup_tables_give_the_kernels_bits(op, dtype):
     """Every 16-bit value, in several layouts, with and without non-temporal stores (whose aligning head and
-    tail cover odd offsets): the table gives exactly the computed kernel's output."""
+    tail cover odd offsets): the tables give exactly the computed kernels' forward and backward."""
     _needs_avx2()
-    f = LOOKUP_OPS[op]
+    forward, backward = LOOKUP_OPS[op]
+    g = torch.Generator().manual_seed(8)
     every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
-    every = every[torch.randperm(every.numel(), generator=torch.Generator().manual_seed(8))]
+    every = every[torch.randperm(every.numel(), generator=g)]
+    grad = (torch.randn(every.shape, generator=g, dtype=torch.float64) * 3).to(dtype)
+    grad[:len(EDGE)] = torch.tensor(EDGE, dtype=torch.float64).to(dtype)
     layouts = {
-        "every value": every,
-        "offset": every[3:],  # neither input nor the out= below aligned
-        "strided": every[::3],
-        "channels_last": every.reshape(4, 16, 32, 32).contiguous(memory_format=torch.channels_last),
+        "every value": (every, grad),
+        "offset": (every[3:], grad[3:]),  # neither inputs nor outputs aligned
+        "strided": (every[::3], grad[::3]),
+        "channels_last": tuple(t.reshape(4, 16, 32, 32).contiguous(memory_format=torch.channels_last)
+                               for t in (every, grad)),
     }
     capability = fastact.set_cpu_capability("avx2")
     threshold = fastact.ops.set_cpu_lookup_threshold(1 << 62)
     streaming = fastact.ops.cpu_streaming_threshold()
     try:
-        for layout, x in layouts.items():
+        for layout, (x, gx) in layouts.items():
             for stream in (False, True):
                 fastact.ops.set_cpu_streaming_threshold(0 if stream else 1 << 62)
                 fastact.ops.set_cpu_lookup_threshold(1 << 62)
-                computed = f(x)
+                computed = forward(x), backward(gx, x)
                 fastact.ops.set_cpu_lookup_threshold(0)
-                looked_up = f(x)
-                where = f"{layout}, streaming={stream}"
-                assert looked_up.stride() == computed.stride(), where
-                _assert_same_bits(looked_up, computed, where)
+                looked_up = forward(x), backward(gx, x)
+                for name, a, b in zip(["forward", "backward"], looked_up, computed):
+                    where = f"{name}, {layout}, streaming={stream}"
+                    assert a.stride() == b.stride(), where
+                    _assert_same_bits(a, b, where)
         out = torch.full((every.numel() + 5,), 7.0, dtype=dtype)[5:]  # out= 5 elements into its buffer
         torch.ops.fastact.mish.out(every, out=out)
         fastact.ops.set_cpu_lookup_threshold(1 << 62)
@@ -722,6 +728,8 @@ fastact.swish(small, 0.9); counts.append(cached())                           # n
 fastact.silu(big.float()); fastact.leaky_relu(big, 0.1); counts.append(cached())  # float32, leaky: 3
 fastact.prelu(big, torch.full((1,), 0.2)); fastact.swish(big.reshape(1, 4, -1), torch.ones(4))
 fastact.silu(big[: t - 1]); counts.append(cached())                          # per channel, below t: 3
+torch.ops.fastact.mish_backward(big, big); counts.append(cached())              # a backward table: 4
+torch.ops.fastact.swish_param_backward(big, big, torch.tensor([0.7])); counts.append(cached())  # beta grad: 4
 for beta in range(10): fastact.swish(big, float(beta))
 counts.append(cached())                                                      # at most 8 kept
 print(counts)
@@ -729,13 +737,14 @@ print(counts)
 
 
 def test_lookup_tables_are_used_where_they_pay_off():
-    """Which calls take a table, counted in a fresh process: 16-bit swish/mish with one parameter value from the
-    threshold (4x it to build a new table), not float32, leaky, per-channel parameters or small calls."""
+    """Which calls take a table, counted in a fresh process: 16-bit swish/mish forwards and backwards with one
+    parameter value from the threshold (4x it to build a new table), not float32, leaky, per-channel parameters,
+    a backward with a parameter gradient, or small calls."""
     _needs_avx2()
     result = subprocess.run([sys.executable, "-c", _LOOKUP_SELECTION], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(Path(fastact.__file__).parent.parent)})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[0, 1, 1, 3, 3, 3, 3, 8]"
+    assert result.stdout.strip().splitlines()[-1] == "[0, 1, 1, 3, 3, 3, 3, 4, 4, 8]"
 
 
 def test_lookup_threshold_rejects_negative():

@@ -21,6 +21,8 @@ struct RangeKernels {
   // y = table[bits of x] over [begin, end) for a 16-bit x (dispatch.cpp's lookup tables); null in builds
   // without a fast gather.
   void (*lookup_forward)(const ElementwiseProblem& p, const uint16_t* table, int64_t begin, int64_t end);
+  // grad_input = grad * table[bits of x] (table: the float derivative), likewise; no parameter gradient.
+  void (*lookup_backward)(const ElementwiseProblem& p, const float* table, int64_t begin, int64_t end);
 };
 
 namespace DEFAULT { extern const RangeKernels kRangeKernels; }

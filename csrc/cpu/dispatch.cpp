@@ -19,7 +19,9 @@
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Half.h>
 
 #include "capability.h"
 
@@ -121,24 +123,32 @@ const Capability*& active() {
 }
 
 // Lookup tables. A 16-bit x has 65536 values, so for the activations whose math is long (an exp and a
-// division: swish, mish) the forward can read f from a table of all of them instead: built by the kernel itself
-// from every bit pattern (so a call gives the same bits either way) and read with gathers. On AVX2 (Zen 3) that
-// is 9 against 17 cycles per 8 bfloat16 in L1, and 1.25-1.4x faster calls at 2^20 and 2^24 elements. Used for
-// calls with one parameter value (none, a float, or a one-element tensor) of at least lookup_threshold()
-// elements whose table is kept, and of 4x that where one must be built first (65536 evaluations, ~50 us: a
-// learnable beta changes every step). The tables of the last kMaxTables (op, dtype, parameter) are kept,
-// 128 KiB each.
+// division: swish, mish) a call can read f, or the float derivative f', from a table of all of them instead of
+// computing it: built by the kernel itself from every value (so a call gives the same bits either way) and read
+// with gathers. On AVX2 (Zen 3) the forward is 9 against 17 cycles per 8 bfloat16 in L1, and calls at 2^20 and
+// 2^24 elements take 1.1-1.8x less time. Used for calls with one parameter value (none, a float, or a
+// one-element tensor; a backward without a parameter gradient) of at least lookup_threshold() elements whose
+// table is kept, and of 4x that where one must be built first (65536 evaluations, ~50 us: a learnable beta
+// changes every step). The tables of the last kMaxTables (op, dtype, parameter, direction) are kept: 128 KiB
+// for a forward, 256 KiB for a backward.
 constexpr int kMaxTables = 8;
 constexpr int64_t kBuildFactor = 4;
-using Table = std::vector<uint16_t>;
+constexpr int64_t kTableSize = 65536;
+
+struct Table {
+  std::vector<uint16_t> values;    // forward: the bits of f(x); 2 entries of padding (the gathers read 4 bytes)
+  std::vector<float> derivatives;  // backward: f'(x) in float
+};
 
 struct TableKey {
   const RangeKernels* kernels;
   ActivationId activation;
   c10::ScalarType dtype;
   uint32_t param_bits;
+  bool backward;
   bool operator==(const TableKey& o) const {
-    return kernels == o.kernels && activation == o.activation && dtype == o.dtype && param_bits == o.param_bits;
+    return kernels == o.kernels && activation == o.activation && dtype == o.dtype && param_bits == o.param_bits &&
+           backward == o.backward;
   }
 };
 
@@ -156,16 +166,54 @@ TableCache& table_cache() {
   return cache;
 }
 
-std::shared_ptr<const Table> lookup_table(const ElementwiseProblem& p, const RangeKernels& k) {
+// f (forward) or f' (backward) of the problem's op at every 16-bit value, computed by the kernels k.
+std::shared_ptr<Table> build_table(const ElementwiseProblem& p, const RangeKernels& k, float param, bool backward) {
+  static const std::vector<uint16_t> every_value = [] {
+    std::vector<uint16_t> v(kTableSize);
+    std::iota(v.begin(), v.end(), uint16_t(0));
+    return v;
+  }();
+  auto table = std::make_shared<Table>();
+  ElementwiseProblem build = p;
+  build.numel = build.inner = kTableSize;
+  build.param = nullptr;
+  build.param_scalar = param;
+  build.param_grad = nullptr;
+  build.stream_out = false;
+  if (!backward) {
+    table->values.resize(kTableSize + 2);
+    build.x = every_value.data();
+    build.out = table->values.data();
+    k.forward(build, 0, kTableSize);
+    return table;
+  }
+  // The float backward with grad = 1 on the widened values: the same float math as the 16-bit backward, which
+  // then multiplies by grad and rounds once.
+  std::vector<float> x(kTableSize), ones(kTableSize, 1.0f);
+  for (int64_t i = 0; i < kTableSize; ++i) {
+    const auto bits = every_value[i];
+    x[i] = p.dtype == c10::ScalarType::BFloat16 ? static_cast<float>(c10::BFloat16(bits, c10::BFloat16::from_bits()))
+                                                : static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
+  }
+  table->derivatives.resize(kTableSize);
+  build.dtype = c10::ScalarType::Float;
+  build.x = x.data();
+  build.grad = ones.data();
+  build.out = table->derivatives.data();
+  k.backward(build, 0, kTableSize, nullptr, 0);
+  return table;
+}
+
+std::shared_ptr<const Table> lookup_table(const ElementwiseProblem& p, const RangeKernels& k, bool backward) {
   const bool half_type = p.dtype == c10::ScalarType::BFloat16 || p.dtype == c10::ScalarType::Half;
   const bool long_math = p.activation == ActivationId::Swish || p.activation == ActivationId::Mish;
+  const bool available = backward ? k.lookup_backward != nullptr && p.param_grad == nullptr
+                                  : k.lookup_forward != nullptr;
   const int64_t min_numel = lookup_min_numel().load(std::memory_order_relaxed);
-  if (k.lookup_forward == nullptr || !half_type || !long_math || p.channels != 1 || p.numel < min_numel) {
-    return nullptr;
-  }
+  if (!available || !half_type || !long_math || p.channels != 1 || p.numel < min_numel) return nullptr;
   // The parameter as the kernel sees it (float for the half types).
   const float param = p.param != nullptr ? *static_cast<const float*>(p.param) : static_cast<float>(p.param_scalar);
-  TableKey key{&k, p.activation, p.dtype, 0};
+  TableKey key{&k, p.activation, p.dtype, 0, backward};
   std::memcpy(&key.param_bits, &param, sizeof(param));
   TableCache& cache = table_cache();
   std::lock_guard<std::mutex> lock(cache.mutex);
@@ -176,21 +224,7 @@ std::shared_ptr<const Table> lookup_table(const ElementwiseProblem& p, const Ran
     }
   }
   if (p.numel < kBuildFactor * min_numel) return nullptr;
-  static const Table every_value = [] {
-    Table v(65536);
-    std::iota(v.begin(), v.end(), uint16_t(0));
-    return v;
-  }();
-  auto table = std::make_shared<Table>(65536 + 2);  // + 2: the gathers read 4 bytes at each entry
-  ElementwiseProblem build = p;
-  build.x = every_value.data();
-  build.out = table->data();
-  build.numel = build.inner = 65536;
-  build.param = nullptr;
-  build.param_scalar = param;
-  build.stream_out = false;
-  k.forward(build, 0, build.numel);
-  cache.tables.emplace_front(key, std::move(table));
+  cache.tables.emplace_front(key, build_table(p, k, param, backward));
   if (cache.tables.size() > kMaxTables) cache.tables.pop_back();
   return cache.tables.front().second;
 }
@@ -287,9 +321,9 @@ void forward(const ElementwiseProblem& problem) {
   p.stream_out = should_stream(p, 2);
   p.params_nonzero = params_nonzero(p);
   const RangeKernels& k = *active()->kernels;
-  if (const auto table = lookup_table(p, k)) {
+  if (const auto table = lookup_table(p, k, /*backward=*/false)) {
     at::parallel_for(0, p.numel, kGrain, [&](int64_t begin, int64_t end) {
-      k.lookup_forward(p, table->data(), begin, end);
+      k.lookup_forward(p, table->values.data(), begin, end);
     });
     return;
   }
@@ -301,8 +335,13 @@ void backward(const ElementwiseProblem& problem) {
   p.stream_out = should_stream(p, 3);
   const RangeKernels& k = *active()->kernels;
   if (p.param_grad == nullptr) {
+    const auto table = lookup_table(p, k, /*backward=*/true);
     at::parallel_for(0, p.numel, kGrain, [&](int64_t begin, int64_t end) {
-      k.backward(p, begin, end, nullptr, 0);
+      if (table) {
+        k.lookup_backward(p, table->derivatives.data(), begin, end);
+      } else {
+        k.backward(p, begin, end, nullptr, 0);
+      }
     });
   } else if (p.dtype == c10::ScalarType::Double) {
     backward_with_param_grad<double>(p, k);
