@@ -182,6 +182,7 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
         @staticmethod
         def setup_context(ctx, inputs, output):
             grad, x, *param = inputs
+            ctx.set_materialize_grads(False)  # an unused output's gradient stays None, its terms skipped
             if has_tensor_param:
                 ctx.save_for_backward(grad, x, param[0])
                 ctx.save_for_forward(grad, x, param[0])
@@ -192,9 +193,10 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
 
         @staticmethod
         def backward(ctx, gg_input, gg_param=None):
+            out_dtypes = [t.dtype for t in ctx.saved_tensors[:2]]
             grad, x, p = _saved(ctx, ctx.saved_tensors)
-            if gg_input is None:
-                gg_input = torch.zeros_like(x)
+            grad, x = _opmath(grad, x)
+            gg_input = torch.zeros_like(x) if gg_input is None else _opmath(gg_input)[0]
             d_grad = gg_input * d.f_x(x, p)
             d_x = gg_input * grad * d.f_xx(x, p)
             if has_tensor_param:
@@ -205,14 +207,17 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
                     d_grad = d_grad + gg_p * d.f_p(x, p)
                     d_x = d_x + gg_p * grad * f_xp
                     d_param = d_param + ref.reduce_to_param(gg_p * grad * d.f_pp(x, p), p)
-                return d_grad.to(grad.dtype), d_x.to(x.dtype), d_param
-            return (d_grad.to(grad.dtype), d_x.to(x.dtype), *([None] * len(ctx.param)))
+                return d_grad.to(out_dtypes[0]), d_x.to(out_dtypes[1]), d_param
+            return (d_grad.to(out_dtypes[0]), d_x.to(out_dtypes[1]), *([None] * len(ctx.param)))
 
         @staticmethod
         def jvp(ctx, t_grad, t_x, *t_param):
             # d(g f_x) = t_g f_x + g f_xx t_x + g f_xp t_p, and for a tensor parameter
             # d reduce(g f_p) = reduce(t_g f_p + g f_xp t_x + g f_pp t_p).
+            out_dtype = ctx.saved_tensors[0].dtype
             grad, x, p = _saved(ctx, ctx.saved_tensors)
+            grad, x = _opmath(grad, x)
+            t_grad, t_x = (None if t is None else _opmath(t)[0] for t in (t_grad, t_x))
             t_p = tangent_view(t_param[0], x) if has_tensor_param and t_param else None
             def sum_of(*terms):  # sum of tangent * factor over the tangents that are present
                 total = torch.zeros_like(x, dtype=torch.promote_types(x.dtype, grad.dtype))
@@ -224,10 +229,16 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
             t_input = sum_of((t_grad, lambda: d.f_x(x, p)), (t_x, lambda: grad * d.f_xx(x, p)),
                              (t_p, lambda: grad * d.f_xp(x, p)))
             if not has_tensor_param:
-                return t_input.to(grad.dtype)
+                return t_input.to(out_dtype)
             t_elem = sum_of((t_grad, lambda: d.f_p(x, p)), (t_x, lambda: grad * d.f_xp(x, p)),
                             (t_p, lambda: grad * d.f_pp(x, p)))
-            return t_input.to(grad.dtype), ref.reduce_to_param(t_elem, p)
+            return t_input.to(out_dtype), ref.reduce_to_param(t_elem, p)
+
+    def _opmath(*tensors):
+        # The second derivatives of 16-bit inputs in float, as the kernels compute the first ones: the closed
+        # forms' intermediates (x^3 in d2f/dbeta2) would overflow float16.
+        return tuple(t.float() if isinstance(t, Tensor) and t.dtype in (torch.float16, torch.bfloat16) else t
+                     for t in tensors)
 
     def _saved(ctx, tensors):
         if has_tensor_param:

@@ -57,9 +57,10 @@ def swish_grad(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
 
 
 def swish_grad_beta(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
-    """df/dbeta = x^2 sigma(bx)(1 - sigma(bx)), elementwise (not yet reduced to beta's shape)."""
+    """df/dbeta = x^2 sigma(bx)(1 - sigma(bx)), elementwise (not yet reduced to beta's shape). The powers of
+    x are taken against s(1 - s), which vanishes for large |bx| before x^2 or x^3 overflow (inf * 0 = NaN)."""
     _, _, p = _swish_parts(x, beta)
-    return x * x * p
+    return x * (x * p)
 
 
 def swish_grad2(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
@@ -71,13 +72,13 @@ def swish_grad2(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
 def swish_grad_x_beta(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
     """d2f/dx dbeta = x s(1-s) (2 + bx(1 - 2s))."""
     b, s, p = _swish_parts(x, beta)
-    return x * p * (2 + b * x * (1 - 2 * s))
+    return (x * p) * (2 + b * x * (1 - 2 * s))
 
 
 def swish_grad2_beta(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
     """d2f/dbeta2 = x^3 s(1-s)(1-2s)."""
     _, s, p = _swish_parts(x, beta)
-    return x * x * x * p * (1 - 2 * s)
+    return x * (x * (x * (p * (1 - 2 * s))))
 
 
 # --- Mish: f(x) = x tanh(softplus(x)) --------------------------------------------------------------

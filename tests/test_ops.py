@@ -407,6 +407,28 @@ def test_gradcheck_and_gradgradcheck(device, case, layout):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype, xs", [(torch.float16, [3.0, -7.0, 60.0, 300.0, -2000.0]),
+                                       (torch.bfloat16, [3.0, -7.0, 300.0, 1e30]),
+                                       (torch.float32, [3.0, -7.0, 1e13, -1e20])])
+def test_gradient_penalty_through_learnable_swish_is_finite(device, dtype, xs):
+    """A gradient penalty (WGAN-GP, R1) differentiates the backward: at large |x| its beta terms hold x^2 and
+    x^3 (which overflow float16 from |x| ~ 40) times s(1 - s) = 0; they must give the limit, not inf * 0 = NaN,
+    also in terms whose incoming gradient is unused."""
+    def penalty_grads(swish):
+        x = torch.tensor(xs, device=device).to(dtype).requires_grad_()
+        beta = torch.tensor([1.2], device=device, requires_grad=True)  # a float32 parameter, as under AMP
+        v = torch.linspace(0.5, 1.5, len(xs), device=device, dtype=dtype).requires_grad_()
+        gx, = torch.autograd.grad((swish(x, beta) * v).sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.float().pow(2).sum(), [beta, v])
+
+    ours = penalty_grads(fastact.swish)
+    eager = penalty_grads(lambda x, b: x * torch.sigmoid(b * x))
+    for a, b in zip(ours, eager):
+        assert bool(torch.isfinite(a).all()), ours
+        torch.testing.assert_close(a, b, rtol=2e-2 if dtype != torch.float32 else 1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", [c for c in CASES if c.tensor_param], ids=str)
 @pytest.mark.parametrize("needs", ["x", "param", "both", "neither"])
 def test_gradient_reaches_exactly_the_inputs_that_require_it(device, case, needs):
