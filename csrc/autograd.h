@@ -368,112 +368,108 @@ struct AutogradKernel {
   }
 };
 
-// The Autograd-key kernels of the out= overloads. As torch's out= ops, they refuse arguments that need a
-// gradient or carry a tangent (the result would silently have neither), and they bump the version counter of
-// what they write, so that a graph that saved one of those tensors raises instead of using the new values.
-inline void check_out_call(const char* op, std::initializer_list<std::pair<const char*, const Tensor*>> inputs,
-                           std::initializer_list<std::pair<const char*, Tensor*>> outputs) {
-  auto check = [&](const char* name, const Tensor& t) {
-    if (!t.defined()) return;
-    TORCH_CHECK(!(at::GradMode::is_enabled() && t.requires_grad()), "fastact.", op, ": ", name,
-                " requires grad, but the out= variants are not differentiable; call the op without out=");
-    TORCH_CHECK(!has_tangent(t), "fastact.", op, ": ", name,
-                " has a forward-mode tangent, but the out= variants are not differentiable; call the op without out=");
-  };
-  for (const auto& [name, t] : inputs) check(name, *t);
-  for (const auto& [name, t] : outputs) {
-    check(name, *t);
-    TORCH_CHECK(!t->is_inference() || c10::InferenceMode::is_enabled(), "fastact.", op, ": ", name,
-                " is an inference tensor, which can only be written inside torch.inference_mode()");
+// The kernels of the out= overloads at two dispatch layers, as torch's out= ops have them:
+// - Autograd: the out= variants are not differentiable, so they refuse arguments that need a gradient or carry a
+//   tangent (the result would silently have neither).
+// - ADInplaceOrView: bumps the version counter of what they write, so that a graph that saved one of those
+//   tensors raises instead of using the new values. This layer also runs where Autograd does not: inside
+//   torch.inference_mode() on tensors made outside it, and outside it on inference tensors (refused).
+using NamedInputs = std::initializer_list<std::pair<const char*, const Tensor*>>;
+using NamedOutputs = std::initializer_list<std::pair<const char*, Tensor*>>;
+
+struct OutAutogradLayer {
+  using Below = at::AutoDispatchBelowAutograd;
+  static void before(const char* op, NamedInputs inputs, NamedOutputs outputs) {
+    auto check = [&](const char* name, const Tensor& t) {
+      if (!t.defined()) return;
+      TORCH_CHECK(!(at::GradMode::is_enabled() && t.requires_grad()), "fastact.", op, ": ", name,
+                  " requires grad, but the out= variants are not differentiable; call the op without out=");
+      TORCH_CHECK(!has_tangent(t), "fastact.", op, ": ", name,
+                  " has a forward-mode tangent, but the out= variants are not differentiable; call the op without "
+                  "out=");
+    };
+    for (const auto& [name, t] : inputs) check(name, *t);
+    for (const auto& [name, t] : outputs) check(name, *t);
   }
-}
+};
+
+struct OutInplaceOrViewLayer {
+  using Below = at::AutoDispatchBelowADInplaceOrView;
+  static void before(const char* op, NamedInputs /*inputs*/, NamedOutputs outputs) {
+    for (const auto& [name, t] : outputs) {  // checked before anything is written
+      TORCH_CHECK(!t->is_inference() || c10::InferenceMode::is_enabled(), "fastact.", op, ": ", name,
+                  " is an inference tensor, which can only be written inside torch.inference_mode()");
+    }
+    for (const auto& [name, t] : outputs) torch::autograd::impl::bump_version(*t);
+  }
+};
 
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> find_out_op(const std::string& name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(("fastact::" + name).c_str(), "out").typed<Signature>();
 }
 
-template <ParamKind K, typename Info>
-struct OutAutograd;
+template <ParamKind K, typename Info, typename Layer>
+struct OutKernels;
 
-template <typename Info>
-struct OutAutograd<ParamKind::None, Info> {
+template <typename Info, typename Layer>
+struct OutKernels<ParamKind::None, Info, Layer> {
   static Tensor& forward(const Tensor& x, Tensor& out) {
     static const auto op = find_out_op<Tensor&(const Tensor&, Tensor&)>(Info::get().name);
-    check_out_call(Info::get().name, {{"x", &x}}, {{"out", &out}});
-    {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      op.call(x, out);
-    }
-    torch::autograd::impl::bump_version(out);
-    return out;
+    Layer::before(Info::get().name, {{"x", &x}}, {{"out", &out}});
+    typename Layer::Below below;
+    return op.call(x, out);
   }
   static Tensor& backward(const Tensor& grad, const Tensor& x, Tensor& grad_input) {
     static const auto op =
         find_out_op<Tensor&(const Tensor&, const Tensor&, Tensor&)>(std::string(Info::get().name) + "_backward");
-    check_out_call(Info::get().name, {{"grad", &grad}, {"x", &x}}, {{"grad_input", &grad_input}});
-    {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      op.call(grad, x, grad_input);
-    }
-    torch::autograd::impl::bump_version(grad_input);
-    return grad_input;
+    Layer::before(Info::get().name, {{"grad", &grad}, {"x", &x}}, {{"grad_input", &grad_input}});
+    typename Layer::Below below;
+    return op.call(grad, x, grad_input);
   }
 };
 
-template <typename Info>
-struct OutAutograd<ParamKind::Scalar, Info> {
+template <typename Info, typename Layer>
+struct OutKernels<ParamKind::Scalar, Info, Layer> {
   static Tensor& forward(const Tensor& x, double param, Tensor& out) {
     static const auto op = find_out_op<Tensor&(const Tensor&, double, Tensor&)>(Info::get().name);
-    check_out_call(Info::get().name, {{"x", &x}}, {{"out", &out}});
-    {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      op.call(x, param, out);
-    }
-    torch::autograd::impl::bump_version(out);
-    return out;
+    Layer::before(Info::get().name, {{"x", &x}}, {{"out", &out}});
+    typename Layer::Below below;
+    return op.call(x, param, out);
   }
   static Tensor& backward(const Tensor& grad, const Tensor& x, double param, Tensor& grad_input) {
     static const auto op = find_out_op<Tensor&(const Tensor&, const Tensor&, double, Tensor&)>(
         std::string(Info::get().name) + "_backward");
-    check_out_call(Info::get().name, {{"grad", &grad}, {"x", &x}}, {{"grad_input", &grad_input}});
-    {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      op.call(grad, x, param, grad_input);
-    }
-    torch::autograd::impl::bump_version(grad_input);
-    return grad_input;
+    Layer::before(Info::get().name, {{"grad", &grad}, {"x", &x}}, {{"grad_input", &grad_input}});
+    typename Layer::Below below;
+    return op.call(grad, x, param, grad_input);
   }
 };
 
-template <typename Info>
-struct OutAutograd<ParamKind::Tensor, Info> {
+template <typename Info, typename Layer>
+struct OutKernels<ParamKind::Tensor, Info, Layer> {
   static Tensor& forward(const Tensor& x, const Tensor& param, Tensor& out) {
     static const auto op = find_out_op<Tensor&(const Tensor&, const Tensor&, Tensor&)>(Info::get().name);
-    check_out_call(Info::get().name, {{"x", &x}, {Info::get().param_name, &param}}, {{"out", &out}});
-    {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      op.call(x, param, out);
-    }
-    torch::autograd::impl::bump_version(out);
-    return out;
+    Layer::before(Info::get().name, {{"x", &x}, {Info::get().param_name, &param}}, {{"out", &out}});
+    typename Layer::Below below;
+    return op.call(x, param, out);
   }
   static std::tuple<Tensor&, Tensor&> backward(const Tensor& grad, const Tensor& x, const Tensor& param,
                                                Tensor& grad_input, Tensor& grad_param) {
     static const auto op =
         find_out_op<std::tuple<Tensor&, Tensor&>(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&)>(
             std::string(Info::get().name) + "_backward");
-    check_out_call(Info::get().name, {{"grad", &grad}, {"x", &x}, {Info::get().param_name, &param}},
-                   {{"grad_input", &grad_input}, {"grad_param", &grad_param}});
-    {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      op.call(grad, x, param, grad_input, grad_param);
-    }
-    torch::autograd::impl::bump_version(grad_input);
-    torch::autograd::impl::bump_version(grad_param);
-    return {grad_input, grad_param};
+    Layer::before(Info::get().name, {{"grad", &grad}, {"x", &x}, {Info::get().param_name, &param}},
+                  {{"grad_input", &grad_input}, {"grad_param", &grad_param}});
+    typename Layer::Below below;
+    return op.call(grad, x, param, grad_input, grad_param);
   }
 };
+
+template <ParamKind K, typename Info>
+using OutAutograd = OutKernels<K, Info, OutAutogradLayer>;
+template <ParamKind K, typename Info>
+using OutInplaceOrView = OutKernels<K, Info, OutInplaceOrViewLayer>;
 
 // The kernel to register, with the op's signature.
 template <ParamKind K, typename Info>

@@ -115,6 +115,10 @@ FASTACT_FOR_EACH_ACTIVATION(FASTACT_INFO)
   m.impl(#name ".out", TORCH_FN((autograd::OutAutograd<ParamKind::Kind, name##_info>::forward)));      \
   m.impl(#name "_backward.out", TORCH_FN((autograd::OutAutograd<ParamKind::Kind, name##_info>::backward)));
 
+#define FASTACT_INPLACE_OR_VIEW_IMPL(name, Id, Kind, param)                                                 \
+  m.impl(#name ".out", TORCH_FN((autograd::OutInplaceOrView<ParamKind::Kind, name##_info>::forward)));        \
+  m.impl(#name "_backward.out", TORCH_FN((autograd::OutInplaceOrView<ParamKind::Kind, name##_info>::backward)));
+
 // Autocast, as torch's own lists have it: prelu is on CPU's lower-precision and CUDA's float16 list (SiLU,
 // Mish and LeakyReLU are on neither: they run in the input's dtype). A float32 x is cast to the autocast
 // dtype; a float32 weight stays float32, which the kernels take as it is.
@@ -158,6 +162,8 @@ TORCH_LIBRARY(fastact, m) {
 TORCH_LIBRARY_IMPL(fastact, CPU, m) { FASTACT_FOR_EACH_ACTIVATION(FASTACT_IMPL) }
 
 TORCH_LIBRARY_IMPL(fastact, Autograd, m) { FASTACT_FOR_EACH_ACTIVATION(FASTACT_AUTOGRAD_IMPL) }
+
+TORCH_LIBRARY_IMPL(fastact, ADInplaceOrView, m) { FASTACT_FOR_EACH_ACTIVATION(FASTACT_INPLACE_OR_VIEW_IMPL) }
 
 TORCH_LIBRARY_IMPL(fastact, AutocastCPU, m) { m.impl("prelu", TORCH_FN(prelu_autocast<c10::DeviceType::CPU>)); }
 TORCH_LIBRARY_IMPL(fastact, AutocastCUDA, m) { m.impl("prelu", TORCH_FN(prelu_autocast<c10::DeviceType::CUDA>)); }

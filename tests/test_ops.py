@@ -944,6 +944,39 @@ def test_out_variants_refuse_gradients_and_tangents_and_bump_versions(name):
         out_call(name, x, out=frozen)
 
 
+@pytest.mark.parametrize("name", list(OUT_OPS))
+def test_out_variants_bump_versions_inside_inference_mode_and_refuse_inference_tensors_outside(name):
+    """Inside torch.inference_mode() autograd's layer does not run, but a tensor made outside it still has its
+    version bumped when written (as by torch's out= ops); outside it, an inference tensor is never written,
+    also when it is x itself (the call then has no autograd layer either)."""
+    x, out, grad_input = torch.randn(3, 4), torch.empty(3, 4), torch.empty(3, 4)
+    with torch.inference_mode():
+        for written, call in [(out, lambda: out_call(name, x, out=out)),
+                              (x, lambda: out_call(name, x, out=x)),
+                              (grad_input, lambda: backward_out_call(name, torch.randn(3, 4), x, grad_input))]:
+            version = written._version
+            call()
+            assert written._version > version
+        frozen = torch.randn(3, 4)
+        out_call(name, frozen, out=frozen)  # an inference tensor inside inference_mode: fine
+    before = frozen.clone()
+    with pytest.raises(RuntimeError, match=rf"fastact\.{name}: out is an inference tensor"):
+        out_call(name, frozen, out=frozen)
+    assert torch.equal(frozen, before)  # refused before anything was written
+
+
+@pytest.mark.parametrize("fn", [lambda t: fastact.silu(t, inplace=True), lambda t: fastact.mish(t, inplace=True),
+                                lambda t: fastact.leaky_relu(t, 0.2, inplace=True)], ids=["silu", "mish", "leaky"])
+def test_inplace_under_inference_mode_invalidates_a_saved_tensor(fn):
+    w = torch.randn(1, requires_grad=True)
+    h = torch.randn(6)
+    z = fastact.swish(h, w)  # saves h (for the gradient of w)
+    with torch.inference_mode():
+        fn(h)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        z.sum().backward()
+
+
 def test_overwriting_a_tensor_saved_for_backward_through_out_is_detected():
     w = torch.randn(1, requires_grad=True)
     h = torch.randn(6)
