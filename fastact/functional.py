@@ -51,6 +51,38 @@ def _inplace(name: str, op, x: Tensor, *args) -> Tensor:
     return x.copy_(op.default(x.clone(), *args))
 
 
+class _LeakyReLUSavingOutput(torch.autograd.Function):
+    """leaky_relu for a slope >= 0 whose backward reads the output instead of the input (y > 0 exactly where
+    x > 0, and y = 0 at x = 0), as torch's leaky_relu_ does. For an in-place call under autograd: x's old value
+    need not be kept, and under torch.compile a graph input written in place is not needed by the backward
+    (saving it would make the backward raise once the compiled code writes it)."""
+
+    @staticmethod
+    def forward(x: Tensor, negative_slope: float) -> Tensor:
+        return _ops.leaky_relu.default(x, negative_slope)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.negative_slope = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, = ctx.saved_tensors
+        return _ops.leaky_relu_backward.default(grad, y, ctx.negative_slope), None
+
+
+def _records_gradient_only(x: Tensor) -> bool:
+    """Autograd records x's gradient, and no torch.func transform or forward-mode tangent is involved."""
+    if not (torch.is_grad_enabled() and isinstance(x, Tensor) and x.requires_grad):
+        return False
+    if torch.compiler.is_compiling():  # (torch.compile traces what the calls below would ask)
+        return True
+    if torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return False
+    return fwAD._current_level < 0 or fwAD.unpack_dual(x).tangent is None
+
+
 def _script_writes_in_place(x: Tensor) -> bool:
     """Under TorchScript, whether inplace=True can write the kernel's output straight into x (the .out
     overloads); otherwise, as in eager, x is overwritten with a copy's result so that autograd stays exact."""
@@ -103,6 +135,8 @@ def leaky_relu(x: Tensor, negative_slope: float = 0.01, inplace: bool = False) -
         y = torch.ops.fastact.leaky_relu(x.clone() if inplace else x, negative_slope)
         return x.copy_(y) if inplace else y
     negative_slope = _check_number("leaky_relu", "negative_slope", negative_slope)
+    if inplace and negative_slope >= 0 and _records_gradient_only(x):
+        return x.copy_(_LeakyReLUSavingOutput.apply(x, negative_slope))
     if inplace:
         return _inplace("leaky_relu", _ops.leaky_relu, x, negative_slope)
     _check_tensor("leaky_relu", "x", x)

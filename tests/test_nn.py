@@ -346,6 +346,31 @@ def test_inplace_under_forward_ad_vmap_and_compile(case):
     _close(compiled, reference(x), TOL[torch.float64], "compile")
 
 
+@pytest.mark.parametrize("slope", [0.2, 0.0])
+def test_compiled_inplace_leaky_relu_on_an_input_that_needs_grad(slope):
+    """A compiled block that starts with LeakyReLU(inplace=True), fed the output of uncompiled code (a graph
+    break, or one block compiled at a time, as DCGAN-style discriminators are): the compiled code writes its
+    input, so the backward must not need the input's old value. As torch's leaky_relu_, it reads the output
+    (which has the input's sign for a slope >= 0)."""
+    torch._dynamo.reset()
+    models = []
+    for leaky in (fnn.LeakyReLU(slope, inplace=True), nn.LeakyReLU(slope, inplace=True)):
+        torch.manual_seed(0)
+        models.append((nn.Linear(5, 6).double(), nn.Sequential(leaky, nn.Linear(6, 3)).double()))
+    stem, block = models[0]
+    x = torch.randn(8, 5, dtype=torch.float64)
+    torch.compile(block, fullgraph=True)(stem(x)).square().sum().backward()
+    torch_stem, torch_block = models[1]
+    torch_block(torch_stem(x)).square().sum().backward()
+    for ours, theirs in zip([*stem.parameters(), *block.parameters()],
+                            [*torch_stem.parameters(), *torch_block.parameters()]):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-12, atol=1e-12)
+    # eager, the same path: twice differentiable
+    a = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    fn = lambda t: F.leaky_relu(t * 1.0, slope, inplace=True)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (a,)) and torch.autograd.gradgradcheck(fn, (a,))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 3. state_dict compatibility
 # ---------------------------------------------------------------------------------------------------------
