@@ -49,7 +49,36 @@ cuda_home = find_cuda_home() if build_kind != "cpu" else None
 if cuda_home:
     os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension at import
 
-import torch  # noqa: E402
+
+
+def import_installed_torch():
+    """The torch fastact will run with. The extension links against libtorch's C++ ABI, so it must be built
+    against exactly that torch. pip's default build isolation (a plain `pip install .`) runs this file in a
+    fresh environment without torch, and a torch fetched there could be another version; so where torch is
+    not importable, look in the environment being installed into (its site-packages, then the user's)."""
+    try:
+        import torch  # noqa: PLC0415
+        return torch
+    except ImportError:
+        pass
+    import site  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import sysconfig  # noqa: PLC0415
+    paths = sysconfig.get_paths()
+    candidates = [paths["purelib"], paths["platlib"], site.getusersitepackages()]
+    for path in dict.fromkeys(candidates):
+        if os.path.isdir(os.path.join(path, "torch")) and path not in sys.path:
+            sys.path.append(path)
+    try:
+        import torch  # noqa: PLC0415
+        return torch
+    except ImportError as error:
+        raise SystemExit(
+            "fastact is compiled against the torch it runs with, and found none: install torch first "
+            f"(pip install torch), then fastact (pip install .). Import error: {error}") from error
+
+
+torch = import_installed_torch()
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 with_cuda = build_kind == "cuda" or (build_kind == "auto" and torch.version.cuda is not None and cuda_home)
@@ -139,7 +168,7 @@ setup(
     ],
     cmdclass={"build_ext": BuildExtensionPerCapability},
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy", "matplotlib", "tqdm"],
+    install_requires=["torch>=2.4", "numpy", "matplotlib", "tqdm", "rich"],
     entry_points={"console_scripts": ["fastact-bench = fastact.cli:main"]},
     zip_safe=False,
 )
