@@ -1,5 +1,5 @@
-"""Functions mirroring torch.nn.functional (silu, mish, leaky_relu, prelu) plus swish with a float or
-tensor beta. All are differentiable (twice), traceable by torch.compile, and run fastact's kernels."""
+"""Functions mirroring torch.nn.functional (silu, mish, leaky_relu, prelu: the same names, arguments and
+defaults) plus swish with a float or tensor beta. All are differentiable (twice), traceable by torch.compile, and run fastact's kernels."""
 from __future__ import annotations
 
 import numbers
@@ -44,7 +44,7 @@ def _inplace(name: str, op, x: Tensor, *args) -> Tensor:
     """op(x, *args) written into x, as torch's in-place activations do: under autograd x becomes the output
     (its old value is kept for the backward, as torch keeps it; a leaf that requires grad is refused by torch's
     own check), and the write bumps x's version, so a graph that saved x raises rather than use new values."""
-    _check_tensor(name, "x", x)
+    _check_tensor(name, "input", x)
     if _plain_eager(x) and not (torch.is_grad_enabled() and x.requires_grad):  # (short-circuits for a Proxy)
         return op.out(x, *args, out=x)  # no copy: the kernel reads each element before writing it
     # Autograd, transforms, tangents, compile: a differentiable, functionalizable copy (torch.compile removes it)
@@ -89,64 +89,64 @@ def _script_writes_in_place(x: Tensor) -> bool:
     return not (torch.is_grad_enabled() and x.requires_grad)
 
 
-def swish(x: Tensor, beta: float | Tensor = 1.0) -> Tensor:
+def swish(input: Tensor, beta: float | Tensor = 1.0) -> Tensor:
     """x * sigmoid(beta * x). beta: a float, or a tensor of one element or one per channel (dim 1)."""
     if torch.jit.is_scripting():  # TorchScript compiles only this branch (the checks below are Python)
         if isinstance(beta, Tensor):
-            return torch.ops.fastact.swish_param(x, beta)
-        return torch.ops.fastact.swish(x, beta)
-    _check_tensor("swish", "x", x)
+            return torch.ops.fastact.swish_param(input, beta)
+        return torch.ops.fastact.swish(input, beta)
+    _check_tensor("swish", "input", input)
     if isinstance(beta, _TensorLike):
-        return _ops.swish_param.default(x, beta)
-    return _ops.swish.default(x, _check_number("swish", "beta", beta))
+        return _ops.swish_param.default(input, beta)
+    return _ops.swish.default(input, _check_number("swish", "beta", beta))
 
 
-def silu(x: Tensor, inplace: bool = False) -> Tensor:
+def silu(input: Tensor, inplace: bool = False) -> Tensor:
     """x * sigmoid(x), like torch.nn.functional.silu."""
     if torch.jit.is_scripting():
-        if inplace and _script_writes_in_place(x):
-            return torch.ops.fastact.swish(x, 1.0, out=x)
-        y = torch.ops.fastact.swish(x.clone() if inplace else x, 1.0)
-        return x.copy_(y) if inplace else y
+        if inplace and _script_writes_in_place(input):
+            return torch.ops.fastact.swish(input, 1.0, out=input)
+        y = torch.ops.fastact.swish(input.clone() if inplace else input, 1.0)
+        return input.copy_(y) if inplace else y
     if inplace:
-        return _inplace("silu", _ops.swish, x, 1.0)
-    _check_tensor("silu", "x", x)
-    return _ops.swish.default(x, 1.0)
+        return _inplace("silu", _ops.swish, input, 1.0)
+    _check_tensor("silu", "input", input)
+    return _ops.swish.default(input, 1.0)
 
 
-def mish(x: Tensor, inplace: bool = False) -> Tensor:
+def mish(input: Tensor, inplace: bool = False) -> Tensor:
     """x * tanh(softplus(x)), like torch.nn.functional.mish."""
     if torch.jit.is_scripting():
-        if inplace and _script_writes_in_place(x):
-            return torch.ops.fastact.mish(x, out=x)
-        y = torch.ops.fastact.mish(x.clone() if inplace else x)
-        return x.copy_(y) if inplace else y
+        if inplace and _script_writes_in_place(input):
+            return torch.ops.fastact.mish(input, out=input)
+        y = torch.ops.fastact.mish(input.clone() if inplace else input)
+        return input.copy_(y) if inplace else y
     if inplace:
-        return _inplace("mish", _ops.mish, x)
-    _check_tensor("mish", "x", x)
-    return _ops.mish.default(x)
+        return _inplace("mish", _ops.mish, input)
+    _check_tensor("mish", "input", input)
+    return _ops.mish.default(input)
 
 
-def leaky_relu(x: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
     """x for x > 0, negative_slope * x otherwise, for any real slope (1: identity, 0: ReLU, -1: |x|)."""
     if torch.jit.is_scripting():
-        if inplace and _script_writes_in_place(x):
-            return torch.ops.fastact.leaky_relu(x, negative_slope, out=x)
-        y = torch.ops.fastact.leaky_relu(x.clone() if inplace else x, negative_slope)
-        return x.copy_(y) if inplace else y
+        if inplace and _script_writes_in_place(input):
+            return torch.ops.fastact.leaky_relu(input, negative_slope, out=input)
+        y = torch.ops.fastact.leaky_relu(input.clone() if inplace else input, negative_slope)
+        return input.copy_(y) if inplace else y
     negative_slope = _check_number("leaky_relu", "negative_slope", negative_slope)
-    if inplace and negative_slope >= 0 and _records_gradient_only(x):
-        return x.copy_(_LeakyReLUSavingOutput.apply(x, negative_slope))
+    if inplace and negative_slope >= 0 and _records_gradient_only(input):
+        return input.copy_(_LeakyReLUSavingOutput.apply(input, negative_slope))
     if inplace:
-        return _inplace("leaky_relu", _ops.leaky_relu, x, negative_slope)
-    _check_tensor("leaky_relu", "x", x)
-    return _ops.leaky_relu.default(x, negative_slope)
+        return _inplace("leaky_relu", _ops.leaky_relu, input, negative_slope)
+    _check_tensor("leaky_relu", "input", input)
+    return _ops.leaky_relu.default(input, negative_slope)
 
 
-def prelu(x: Tensor, weight: Tensor) -> Tensor:
+def prelu(input: Tensor, weight: Tensor) -> Tensor:
     """Like torch.nn.functional.prelu: weight has one element or one per channel (dim 1)."""
     if torch.jit.is_scripting():
-        return torch.ops.fastact.prelu(x, weight)
-    _check_tensor("prelu", "x", x)
+        return torch.ops.fastact.prelu(input, weight)
+    _check_tensor("prelu", "input", input)
     _check_tensor("prelu", "weight", weight)
-    return _ops.prelu.default(x, weight)
+    return _ops.prelu.default(input, weight)

@@ -26,17 +26,24 @@ class Swish(nn.Module):
             raise ValueError("fastact.nn.Swish: num_parameters > 1 needs learnable=True")
         self.learnable = learnable
         self.num_parameters = num_parameters
+        self.init = float(beta)
         if learnable:
-            self.beta = nn.Parameter(torch.full((num_parameters,), float(beta), device=device, dtype=dtype))
+            self.beta = nn.Parameter(torch.empty(num_parameters, device=device, dtype=dtype))
+            self.reset_parameters()
         else:
-            self.beta = float(beta)
+            self.beta = self.init
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.swish(x, self.beta)
+    def reset_parameters(self) -> None:
+        """A learnable beta back to its initial value (deferred initialisation calls this after to_empty())."""
+        if self.learnable:
+            nn.init.constant_(self.beta, self.init)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.swish(input, self.beta)
 
     def extra_repr(self) -> str:
         if self.learnable:
-            return f"learnable=True, num_parameters={self.num_parameters}"
+            return f"beta={self.init}, learnable=True, num_parameters={self.num_parameters}"
         return f"beta={self.beta}"
 
 
@@ -47,8 +54,8 @@ class SiLU(nn.Module):
         super().__init__()
         self.inplace = inplace
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.silu(x, inplace=self.inplace)
+    def forward(self, input: Tensor) -> Tensor:
+        return F.silu(input, inplace=self.inplace)
 
     def extra_repr(self) -> str:
         return "inplace=True" if self.inplace else ""
@@ -61,8 +68,8 @@ class Mish(nn.Module):
         super().__init__()
         self.inplace = inplace
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.mish(x, inplace=self.inplace)
+    def forward(self, input: Tensor) -> Tensor:
+        return F.mish(input, inplace=self.inplace)
 
     def extra_repr(self) -> str:
         return "inplace=True" if self.inplace else ""
@@ -77,8 +84,8 @@ class LeakyReLU(nn.Module):
         self.negative_slope = float(negative_slope)
         self.inplace = inplace
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.leaky_relu(x, self.negative_slope, inplace=self.inplace)
+    def forward(self, input: Tensor) -> Tensor:
+        return F.leaky_relu(input, self.negative_slope, inplace=self.inplace)
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
@@ -98,8 +105,8 @@ class PReLU(nn.Module):
     def reset_parameters(self) -> None:
         nn.init.constant_(self.weight, self.init)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.prelu(x, self.weight)
+    def forward(self, input: Tensor) -> Tensor:
+        return F.prelu(input, self.weight)
 
     def extra_repr(self) -> str:
         return f"num_parameters={self.num_parameters}"
@@ -124,12 +131,17 @@ def _replacement(module: nn.Module) -> nn.Module | None:
     else:
         return None
     new.train(module.training)
+    # The module's hooks (forward, pre-forward, backward, state_dict; the same dicts, so that the handles the
+    # user holds still remove them).
+    for name, value in vars(module).items():
+        if "_hook" in name:
+            setattr(new, name, value)
     return new
 
 
 def convert(model: nn.Module) -> nn.Module:
     """Replace torch.nn.SiLU, Mish, LeakyReLU and PReLU modules in `model` (recursively, in place) with
-    fastact's, keeping parameters; returns the model. A model that is itself one of those is replaced. A module
+    fastact's, keeping parameters and hooks; returns the model. A model that is itself one of those is replaced. A module
     used in several places is replaced by one fastact module everywhere (so a shared PReLU stays shared)."""
     return _convert(model, {})
 

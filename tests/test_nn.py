@@ -215,8 +215,41 @@ def test_extra_repr_matches_torch(fa, torch_module):
 def test_swish_extra_repr():
     assert repr(fnn.Swish()) == "Swish(beta=1.0)"
     assert repr(fnn.Swish(1.5)) == "Swish(beta=1.5)"
-    assert fnn.Swish(2, learnable=True).extra_repr() == "learnable=True, num_parameters=1"
-    assert fnn.Swish(learnable=True, num_parameters=4).extra_repr() == "learnable=True, num_parameters=4"
+    assert fnn.Swish(2, learnable=True).extra_repr() == "beta=2.0, learnable=True, num_parameters=1"
+    assert fnn.Swish(learnable=True, num_parameters=4).extra_repr() == "beta=1.0, learnable=True, num_parameters=4"
+
+
+def test_functional_signatures_match_torch():
+    """Calls written for torch.nn.functional, keywords included, work unchanged (as torch's, the tensor is
+    `input`), and so do keyword calls of the modules."""
+    import inspect
+    for name in ("silu", "mish", "leaky_relu"):
+        ours, theirs = inspect.signature(getattr(F, name)), inspect.signature(getattr(TF, name))
+        assert list(ours.parameters) == list(theirs.parameters), name
+        assert [p.default for p in ours.parameters.values()] == [p.default for p in theirs.parameters.values()], name
+    assert list(inspect.signature(F.prelu).parameters) == ["input", "weight"]  # (torch's is a builtin)
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    w = torch.rand(3, dtype=torch.float64)
+    _close(F.silu(input=x), TF.silu(x), TOL[torch.float64])
+    _close(F.leaky_relu(input=x, negative_slope=0.3), TF.leaky_relu(x, 0.3), TOL[torch.float64])
+    _close(F.prelu(input=x, weight=w), TF.prelu(x, w), TOL[torch.float64])
+    for module in (fnn.SiLU(), fnn.Mish(), fnn.LeakyReLU(), fnn.PReLU(3).double(), fnn.Swish(1.5)):
+        assert torch.equal(module(input=x), module(x))
+
+
+def test_learnable_swish_resets_to_its_initial_beta():
+    """Deferred initialisation (a model built on the meta device, then to_empty() and reset_parameters(), as
+    FSDP and large-model loaders do) gives beta its initial value, as PReLU's weight gets its init."""
+    with torch.device("meta"):
+        model = nn.Sequential(fnn.Swish(1.5, learnable=True, num_parameters=4), fnn.PReLU(4, init=0.1))
+    model.to_empty(device="cpu")
+    for module in model:
+        module.reset_parameters()
+    assert torch.equal(model[0].beta, torch.full((4,), 1.5))
+    assert torch.equal(model[1].weight, torch.full((4,), 0.1))
+    fixed = fnn.Swish(2.0)
+    fixed.reset_parameters()  # (nothing to reset)
+    assert fixed.beta == 2.0
 
 
 INPLACE_CASES = {
@@ -528,6 +561,24 @@ def test_convert_replaces_a_shared_module_everywhere_by_one_module():
     assert type(model[0]) is fnn.PReLU and model[2][1] is model[0]  # still shared, so still one weight
     assert type(model[1]) is fnn.SiLU and model[2][0] is model[1]
     assert model[0].weight is prelu.weight
+
+
+def test_convert_keeps_hooks_and_their_handles():
+    """Hooks on a swapped activation (feature extraction, Grad-CAM, activation statistics) keep firing on its
+    replacement, and the handles the user holds still remove them."""
+    model = nn.Sequential(nn.Linear(4, 3), nn.SiLU(), nn.PReLU(3))
+    fired = []
+    silu_handle = model[1].register_forward_hook(lambda m, i, o: fired.append("silu output"))
+    model[1].register_forward_pre_hook(lambda m, i: fired.append("silu input"))
+    model[2].register_full_backward_hook(lambda m, gi, go: fired.append("prelu grad"))
+    fnn.convert(model)
+    assert type(model[1]) is fnn.SiLU and type(model[2]) is fnn.PReLU
+    model(torch.randn(2, 4)).sum().backward()
+    assert fired == ["silu input", "silu output", "prelu grad"]
+    silu_handle.remove()
+    fired.clear()
+    model(torch.randn(2, 4))
+    assert fired == ["silu input"]
 
 
 def test_convert_keeps_training_flag():
@@ -1275,12 +1326,12 @@ def test_bad_input_errors_name_op_and_argument(call, op, arg):
 
 @pytest.mark.parametrize("call,op,arg", [
     (lambda: F.prelu(X8(), None), "fastact.prelu", "weight"),
-    (lambda: F.prelu(None, torch.ones(8)), "fastact.prelu", "x"),
-    (lambda: F.silu(None), "fastact.silu", "x"),
-    (lambda: F.silu([1.0], inplace=True), "fastact.silu", "x"),
-    (lambda: F.mish(None), "fastact.mish", "x"),
+    (lambda: F.prelu(None, torch.ones(8)), "fastact.prelu", "input"),
+    (lambda: F.silu(None), "fastact.silu", "input"),
+    (lambda: F.silu([1.0], inplace=True), "fastact.silu", "input"),
+    (lambda: F.mish(None), "fastact.mish", "input"),
     (lambda: F.swish(X8(), None), "fastact.swish", "beta"),
-    (lambda: F.swish(None, 1.0), "fastact.swish", "x"),
+    (lambda: F.swish(None, 1.0), "fastact.swish", "input"),
     (lambda: F.leaky_relu(X8(), "0.1"), "fastact.leaky_relu", "negative_slope"),
     (lambda: F.leaky_relu(X8(), True), "fastact.leaky_relu", "negative_slope"),
 ], ids=lambda v: v if isinstance(v, str) else None)
