@@ -58,6 +58,12 @@ struct ElementwiseProblem {
   bool params_nonzero;
 };
 
+// Whether a scalar parameter (param == nullptr) is nonzero as the kernels see it, in the compute type: a double
+// like 1e-46 is a float zero.
+inline bool scalar_param_nonzero(const ElementwiseProblem& p) {
+  return p.dtype == c10::ScalarType::Double ? p.param_scalar != 0 : static_cast<float>(p.param_scalar) != 0;
+}
+
 // The op layer (ops.cpp): argument checks, layout, allocation; one implementation for every device.
 enum class ParamKind { None, Scalar, Tensor };
 

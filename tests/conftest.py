@@ -20,7 +20,7 @@ def cuda_available() -> bool:
     return torch.cuda.is_available() and fastact.has_cuda_kernels()
 
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu"] + (["cuda"] if cuda_available() else [])
 
 
 def pytest_configure(config):
@@ -28,9 +28,10 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
+    if cuda_available():
         return
-    skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
+    reason = "fastact was built without CUDA kernels" if torch.cuda.is_available() else "no CUDA GPU on this machine"
+    skip = pytest.mark.skip(reason=reason)
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)

@@ -282,6 +282,19 @@ def test_prelu_limits_with_and_without_a_zero_weight(device, dtype, layout, zero
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_leaky_slope_that_is_zero_in_float_gives_the_relu_limit(device, dtype):
+    """A float slope is a double in Python; the kernels use it in float, where 1e-46 is 0: that call must take
+    the alpha = 0 form, whose limit at -inf is 0 (not 0 * -inf = NaN), as slope 0.0 does."""
+    x = torch.tensor([-INF, -2.0, 3.0, INF], device=device).to(dtype)
+    expected = fastact.leaky_relu(x, 0.0)
+    assert expected[0].item() == 0.0
+    assert torch.equal(fastact.leaky_relu(x, 1e-46), expected)
+    assert torch.equal(fastact.leaky_relu(x.double(), 1e-46).isnan(), torch.zeros(4, dtype=torch.bool,
+                                                                                  device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_mish_no_overflow_at_large_magnitude(device, dtype):
     x = torch.tensor([1e4, -1e4], dtype=dtype, device=device, requires_grad=True)
     y = fastact.mish(x)
@@ -1020,8 +1033,9 @@ def test_cuda_more_than_2_to_the_31_elements():
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_unaligned_and_odd_shapes(case, dtype):
-    base = torch.randn(1 + 3 * 37 * 1029, dtype=torch.float64, device="cuda") * 3
-    x = base[1:].reshape(3, 37, 1029).to(dtype)  # storage offset 1: not 16-byte aligned
+    base = (torch.randn(1 + 3 * 37 * 1029, dtype=torch.float64, device="cuda") * 3).to(dtype)
+    x = base[1:].reshape(3, 37, 1029)  # storage offset 1: not 16-byte aligned (in the tested dtype)
+    assert x.data_ptr() % 16 != 0
     check_case(case, x, case.make_param(x, torch.Generator().manual_seed(5)), dtype)
-    x2 = base[1:].reshape(3, 1029, 37).to(dtype).transpose(1, 2)  # inner = 1 with 37 channels
+    x2 = base[1:].reshape(3, 1029, 37).transpose(1, 2)  # inner = 1 with 37 channels
     check_case(case, x2, case.make_param(x2, torch.Generator().manual_seed(6)), dtype)

@@ -112,7 +112,7 @@ bool params_nonzero(const ElementwiseProblem& p) {
   auto none_zero = [&](auto* values) {
     return std::none_of(values, values + p.channels, [](auto v) { return v == 0; });
   };
-  if (p.param == nullptr) return p.param_scalar != 0;
+  if (p.param == nullptr) return scalar_param_nonzero(p);
   if (p.dtype == c10::ScalarType::Double) return none_zero(static_cast<const double*>(p.param));
   return none_zero(static_cast<const float*>(p.param));
 }

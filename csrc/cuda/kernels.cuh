@@ -378,6 +378,8 @@ void launch_typed(const ElementwiseProblem& pr) {
   const ParamAccess<opmath_t> param{static_cast<const opmath_t*>(pr.param),
                                     static_cast<opmath_t>(pr.param_scalar)};
   const bool aligned = aligned16(x) && aligned16(grad) && aligned16(out);
+  TORCH_CHECK(pr.channels < (int64_t(1) << 31), "fastact: CUDA kernels take fewer than 2^31 channels, got ",
+              pr.channels);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto float_options = at::TensorOptions().dtype(c10::CppTypeToScalarType<opmath_t>::value)
                                  .device(at::kCUDA, c10::cuda::current_device());
@@ -387,7 +389,7 @@ void launch_typed(const ElementwiseProblem& pr) {
     if (flat_vectors_override() != 0 && aligned && pr.param == nullptr) {
       auto launch_flat = [&](auto unroll_tag) {
         constexpr int U = decltype(unroll_tag)::value;
-        const int64_t per_block = int64_t(kThreads) * U * VEC;
+        const int64_t per_block = int64_t(kThreads) * U;  // vectors
         const int64_t blocks = std::max<int64_t>(1, (pr.numel / VEC + per_block - 1) / per_block);
         TORCH_CHECK(blocks < (int64_t(1) << 31), "fastact: tensor too large for one launch");
         flat_kernel<Op, P, VEC, U><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
@@ -485,7 +487,7 @@ template <typename Op>
 void launch_forward(const ElementwiseProblem& pr) {
   using NonzeroOp = typename NonzeroParamForward<Op>::type;
   if constexpr (!std::is_same_v<NonzeroOp, Op>) {
-    if (pr.param == nullptr && pr.param_scalar != 0) return launch<NonzeroOp, Pass::Forward>(pr);
+    if (pr.param == nullptr && scalar_param_nonzero(pr)) return launch<NonzeroOp, Pass::Forward>(pr);
   }
   launch<Op, Pass::Forward>(pr);
 }
