@@ -21,7 +21,8 @@ Bandwidth counts the minimal traffic: forward reads x and writes y (2 tensors), 
 writes dx (3 tensors), forward+backward the sum (5); the parameter is negligible. copy_fraction is a row's
 GB/s over the copy GB/s of the same device, dtype and size (the better of two copy measurements, before
 and after that size's rows). saved_bytes is what one forward keeps for backward (unique storages seen by
-torch.autograd.graph.saved_tensors_hooks).
+torch.autograd.graph.saved_tensors_hooks); user regime rows only, null in kernel rows (the out= calls keep
+nothing for backward).
 
 At the end a "targets" table (issue 3) is computed from the rows, per device and dtype, worst case first:
 fastact/native time <= 1 (user regime, fwd and fwd+bwd, every size); mish >= 5x native at 2^20; learnable
@@ -47,6 +48,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import types
 from collections.abc import Callable
@@ -401,6 +403,63 @@ def _short_error(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------------------
 # Options
 # --------------------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = None
+    if v is None or v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (0 < v < math.inf):  # also rejects nan and inf (an endless timing loop)
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return v
+
+
+def _writable_path(path: str) -> str:
+    """The path, if a file can be written there (checked before the run, not after it). A missing parent
+    directory is fine where it can be created (the writers create it)."""
+    if not path:
+        raise argparse.ArgumentTypeError("empty path")
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        raise argparse.ArgumentTypeError(f"{path} is a directory")
+    parent = os.path.dirname(full)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"cannot write {path}: {parent} is not a directory")
+    try:  # try it: os.access says yes to root, and /proc or a read-only mount refuse even root
+        if os.path.exists(full):
+            if os.path.isfile(full):  # not a device or pipe (/dev/stdout is fine; a fifo would block here)
+                open(full, "a").close()  # append: leaves an existing file as it is
+        else:
+            tempfile.TemporaryFile(dir=parent).close()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _plot_path(path: str) -> str:
+    suffix = os.path.splitext(path)[1].lower().lstrip(".")
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase  # noqa: PLC0415
+    except ImportError:
+        raise argparse.ArgumentTypeError("matplotlib is not installed") from None
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in formats:
+        raise argparse.ArgumentTypeError(f"{path}: the suffix must be an image format matplotlib writes "
+                                         f"(.png, .pdf, .svg, ...), got {'.' + suffix if suffix else 'none'}")
+    return _writable_path(path)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
                         help="cpu, cuda, or all (cpu, plus cuda if available; default)")
@@ -412,25 +471,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              + ", ".join(IMPLS))
     parser.add_argument("--passes", default=None, help="comma-separated passes (default all): " + ", ".join(PASSES))
     parser.add_argument("--regimes", default=None,
-                        help="user (fresh outputs), kernel (preallocated, out= ops), or both (default)")
+                        help="user (fresh outputs), kernel (preallocated, out= ops), or both (default; "
+                             "the same as user,kernel)")
     parser.add_argument("--dtypes", default=None,
                         help="comma-separated dtypes (default: float32,bfloat16 on cpu, + float16 on cuda; "
                              "--quick: float32)")
     parser.add_argument("--sizes", default=None,
                         help="comma-separated element counts: k or 2^k means 2**k for k <= 40, else the count "
                              "(default: 2^20,2^24 on cpu, 2^28 on cuda; --quick: 2^20)")
-    parser.add_argument("--channels", type=int, default=64,
+    parser.add_argument("--channels", type=_positive_int, default=64,
                         help="C of the (N, C, H, W) input; per-channel ops get C parameters (default 64)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=_positive_int, default=None,
                         help="torch CPU threads (default: torch's current setting, %d here)" % torch.get_num_threads())
-    parser.add_argument("--min-run-time", type=float, default=None,
+    parser.add_argument("--min-run-time", type=_positive_float, default=None,
                         help="seconds of timing per row after warm-up (default 0.5; --quick: %g)" % QUICK_MIN_RUN_TIME)
     parser.add_argument("--quick", action="store_true",
                         help="a short run (under a minute on a 2-core CPU): 2^20 elements, float32, "
                              "no torch.compile, short timings; explicit options still apply")
-    parser.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON")
-    parser.add_argument("--plot", metavar="PATH.png", default=None,
-                        help="write bar charts of fastact's speedup over each peer (and kernel copy fractions)")
+    parser.add_argument("--json", metavar="PATH", type=_writable_path, default=None, help="write the results as JSON")
+    parser.add_argument("--plot", metavar="PATH.png", type=_plot_path, default=None,
+                        help="write bar charts of fastact's speedup over each peer (and kernel copy fractions); "
+                             "the suffix picks the format: .png, .pdf, .svg, ...")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-table", action="store_true", help="do not print the table of rows")
 
@@ -439,6 +500,11 @@ def _split(text: str | None) -> list[str] | None:
     if text is None:
         return None
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _unique(values: list) -> list:
+    """values without repeats, in order: a repeated dtype or size would time the same rows again."""
+    return list(dict.fromkeys(values))
 
 
 def parse_size(token: str) -> int:
@@ -482,22 +548,24 @@ def resolve_config(args: argparse.Namespace) -> Config:
                 fail(f"unknown op {n!r}; choose from {', '.join(OPS)} or {', '.join(OP_GROUPS)}")
             if n not in ops:
                 ops.append(n)
-    impls = _split(args.impls) or [i for i in IMPLS if not (args.quick and i == "compile")]
-    passes = _split(args.passes) or list(PASSES)
-    regimes = _split(args.regimes) or list(REGIMES)
-    for values, allowed, what in ((impls, IMPLS, "impl"), (passes, PASSES, "pass"), (regimes, REGIMES, "regime")):
+    impls = _unique(_split(args.impls) or [i for i in IMPLS if not (args.quick and i == "compile")])
+    passes = _unique(_split(args.passes) or list(PASSES))
+    # "both" (the help's word for the default) is user,kernel
+    regimes = _unique([r for t in (_split(args.regimes) or ["both"]) for r in (REGIMES if t == "both" else [t])])
+    for values, allowed, what in ((impls, IMPLS, "impl"), (passes, PASSES, "pass"),
+                                  (regimes, REGIMES + ("both",), "regime")):
         for v in values:
             if v not in allowed:
                 fail(f"unknown {what} {v!r}; choose from {', '.join(allowed)}")
     dtypes, sizes = {}, {}
     for d in devices:
-        dtypes[d] = _split(args.dtypes) or (["float32"] if args.quick else list(DEFAULT_DTYPES[d]))
+        dtypes[d] = _unique(_split(args.dtypes) or (["float32"] if args.quick else list(DEFAULT_DTYPES[d])))
         for dt in dtypes[d]:
             if dt not in DTYPES:
                 fail(f"unknown dtype {dt!r}; choose from {', '.join(DTYPES)}")
         try:
-            sizes[d] = [parse_size(s) for s in _split(args.sizes)] if args.sizes else (
-                [2 ** 20] if args.quick else list(DEFAULT_SIZES[d]))
+            sizes[d] = _unique([parse_size(s) for s in _split(args.sizes)] if args.sizes else (
+                [2 ** 20] if args.quick else list(DEFAULT_SIZES[d])))  # after parsing: 20 and 2^20 are one size
         except ValueError:
             fail(f"bad --sizes {args.sizes!r}")
         for n in sizes[d]:
@@ -704,7 +772,9 @@ def _measure_regime(cfg, spec, impls, regime, x, p, dy, device, dtype_name, nume
         for impl, (fns, notes, error) in built.items():
             row = {"op": spec.name, "impl": impl, "regime": regime, "dtype": dtype_name, "device": device,
                    "numel": numel, "shape": list(shape), "pass": ps, "median_ms": None, "iqr_ms": None,
-                   "gbps": None, "copy_fraction": None, "saved_bytes": saved_by_impl.get(impl)}
+                   "gbps": None, "copy_fraction": None,
+                   # what autograd keeps for backward: a user-regime notion; the out= kernel calls keep nothing
+                   "saved_bytes": saved_by_impl.get(impl) if regime == "user" else None}
             if ps in notes:
                 row["note"] = notes[ps]
             t = timed.get(impl)
@@ -748,6 +818,23 @@ def _size_label(n: int) -> str:
     return f"2^{n.bit_length() - 1}" if n > 0 and n & (n - 1) == 0 else str(n)
 
 
+def copy_target(device: str, op: str) -> float:
+    """Target 4: the kernel regime's fraction of the copy bandwidth (fwd and bwd) at the large size."""
+    return 0.85 if device == "cuda" else (0.6 if op == "mish" else 0.8)
+
+
+def speedup_targets(op: str, ps: str, numel: int) -> dict[str, float]:
+    """Targets 1-3 as speedups over a peer (user regime), by peer, for a row of op, pass and size."""
+    out = {}
+    if op in ("swish", "leaky_0.5", "leaky_-0.5", "prelu", "prelu_pc") and ps in ("fwd", "fwd+bwd"):
+        out["native"] = 1.0
+    if op == "mish" and ps in ("fwd", "fwd+bwd") and numel == 2 ** 20:
+        out["native"] = 5.0
+    if op in ("swish_beta", "swish_beta_pc", "prelu_pc") and ps == "fwd+bwd":
+        out.update(eager=3.0, compile=1.0)
+    return out
+
+
 def compute_targets(result: dict) -> list[dict]:
     """Each target of issue 3, per device and dtype, with the worst measured value and where it occurs."""
     rows = [r for r in result["rows"] if r.get("median_ms")]
@@ -778,10 +865,11 @@ def compute_targets(result: dict) -> list[dict]:
             vals = [(r["speedup_vs"]["native"], f"{r['pass']} {_size_label(r['numel'])}") for r in fa_user
                     if r["op"] == "mish" and r["pass"] in ("fwd", "fwd+bwd") and r["numel"] == 2 ** 20
                     and "native" in r.get("speedup_vs", {})]
-            add(device, dtype, "mish: speedup vs native at 2^20", ">=", 5.0, vals)
+            add(device, dtype, "mish: speedup vs native at 2^20", ">=",
+                speedup_targets("mish", "fwd", 2 ** 20)["native"], vals)
             # 3. learnable swish and per-channel prelu fwd+bwd: >= 3x eager, >= 1x compile
             for op in ("swish_beta", "swish_beta_pc", "prelu_pc"):
-                for peer, thr in (("eager", 3.0), ("compile", 1.0)):
+                for peer, thr in speedup_targets(op, "fwd+bwd", 0).items():
                     vals = [(r["speedup_vs"][peer], _size_label(r["numel"])) for r in fa_user
                             if r["op"] == op and r["pass"] == "fwd+bwd" and peer in r.get("speedup_vs", {})]
                     add(device, dtype, f"{op}: fwd+bwd speedup vs {peer}", ">=", thr, vals)
@@ -791,7 +879,7 @@ def compute_targets(result: dict) -> list[dict]:
                 big = sizes[-1]
             for op in ("swish", "swish_beta", "swish_beta_pc", "mish", "leaky_0.5", "leaky_-0.5", "prelu",
                        "prelu_pc"):
-                thr = 0.85 if device == "cuda" else (0.6 if op == "mish" else 0.8)
+                thr = copy_target(device, op)
                 vals = [(r["copy_fraction"], f"{r['pass']} {_size_label(big)}") for r in sel
                         if r["impl"] == "fastact" and r["regime"] == "kernel" and r["op"] == op
                         and r["numel"] == big and r["pass"] in ("fwd", "bwd")]
@@ -899,7 +987,9 @@ def print_targets(targets: list[dict], console=None) -> None:
                  console)
 
 
-def write_plot(result: dict, path: str) -> None:
+def plot_figure(result: dict):
+    """The matplotlib figure of write_plot: a panel per device and pass of fastact's speedups over its peers
+    (user regime), and one per device of the kernel regime's fractions of the copy bandwidth."""
     import matplotlib  # noqa: PLC0415
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
@@ -910,7 +1000,7 @@ def write_plot(result: dict, path: str) -> None:
     for device in dict.fromkeys(r["device"] for r in rows):
         for ps in PASSES:
             sel = [r for r in rows if r["device"] == device and r["regime"] == "user" and r["pass"] == ps]
-            if sel:
+            if any(r.get("speedup_vs") for r in sel):  # not an empty panel when no peer was run
                 panels.append(("speedup", device, ps, sel))
         sel = [r for r in rows if r["device"] == device and r["regime"] == "kernel"]
         if sel:
@@ -918,56 +1008,91 @@ def write_plot(result: dict, path: str) -> None:
     if not panels:
         panels.append(("empty", None, None, []))
     ngroups = max((len({(r["op"], r["dtype"], r["numel"]) for r in p[3]}) for p in panels), default=1)
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8.0, 0.55 * ngroups + 2), 3.6 * len(panels)),
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8.0, 0.4 * ngroups + 2), 4.2 * len(panels)),
                              squeeze=False)
     colors = {"native": "tab:blue", "eager": "tab:orange", "compile": "tab:green", "fwd": "tab:blue",
               "bwd": "tab:red", "fwd+bwd": "tab:purple"}
     for ax, (kind, device, ps, sel) in zip(axes[:, 0], panels):
         groups = list(dict.fromkeys((r["op"], r["dtype"], r["numel"]) for r in sel))
-        labels = [f"{op}\n{dt.replace('float', 'f').replace('bf', 'bf')} {_size_label(n)}" for op, dt, n in groups]
+        labels = [f"{op} {dt.replace('float', 'f')} {_size_label(n)}" for op, dt, n in groups]
+        targets: list[tuple[int, str, float]] = []  # (group, series, goal): a dashed mark over the bars
         if kind == "speedup":
             series = [p for p in PEERS if any(p in r.get("speedup_vs", {}) for r in sel)]
             value = lambda r, s: r.get("speedup_vs", {}).get(s)  # noqa: E731
             ax.set_ylabel("fastact speedup (x)")
-            ax.set_title(f"{device}, {ps}, user regime: peer time / fastact time (higher is better)")
+            ax.set_title(f"{device}, {ps}, user regime: peer time / fastact time (higher is better; "
+                         "dashes: targets above 1x)", fontsize=10)
             ax.axhline(1.0, color="black", linewidth=0.8)
             ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
-            ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
-            ax.tick_params(axis="y", which="minor", labelsize=7)
+            targets = [(i, peer, goal) for i, (op, _, n) in enumerate(groups)
+                       for peer, goal in speedup_targets(op, ps, n).items() if goal > 1 and peer in series]
         elif kind == "copy":
             series = [p for p in PASSES if any(r["pass"] == p for r in sel)]
             value = lambda r, s: r["copy_fraction"] if r["pass"] == s else None  # noqa: E731
             ax.set_ylabel("fraction of copy GB/s")
-            ax.set_title(f"{device}, kernel regime (preallocated outputs): fastact GB/s / y.copy_(x) GB/s")
+            ax.set_title(f"{device}, kernel regime (preallocated outputs): fastact GB/s / y.copy_(x) GB/s "
+                         "(dashes: target per op)", fontsize=10)
             ax.axhline(1.0, color="black", linewidth=0.8)
-            ax.axhline(0.85 if device == "cuda" else 0.8, color="gray", linewidth=0.8, linestyle="--")
+            targets = [(i, "", copy_target(device, op)) for i, (op, _, _) in enumerate(groups)]
         else:
             series, value = [], None
-            ax.set_title("no fastact rows to plot")
+            ax.set_title("nothing to plot: no fastact speedups over a peer, no kernel regime rows")
         width = 0.8 / max(1, len(series))
-        for j, s in enumerate(series):
+        offset = {s: (j - (len(series) - 1) / 2) * width for j, s in enumerate(series)}
+        for s in series:
             xs, hs = [], []
             for i, g in enumerate(groups):
                 for r in sel:
                     if (r["op"], r["dtype"], r["numel"]) == g:
                         v = value(r, s)
                         if v is not None:
-                            xs.append(i + (j - (len(series) - 1) / 2) * width)
+                            xs.append(i + offset[s])
                             hs.append(v)
             ax.bar(xs, hs, width=width, label=s if kind == "copy" else f"vs {s}", color=colors.get(s))
+        for i, s, goal in targets:  # over the peer's bar, or across the group for the copy targets
+            x0, half = (i + offset[s], width / 2) if s else (i, 0.45)
+            ax.hlines(goal, x0 - half, x0 + half, colors="black" if not s else colors.get(s), linewidth=1.2,
+                      linestyles="--", zorder=3, label="_target")
         ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels(labels, fontsize=7)
-        if series:
-            ax.legend(fontsize=8, ncol=len(series))
+        # one line per label, slanted: many groups' labels would otherwise overlap
+        ax.set_xticklabels(labels, fontsize=7 if len(groups) <= 16 else 6, rotation=35, ha="right",
+                           rotation_mode="anchor")
+        ax.set_xlim(-0.6, len(groups) - 0.4)
+        if series:  # in headroom above the bars (and the target marks), not over them
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(lo, hi * (hi / lo) ** 0.25 if kind == "speedup" else hi + 0.25 * (hi - lo))
+            ax.legend(fontsize=8, ncol=len(series), loc="upper right")
+        if kind == "speedup":
+            # one set of labelled ticks, as dense as the span allows: labelled minor ticks collide ("0.9x"
+            # over "1x"), labels at powers of ten alone leave a narrow span with the "1x" label only
+            lo, hi = ax.get_ylim()
+            decades = math.log10(hi / lo)
+            subs = ((1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0) if decades <= 0.5 else
+                    (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if decades <= 1.2 else (1.0, 2.0, 5.0) if decades <= 3 else (1.0,))
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=subs))
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(axis="y", alpha=0.3)
     machine = result.get("machine", {})
-    fig.suptitle(f"fastact kernels: {machine.get('cpu', '')} {machine.get('gpu') or ''}, "
-                 f"torch {result.get('torch')}, {result.get('threads')} threads", fontsize=10)
+    where = " + ".join(str(v) for v in (machine.get("cpu"), machine.get("gpu")) if v)
+    head = f"fastact kernels: {where}" if where else "fastact kernels"  # no stray space without a gpu
+    fig.suptitle(f"{head}, torch {result.get('torch')}, {result.get('threads')} threads", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def write_plot(result: dict, path: str) -> None:
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    fig = plot_figure(result)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_text(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(text)
 
 
 def _json_default(o):
@@ -992,16 +1117,34 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_table:
         print_results(result, console)
     print_targets(result["targets"], console)
+    rc = 0
+    # The paths were checked before the run; should a write still fail, say so and keep the rest (the tables
+    # above, the JSON in a temporary file, the JSON when the plot fails): a long run is not thrown away.
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=1, default=_json_default)
-        print(f"wrote {args.json}")
+        text = json.dumps(result, indent=1, default=_json_default)
+        try:
+            write_text(args.json, text)
+            print(f"wrote {args.json}")
+        except OSError as exc:
+            rc = 1
+            try:
+                fd, fallback = tempfile.mkstemp(prefix="fastact-bench-", suffix=".json")
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(text)
+                instead = f"; wrote the results to {fallback} instead"
+            except OSError as exc2:
+                instead = f"; nor to a temporary file: {exc2}"
+            print(f"fastact-bench kernels: error: cannot write --json {args.json}: {exc}{instead}", file=sys.stderr)
     if args.plot:
-        write_plot(result, args.plot)
-        print(f"wrote {args.plot}")
+        try:
+            write_plot(result, args.plot)
+            print(f"wrote {args.plot}")
+        except Exception as exc:  # noqa: BLE001  (the results are already out: report, don't crash)
+            rc = 1
+            print(f"fastact-bench kernels: error: cannot write --plot {args.plot}: {_short_error(exc)}",
+                  file=sys.stderr)
     print(f"{len(result['rows'])} rows in {result['elapsed_s']:.1f} s")
-    return 0
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:

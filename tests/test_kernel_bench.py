@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -17,10 +18,19 @@ ROW_KEYS = {"op", "impl", "dtype", "device", "numel", "pass", "median_ms", "gbps
             "copy_fraction"}
 
 
-def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="fastact-bench kernels")
     kb.add_arguments(parser)
-    return kb.run(parser.parse_args(argv))
+    return parser.parse_args(argv)
+
+
+def run_cli(argv: list[str]) -> int:
+    return kb.run(parse(argv))
+
+
+# a run of a few rows, for the tests of the command line
+TINY = ["--device", "cpu", "--ops", "mish", "--sizes", "2^10", "--dtypes", "float32", "--impls", "fastact",
+        "--passes", "fwd", "--regimes", "user", "--min-run-time", "0.001", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +96,8 @@ def test_speedups_and_saved_bytes(tiny_run):
     for r in rows:
         if r["regime"] == "user":
             assert isinstance(r["saved_bytes"], int) and r["saved_bytes"] >= 0
+        else:  # the out= kernel calls keep nothing for backward: null, as in a --regimes kernel run
+            assert r["saved_bytes"] is None, r
         if r["impl"] != "fastact":
             continue
         for peer, value in r["speedup_vs"].items():
@@ -162,3 +174,160 @@ def test_sizes_and_shapes():
         shape = kb.make_shape(numel, 64)
         assert len(shape) == 4 and shape[1] == 64 and math.prod(shape) == numel
     assert kb.make_shape(1000, 64) == (1000,)
+
+
+@pytest.fixture
+def no_run(monkeypatch):
+    """A run_benchmark that fails the test: the errors below must come before any timing."""
+    def run_benchmark(*args, **kwargs):
+        raise AssertionError("the benchmark ran before the error")
+    monkeypatch.setattr(kb, "run_benchmark", run_benchmark)
+
+
+def cli_error(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        run_cli(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    return err[-1]
+
+
+def test_bad_output_paths_fail_before_the_run(tmp_path, capsys, no_run):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for option, path, message in (
+            ("--json", str(tmp_path), "is a directory"),
+            ("--json", str(a_file / "q.json"), f"{a_file} is not a directory"),
+            ("--plot", str(tmp_path / "q.txt"), "got .txt"),
+            ("--plot", str(tmp_path / "q"), "got none"),
+            ("--plot", str(tmp_path), "got none")):
+        err = cli_error(["--device", "cpu", option, path], capsys)
+        assert f"error: argument {option}: " in err and message in err, err
+    if os.path.isdir("/proc"):  # refuses new files even to root
+        err = cli_error(["--device", "cpu", "--json", "/proc/q.json"], capsys)
+        assert err.startswith("fastact-bench kernels: error: argument --json: cannot write /proc/q.json"), err
+    # good paths: a new directory is fine (it is created at the end), other image formats too
+    args = parse(["--json", str(tmp_path / "new" / "q.json"), "--plot", str(tmp_path / "q.pdf")])
+    assert args.json.endswith("q.json") and args.plot.endswith("q.pdf")
+    assert not (tmp_path / "new").exists() and not (tmp_path / "q.pdf").exists()  # the check leaves nothing
+
+
+def test_failed_writes_keep_the_results(tmp_path, capsys, monkeypatch):
+    # the paths pass the check, then fail at the end: tables still print, the JSON goes to a temporary file
+    out = tmp_path / "out"
+    out.mkdir()
+    args = parse(TINY + ["--json", str(out / "sub" / "q.json"), "--plot", str(out / "q.png")])
+    out.rmdir()
+    out.write_text("now a file")
+    monkeypatch.setattr(kb.tempfile, "tempdir", str(tmp_path))
+    assert kb.run(args) == 1
+    captured = capsys.readouterr()
+    assert "mish" in captured.out and "1 rows in" in captured.out
+    assert "error: cannot write --json" in captured.err and "error: cannot write --plot" in captured.err
+    fallback = captured.err.split("wrote the results to ")[1].split()[0]
+    assert os.path.dirname(fallback) == str(tmp_path)
+    assert len(json.loads(open(fallback).read())["rows"]) == 1
+    # a plot that fails keeps the JSON, written first
+    monkeypatch.setattr(kb, "write_plot", lambda result, path: 1 / 0)
+    assert run_cli(TINY + ["--json", str(tmp_path / "q.json"), "--plot", str(tmp_path / "q.png")]) == 1
+    assert "cannot write --plot" in capsys.readouterr().err
+    assert len(json.loads((tmp_path / "q.json").read_text())["rows"]) == 1
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--channels", "0", "must be a positive integer, got 0"),
+    ("--channels", "-4", "must be a positive integer, got -4"),
+    ("--channels", "x", "must be a positive integer, got x"),
+    ("--threads", "0", "must be a positive integer, got 0"),
+    ("--threads", "-1", "must be a positive integer, got -1"),
+    ("--min-run-time", "-1", "must be a positive number of seconds, got -1"),
+    ("--min-run-time", "0", "must be a positive number of seconds, got 0"),
+    ("--min-run-time", "nan", "must be a positive number of seconds, got nan"),
+])
+def test_numeric_options_are_validated(option, value, message, capsys, no_run):
+    err = cli_error(["--device", "cpu", option, value], capsys)
+    assert err == f"fastact-bench kernels: error: argument {option}: {message}"
+
+
+def test_regimes_both():
+    parser = argparse.ArgumentParser()
+    kb.add_arguments(parser)
+    assert "or both (default" in parser.format_help()
+    for text, regimes in (("both", ["user", "kernel"]), ("kernel,both", ["kernel", "user"]), (None, ["user", "kernel"]),
+                          ("kernel", ["kernel"])):
+        argv = ["--device", "cpu"] + (["--regimes", text] if text else [])
+        assert kb.resolve_config(parse(argv)).regimes == regimes
+    with pytest.raises(SystemExit, match="unknown regime 'neither'; choose from user, kernel, both"):
+        kb.resolve_config(parse(["--device", "cpu", "--regimes", "neither"]))
+
+
+def test_repeated_values_are_run_once():
+    cfg = kb.resolve_config(parse(["--device", "cpu", "--sizes", "10,10,2^10,2^12", "--dtypes", "float32,float32",
+                                   "--ops", "mish,mish", "--impls", "fastact,fastact", "--passes", "fwd,fwd"]))
+    assert cfg.sizes == {"cpu": [2 ** 10, 2 ** 12]} and cfg.dtypes == {"cpu": ["float32"]}
+    assert cfg.ops == ["mish"] and cfg.impls == ["fastact"] and cfg.passes == ["fwd"]
+    plan = kb.planned_rows(cfg)
+    assert len(plan) == len(set(plan)) == 4  # 2 sizes x 2 regimes
+
+
+def test_kernel_rows_have_no_saved_bytes(tmp_path):
+    # after the user regime (which measures saved_bytes) as well as alone
+    for regimes in ("both", "kernel"):
+        json_path = tmp_path / f"{regimes}.json"
+        assert run_cli(TINY + ["--regimes", regimes, "--no-table", "--json", str(json_path)]) == 0
+        rows = {r["regime"]: r for r in json.loads(json_path.read_text())["rows"]}
+        assert rows["kernel"]["saved_bytes"] is None
+        assert regimes == "kernel" or rows["user"]["saved_bytes"] > 0
+
+
+def _plot_rows() -> dict:
+    """Speedups close to 1x (the span where labelled minor ticks collided) and kernel rows of two ops."""
+    rows = []
+    for i, op in enumerate(kb.OPS):
+        for n in (2 ** 12, 2 ** 20):
+            for ps in kb.PASSES:
+                rows.append({"op": op, "impl": "fastact", "regime": "user", "pass": ps, "dtype": "float32",
+                             "device": "cpu", "numel": n, "median_ms": 1.0,
+                             "speedup_vs": {"native": 0.85 + 0.05 * i, "eager": 1.1 + 0.1 * i}})
+                rows.append({"op": op, "impl": "fastact", "regime": "kernel", "pass": ps, "dtype": "float32",
+                             "device": "cpu", "numel": n, "median_ms": 1.0, "copy_fraction": 0.5})
+    return {"rows": rows, "machine": {"cpu": "AMD EPYC", "gpu": None}, "torch": "2.x", "threads": 2}
+
+
+def test_plot_is_readable():
+    import matplotlib.pyplot as plt
+    fig = kb.plot_figure(_plot_rows())
+    try:
+        assert fig._suptitle.get_text() == "fastact kernels: AMD EPYC, torch 2.x, 2 threads"
+        fig.canvas.draw()
+        speedup_axes = [ax for ax in fig.axes if ax.get_yscale() == "log"]
+        assert len(speedup_axes) == 3
+        for ax in fig.axes:
+            # y labels that are drawn do not overlap one another
+            lo, hi = ax.get_ylim()
+            labels = [t for t in ax.yaxis.get_ticklabels(which="both")
+                      if t.get_text() and lo <= t.get_position()[1] <= hi]
+            assert len(labels) >= 2
+            boxes = sorted((t.get_window_extent() for t in labels), key=lambda b: b.y0)
+            for below, above in zip(boxes, boxes[1:]):
+                assert below.y1 <= above.y0, [t.get_text() for t in labels]
+            # many groups: one-line labels, slanted
+            xlabels = ax.get_xticklabels()
+            assert len(xlabels) == 2 * len(kb.OPS)
+            assert all(t.get_rotation() > 0 and "\n" not in t.get_text() for t in xlabels)
+
+        def targets(ax):
+            return {(round(seg[0][0]), float(seg[0][1])) for c in ax.collections if c.get_label() == "_target"
+                    for seg in c.get_segments()}
+        copy_ax = next(ax for ax in fig.axes if ax.get_yscale() == "linear")
+        groups = [t.get_text() for t in copy_ax.get_xticklabels()]
+        want = {(i, kb.copy_target("cpu", g.split()[0])) for i, g in enumerate(groups)}
+        assert targets(copy_ax) == want
+        assert (groups.index("mish f32 2^12"), 0.6) in want and (groups.index("swish f32 2^12"), 0.8) in want
+        # the user regime's targets above 1x: mish 5x native at 2^20; learnable 3x eager (fwd+bwd)
+        fwd_bwd = next(ax for ax in speedup_axes if ", fwd+bwd," in ax.get_title())
+        marks = targets(fwd_bwd)
+        assert (groups.index("mish f32 2^20"), 5.0) in marks and (groups.index("mish f32 2^12"), 5.0) not in marks
+        assert (groups.index("swish_beta f32 2^12"), 3.0) in marks
+    finally:
+        plt.close(fig)
