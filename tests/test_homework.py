@@ -491,3 +491,161 @@ def test_cli_registers_homework_commands():
         assert callable(args.run)
     args = parser.parse_args(["mnist", "--quick", "--seeds", "3", "--alphas=-1,1"])
     assert args.quick and args.seeds == 3 and args.alphas == [-1.0, 1.0]
+
+
+# --- argument checks: one-line errors naming the option, not tracebacks or silent substitutes ---------------
+
+
+def parse_error(capsys, argv) -> str:
+    """stderr of a command that must stop with a usage error (exit status 2, as argparse's own errors)."""
+    from fastact.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--digits", "3"], "argument --digits: two different digits 0-9, e.g. 3,5"),
+    (["--digits", "a,b"], "argument --digits: two different digits 0-9, e.g. 3,5"),
+    (["--digits", "3,3"], "argument --digits: two different digits 0-9, e.g. 3,5"),  # one class: "accuracy 1"
+    (["--digits", "3,10"], "argument --digits: two different digits 0-9, e.g. 3,5"),
+    (["--epochs", "-1"], "argument --epochs: expected a positive integer, got '-1'"),
+    (["--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),  # ran the default
+    (["--batch-size", "0"], "argument --batch-size: expected a positive integer"),
+    (["--threads", "0"], "argument --threads: expected a positive integer"),
+    (["--per-class", "0"], "argument --per-class: expected a positive integer"),
+    (["--hidden", "0"], "argument --hidden: expected a positive integer"),
+    (["--patience", "-2"], "argument --patience: expected a positive integer"),
+    (["--lr", "0"], "argument --lr: expected a number > 0"),
+])
+def test_loss_rejects_bad_arguments(capsys, tmp_path, argv, message):
+    assert message in parse_error(capsys, ["loss", "--out", str(tmp_path)] + argv)
+
+
+def test_loss_defaults_are_explicit():
+    from fastact.cli import build_parser
+    from fastact.homework.loss_curves import epochs_and_per_class
+
+    def resolved(*argv):
+        return epochs_and_per_class(build_parser().parse_args(["loss", *argv]))
+
+    assert resolved() == (120, 500)
+    assert resolved("--quick") == (10, 200)
+    assert resolved("--quick", "--per-class", "500", "--epochs", "3") == (3, 500)  # was 200: 500 looked unset
+    assert build_parser().parse_args(["loss", "--digits", "7, 1"]).digits == (7, 1)
+
+
+@needs_mnist
+def test_loss_per_class_at_most_available(capsys, tmp_path):
+    err = parse_error(capsys, ["loss", "--per-class", "6000", "--out", str(tmp_path)] + mnist_args())
+    assert "error: --per-class: at most 5421 (the training images of digit 5), got 6000" in err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--epochs", "-1"], "argument --epochs: expected a positive integer"),
+    (["--epochs", "0"], "argument --epochs: expected a positive integer"),
+    (["--batch-size", "0"], "argument --batch-size: expected a positive integer"),
+    (["--threads", "-2"], "argument --threads: expected a positive integer"),
+    (["--jobs", "-1"], "argument --jobs: expected a positive integer"),
+    (["--jobs", "0"], "argument --jobs: expected a positive integer"),
+    (["--seeds", "0"], "argument --seeds: expected a positive integer"),
+    (["--data-seed", "-1"], "argument --data-seed: expected an integer >= 0"),
+    (["--lr", "-0.1"], "argument --lr: expected a number > 0"),
+    (["--alphas=a,1"], "argument --alphas: expected comma-separated numbers"),
+    (["--alphas=nan"], "argument --alphas: expected comma-separated numbers"),
+])
+def test_mnist_rejects_bad_arguments(capsys, tmp_path, argv, message):
+    assert message in parse_error(capsys, ["mnist", "--quick", "--out", str(tmp_path)] + argv)
+
+
+def test_mnist_from_json_errors(capsys, tmp_path):
+    missing = tmp_path / "nonexistent.json"
+    err = parse_error(capsys, ["mnist", "--from-json", str(missing), "--out", str(tmp_path / "o")])
+    assert f"error: --from-json: cannot read {missing}: No such file or directory" in err
+    other = tmp_path / "loss_results.json"  # a JSON of another kind
+    other.write_text(json.dumps({"meta": {}, "results": {}}))
+    err = parse_error(capsys, ["mnist", "--from-json", str(other), "--out", str(tmp_path / "o")])
+    assert f"error: --from-json: {other} is not the mnist_results.json of a `fastact-bench mnist` run" in err
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    err = parse_error(capsys, ["mnist", "--from-json", str(broken), "--out", str(tmp_path / "o")])
+    assert f"error: --from-json: {broken} is not a JSON file" in err
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
+@pytest.mark.parametrize("command", [["plot"], ["loss", "--quick"], ["mnist", "--quick"],
+                                     ["mnist", "--from-json", "unused.json"]])
+def test_out_dir_checked_up_front(capsys, tmp_path, command):
+    # a file where a directory is needed (as --out /etc/passwd/x): refused before any work is done
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "x"
+    if "unused.json" in command:
+        (tmp_path / "unused.json").write_text(json.dumps({"runs": [{"history": []}]}))
+        command = ["mnist", "--from-json", str(tmp_path / "unused.json")]
+    err = parse_error(capsys, command + ["--out", str(out)])
+    assert f"error: --out: cannot create directory {out}: Not a directory" in err
+
+
+@pytest.mark.parametrize("points", ["0", "-3", "1", "3", "x"])
+def test_plot_rejects_bad_points(capsys, tmp_path, points):
+    err = parse_error(capsys, ["plot", "--out", str(tmp_path), "--points", points])
+    assert "argument --points: expected an even integer >= 2" in err and f"got '{points}'" in err
+
+
+def test_mnist_help_states_the_default_run_set(capsys):
+    from fastact.cli import main
+    from fastact.homework.mnist_sweep import LINEAR, build_specs
+
+    with pytest.raises(SystemExit) as info:
+        main(["mnist", "--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    specs = build_specs()
+    nets = sum(s.activation not in LINEAR for s in specs)
+    assert (len(specs), nets) == (17, 15)
+    assert "The default run set (no --runs, --impl default, one seed) is 17 runs: 15 networks and 2 logistic " \
+           "regressions; it took 22 minutes wall on 2 cores" in out
+    assert "16 networks" not in out
+
+
+def test_runs_accept_any_leaky_alpha():
+    from fastact.cli import build_parser
+    from fastact.homework.mnist_sweep import build_specs
+
+    # the help lists leaky(ALPHA): any ALPHA, not only the --alphas ones
+    assert [(s.name, s.alpha, s.impl) for s in build_specs(runs=["leaky(0.3)"])] == [("leaky(0.3)", 0.3, "fastact")]
+    # written as the run names write it, so leaky(-1.0) is leaky(-1), with its default twin
+    assert [(s.name, s.impl) for s in build_specs(runs=["leaky(-1.0)", "leaky(0.3)"])] == [
+        ("leaky(-1)", "fastact"), ("leaky(-1)", "native"), ("leaky(0.3)", "fastact")]
+    assert [s.name for s in build_specs(alphas=[0.3], runs=["leaky(0.30)", "leaky"])] == ["leaky(0.3)"]
+    for bad in ("leaky(x)", "leaky(nan)", "leaky()"):
+        with pytest.raises(SystemExit, match="unknown run"):
+            build_specs(runs=[bad])
+    args = build_parser().parse_args(["mnist", "--runs", "leaky(0.3)"])
+    assert [s.alpha for s in build_specs(args.alphas, args.runs.split(","))] == [0.3]
+
+
+def test_plot_axes_are_labelled(tmp_path, monkeypatch):
+    from fastact.homework import plots
+
+    labels, legends = {}, {}
+    finish = plots._finish
+
+    def recording_finish(plt, fig, axes, path, *a, **k):
+        finish(plt, fig, axes, path, *a, **k)
+        labels[path.name] = [ax.get_ylabel() for ax in axes]
+        legends[path.name] = [ax.get_legend()._loc for ax in axes]
+
+    monkeypatch.setattr(plots, "_finish", recording_finish)
+    x = plots.grid(n=200)
+    data = plots.curves(x)
+    for fn in (plots.plot_swish, plots.plot_mish, plots.plot_mish_delta, plots.plot_leaky):
+        fn(data, x.numpy(), tmp_path / f"{fn.__name__}.png")
+    assert len(labels) == 4
+    for name, ys in labels.items():
+        assert all(ys), f"{name}: an axes without a y label: {ys}"
+    assert legends["plot_leaky.png"] == [4, 4]  # lower right: the alpha = -1 and -0.5 lines run upper left

