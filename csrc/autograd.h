@@ -379,6 +379,7 @@ using NamedOutputs = std::initializer_list<std::pair<const char*, Tensor*>>;
 
 struct OutAutogradLayer {
   using Below = at::AutoDispatchBelowAutograd;
+  static void after(NamedOutputs /*outputs*/) {}
   static void before(const char* op, NamedInputs inputs, NamedOutputs outputs) {
     auto check = [&](const char* name, const Tensor& t) {
       if (!t.defined()) return;
@@ -400,6 +401,9 @@ struct OutInplaceOrViewLayer {
       TORCH_CHECK(!t->is_inference() || c10::InferenceMode::is_enabled(), "fastact.", op, ": ", name,
                   " is an inference tensor, which can only be written inside torch.inference_mode()");
     }
+  }
+  // After the write, as torch's ops bump: a call the kernel refused leaves the version as it was.
+  static void after(NamedOutputs outputs) {
     for (const auto& [name, t] : outputs) torch::autograd::impl::bump_version(*t);
   }
 };
@@ -417,15 +421,23 @@ struct OutKernels<ParamKind::None, Info, Layer> {
   static Tensor& forward(const Tensor& x, Tensor& out) {
     static const auto op = find_out_op<Tensor&(const Tensor&, Tensor&)>(Info::get().name);
     Layer::before(Info::get().name, {{"x", &x}}, {{"out", &out}});
-    typename Layer::Below below;
-    return op.call(x, out);
+    {
+      typename Layer::Below below;
+      op.call(x, out);
+    }
+    Layer::after({{"out", &out}});
+    return out;
   }
   static Tensor& backward(const Tensor& grad, const Tensor& x, Tensor& grad_input) {
     static const auto op =
         find_out_op<Tensor&(const Tensor&, const Tensor&, Tensor&)>(std::string(Info::get().name) + "_backward");
     Layer::before(Info::get().name, {{"grad", &grad}, {"x", &x}}, {{"grad_input", &grad_input}});
-    typename Layer::Below below;
-    return op.call(grad, x, grad_input);
+    {
+      typename Layer::Below below;
+      op.call(grad, x, grad_input);
+    }
+    Layer::after({{"grad_input", &grad_input}});
+    return grad_input;
   }
 };
 
@@ -434,15 +446,23 @@ struct OutKernels<ParamKind::Scalar, Info, Layer> {
   static Tensor& forward(const Tensor& x, double param, Tensor& out) {
     static const auto op = find_out_op<Tensor&(const Tensor&, double, Tensor&)>(Info::get().name);
     Layer::before(Info::get().name, {{"x", &x}}, {{"out", &out}});
-    typename Layer::Below below;
-    return op.call(x, param, out);
+    {
+      typename Layer::Below below;
+      op.call(x, param, out);
+    }
+    Layer::after({{"out", &out}});
+    return out;
   }
   static Tensor& backward(const Tensor& grad, const Tensor& x, double param, Tensor& grad_input) {
     static const auto op = find_out_op<Tensor&(const Tensor&, const Tensor&, double, Tensor&)>(
         std::string(Info::get().name) + "_backward");
     Layer::before(Info::get().name, {{"grad", &grad}, {"x", &x}}, {{"grad_input", &grad_input}});
-    typename Layer::Below below;
-    return op.call(grad, x, param, grad_input);
+    {
+      typename Layer::Below below;
+      op.call(grad, x, param, grad_input);
+    }
+    Layer::after({{"grad_input", &grad_input}});
+    return grad_input;
   }
 };
 
@@ -451,8 +471,12 @@ struct OutKernels<ParamKind::Tensor, Info, Layer> {
   static Tensor& forward(const Tensor& x, const Tensor& param, Tensor& out) {
     static const auto op = find_out_op<Tensor&(const Tensor&, const Tensor&, Tensor&)>(Info::get().name);
     Layer::before(Info::get().name, {{"x", &x}, {Info::get().param_name, &param}}, {{"out", &out}});
-    typename Layer::Below below;
-    return op.call(x, param, out);
+    {
+      typename Layer::Below below;
+      op.call(x, param, out);
+    }
+    Layer::after({{"out", &out}});
+    return out;
   }
   static std::tuple<Tensor&, Tensor&> backward(const Tensor& grad, const Tensor& x, const Tensor& param,
                                                Tensor& grad_input, Tensor& grad_param) {
@@ -461,8 +485,12 @@ struct OutKernels<ParamKind::Tensor, Info, Layer> {
             std::string(Info::get().name) + "_backward");
     Layer::before(Info::get().name, {{"grad", &grad}, {"x", &x}, {Info::get().param_name, &param}},
                   {{"grad_input", &grad_input}, {"grad_param", &grad_param}});
-    typename Layer::Below below;
-    return op.call(grad, x, param, grad_input, grad_param);
+    {
+      typename Layer::Below below;
+      op.call(grad, x, param, grad_input, grad_param);
+    }
+    Layer::after({{"grad_input", &grad_input}, {"grad_param", &grad_param}});
+    return {grad_input, grad_param};
   }
 };
 

@@ -76,10 +76,10 @@ def _records_gradient_only(x: Tensor) -> bool:
     """Autograd records x's gradient, and no torch.func transform or forward-mode tangent is involved."""
     if not (torch.is_grad_enabled() and isinstance(x, Tensor) and x.requires_grad):
         return False
+    if torch._C._are_functorch_transforms_active():  # (a check torch.compile can trace)
+        return False
     if torch.compiler.is_compiling():  # (torch.compile traces what the calls below would ask)
         return True
-    if torch._C._functorch.is_functorch_wrapped_tensor(x):
-        return False
     return fwAD._current_level < 0 or fwAD.unpack_dual(x).tangent is None
 
 

@@ -36,14 +36,22 @@ class Swish(nn.Module):
     def reset_parameters(self) -> None:
         """A learnable beta back to its initial value (deferred initialisation calls this after to_empty())."""
         if self.learnable:
+            if self.init is None:
+                raise RuntimeError("fastact.nn.Swish.reset_parameters: this module was pickled by an older fastact, "
+                                   "which did not keep the initial beta; set module.init = <beta> first")
             nn.init.constant_(self.beta, self.init)
+
+    def __setstate__(self, state):
+        state.setdefault("init", None)  # (pickled before the initial beta was kept)
+        super().__setstate__(state)
 
     def forward(self, input: Tensor) -> Tensor:
         return F.swish(input, self.beta)
 
     def extra_repr(self) -> str:
         if self.learnable:
-            return f"beta={self.init}, learnable=True, num_parameters={self.num_parameters}"
+            initial = "" if self.init is None else f"beta={self.init}, "
+            return f"{initial}learnable=True, num_parameters={self.num_parameters}"
         return f"beta={self.beta}"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import io
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -250,6 +251,13 @@ def test_learnable_swish_resets_to_its_initial_beta():
     fixed = fnn.Swish(2.0)
     fixed.reset_parameters()  # (nothing to reset)
     assert fixed.beta == 2.0
+    # a module pickled before the initial beta was kept still loads, prints and runs
+    old = fnn.Swish(1.5, learnable=True)
+    del old.init
+    loaded = pickle.loads(pickle.dumps(old))
+    assert repr(loaded) == "Swish(learnable=True, num_parameters=1)"
+    with pytest.raises(RuntimeError, match="older fastact"):
+        loaded.reset_parameters()
 
 
 INPLACE_CASES = {
@@ -398,6 +406,12 @@ def test_compiled_inplace_leaky_relu_on_an_input_that_needs_grad(slope):
     for ours, theirs in zip([*stem.parameters(), *block.parameters()],
                             [*torch_stem.parameters(), *torch_block.parameters()]):
         torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-12, atol=1e-12)
+    # inside torch.func under torch.compile: not the autograd.Function (which torch.func would not take there)
+    torch._dynamo.reset()
+    t = torch.randn(3, 4, dtype=torch.float64)
+    grad = torch.compile(torch.func.grad(lambda u: F.leaky_relu(u * 1.0, slope, inplace=True).square().sum()),
+                         fullgraph=True)(t)
+    torch.testing.assert_close(grad, torch.func.grad(lambda u: TF.leaky_relu(u, slope).square().sum())(t))
     # eager, the same path: twice differentiable
     a = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     fn = lambda t: F.leaky_relu(t * 1.0, slope, inplace=True)  # noqa: E731

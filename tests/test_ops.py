@@ -976,6 +976,11 @@ def test_out_variants_bump_versions_inside_inference_mode_and_refuse_inference_t
     with pytest.raises(RuntimeError, match=rf"fastact\.{name}: out is an inference tensor"):
         out_call(name, frozen, out=frozen)
     assert torch.equal(frozen, before)  # refused before anything was written
+    # a call the kernel refuses writes nothing, and (as torch's ops) leaves the version as it was
+    version = out._version
+    with pytest.raises(RuntimeError):
+        out_call(name, torch.randn(2, 4), out=out)
+    assert out._version == version
 
 
 @pytest.mark.parametrize("fn", [lambda t: fastact.silu(t, inplace=True), lambda t: fastact.mish(t, inplace=True),
