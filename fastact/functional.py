@@ -53,23 +53,34 @@ def _inplace(name: str, op, x: Tensor, *args) -> Tensor:
 
 class _LeakyReLUSavingOutput(torch.autograd.Function):
     """leaky_relu for a slope >= 0 whose backward reads the output instead of the input (y > 0 exactly where
-    x > 0, and y = 0 at x = 0), as torch's leaky_relu_ does. For an in-place call under autograd: x's old value
-    need not be kept, and under torch.compile a graph input written in place is not needed by the backward
-    (saving it would make the backward raise once the compiled code writes it)."""
+    x > 0, and y = 0 at x = 0), as torch's leaky_relu_ does. Under torch.compile, for an in-place call on a graph
+    input: the backward must not need the input, which the compiled code overwrites."""
 
     @staticmethod
-    def forward(x: Tensor, negative_slope: float) -> Tensor:
-        return _ops.leaky_relu.default(x, negative_slope)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
-        ctx.negative_slope = inputs[1]
+    def forward(ctx, x: Tensor, negative_slope: float) -> Tensor:
+        y = _ops.leaky_relu.default(x, negative_slope)
+        ctx.save_for_backward(y)
+        ctx.negative_slope = negative_slope
+        return y
 
     @staticmethod
     def backward(ctx, grad):
         y, = ctx.saved_tensors
         return _ops.leaky_relu_backward.default(grad, y, ctx.negative_slope), None
+
+
+class _LeakyReLUInPlace(_LeakyReLUSavingOutput):
+    """The same in place, in eager mode, as torch's leaky_relu_: x is overwritten and saved as the output, so its
+    old value is not kept and a layer after it that saves its input keeps the same tensor (autograd keeps no more
+    than with torch's in-place LeakyReLU)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, negative_slope: float) -> Tensor:
+        _ops.leaky_relu.out(x, negative_slope, out=x)  # (autograd is off in here: out= is allowed)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        ctx.negative_slope = negative_slope
+        return x
 
 
 def _records_gradient_only(x: Tensor) -> bool:
@@ -136,7 +147,12 @@ def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = Fals
         return input.copy_(y) if inplace else y
     negative_slope = _check_number("leaky_relu", "negative_slope", negative_slope)
     if inplace and negative_slope >= 0 and _records_gradient_only(input):
-        return input.copy_(_LeakyReLUSavingOutput.apply(input, negative_slope))
+        # In place only where torch's own checks could not refuse the write after it happened (mark_dirty asks
+        # after forward): not a leaf, not a view. Under torch.compile, a mark_dirty Function traced on a graph input
+        # gets wrong gradients (torch 2.14), so there the output is computed apart and copied, as copy_ checks.
+        if not _plain_eager(input) or input.is_leaf or input._base is not None:
+            return input.copy_(_LeakyReLUSavingOutput.apply(input, negative_slope))
+        return _LeakyReLUInPlace.apply(input, negative_slope)
     if inplace:
         return _inplace("leaky_relu", _ops.leaky_relu, input, negative_slope)
     _check_tensor("leaky_relu", "input", input)
