@@ -338,7 +338,7 @@ def test_run_specs():
     assert [s.name for s in build_specs(runs=["leaky"], impl="fastact")] == [
         "leaky(-1)", "leaky(-0.5)", "leaky(0)", "leaky(0.5)", "leaky(1)"]
     assert len(build_specs(runs=["mish"], seeds=(0, 1, 2))) == 6
-    with pytest.raises(SystemExit, match="unknown run"):
+    with pytest.raises(ValueError, match="unknown run"):
         build_specs(runs=["gelu"])
 
 
@@ -557,6 +557,7 @@ def test_loss_per_class_at_most_available(capsys, tmp_path):
     (["--lr", "-0.1"], "argument --lr: expected a number > 0"),
     (["--alphas=a,1"], "argument --alphas: expected comma-separated numbers"),
     (["--alphas=nan"], "argument --alphas: expected comma-separated numbers"),
+    (["--runs", "gelu"], "error: --runs: unknown run 'gelu'; choose from: leaky, leaky(ALPHA)"),
 ])
 def test_mnist_rejects_bad_arguments(capsys, tmp_path, argv, message):
     assert message in parse_error(capsys, ["mnist", "--quick", "--out", str(tmp_path)] + argv)
@@ -623,7 +624,7 @@ def test_runs_accept_any_leaky_alpha():
         ("leaky(-1)", "fastact"), ("leaky(-1)", "native"), ("leaky(0.3)", "fastact")]
     assert [s.name for s in build_specs(alphas=[0.3], runs=["leaky(0.30)", "leaky"])] == ["leaky(0.3)"]
     for bad in ("leaky(x)", "leaky(nan)", "leaky()"):
-        with pytest.raises(SystemExit, match="unknown run"):
+        with pytest.raises(ValueError, match="unknown run"):
             build_specs(runs=[bad])
     args = build_parser().parse_args(["mnist", "--runs", "leaky(0.3)"])
     assert [s.alpha for s in build_specs(args.alphas, args.runs.split(","))] == [0.3]

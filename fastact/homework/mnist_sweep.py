@@ -123,7 +123,7 @@ def build_specs(alphas=DEFAULT_ALPHAS, runs: list[str] | None = None, impl: str 
             elif r in names:
                 wanted.append(r)
             else:
-                raise SystemExit(f"error: --runs: unknown run {r!r}; choose from: leaky, leaky(ALPHA) for any "
+                raise ValueError(f"--runs: unknown run {r!r}; choose from: leaky, leaky(ALPHA) for any "
                                  f"number ALPHA, {', '.join(CONFIGS)}")
         names = [n for n in names if n in wanted]
         explicit = set(wanted)
@@ -728,7 +728,10 @@ def run(args) -> int:
     threads = args.threads
     epochs = args.epochs if args.epochs is not None else (QUICK["epochs"] if args.quick else DEFAULT_EPOCHS)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    specs = build_specs(args.alphas, args.runs.split(",") if args.runs else None, args.impl, seeds)
+    try:
+        specs = build_specs(args.alphas, args.runs.split(",") if args.runs else None, args.impl, seeds)
+    except ValueError as e:
+        fail(str(e))
     if not specs:
         print("no runs selected", file=sys.stderr)
         return 2
