@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (see README "GPU"): build fastact there (its torch differs from the dev
 # machine's), time the rows-kernel layout experiment (benchmarks/gpu_experiments), run the test suite with its
-# CUDA tests, then the CUDA kernel benchmark and a torch.compile comparison of the learnable ops. Every phase
-# logs under $OUT and the script goes on past a failed phase, so one call always brings back what it could
-# measure. It leaves at most 8 files, the most the device tool brings back.
+# CUDA tests, then the CUDA kernel benchmark and the experimental flat kernel (add the `compile` phase for the
+# torch.compile comparison of the learnable ops). Every phase logs under $OUT and the script goes on past a
+# failed phase, so one call always brings back what it could measure. The default phases leave 8 files, the
+# most the device tool brings back.
 #
 #   OUT=/tmp/out bash benchmarks/gpu_run.sh            (the device tool sets OUT)
 #   PHASES="tests bench pieces" bash benchmarks/gpu_run.sh   (a subset; the build always runs)

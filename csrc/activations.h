@@ -1,7 +1,8 @@
 // The math of every fastact activation, written once for every device.
 //
 // Each functor is a struct with two static templates over T, where T is a scalar (float or double, on the
-// host or in a CUDA kernel) or an at::vec::Vectorized<float|double> (CPU SIMD path):
+// host or in a CUDA kernel) or a VecPack<float|double, N> (math_primitives.h: N at::vec::Vectorized computed in
+// lockstep, the CPU SIMD path):
 //
 //   T forward(T x, T p)                          -> f(x; p)
 //   void backward(T g, T x, T p, T& gx, T& gp)   -> gx = g * df/dx,  gp = g * df/dp
@@ -11,7 +12,7 @@
 // overflows, nothing cancels in the tails, and +-inf inputs give the mathematical limit rather than
 // inf * 0 = NaN; NaN inputs propagate.
 //
-// Adding an activation: one functor here, one line in ops.h's FASTACT_FOR_EACH_ACTIVATION.
+// Adding an activation: a functor here and the other steps listed in README.md ("Layout").
 #pragma once
 
 #include <cmath>

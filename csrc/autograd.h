@@ -45,7 +45,8 @@ c10::TypedOperatorHandle<Signature> find_op(const std::string& name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(("fastact::" + name).c_str(), "").typed<Signature>();
 }
 
-// True when no graph needs recording: the kernel below autograd can be called directly, skipping the node.
+// True when a graph must be recorded (grad mode on and an input requires grad); otherwise the kernel below
+// autograd is called directly, skipping the node.
 inline bool needs_graph(std::initializer_list<const Tensor*> inputs) {
   if (!at::GradMode::is_enabled()) return false;
   for (const Tensor* t : inputs) {
@@ -483,13 +484,14 @@ struct OutKernels<ParamKind::Tensor, Info, Layer> {
     static const auto op =
         find_out_op<std::tuple<Tensor&, Tensor&>(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&)>(
             std::string(Info::get().name) + "_backward");
+    static const std::string grad_param_name = std::string("grad_") + Info::get().param_name;  // as in the schema
     Layer::before(Info::get().name, {{"grad", &grad}, {"x", &x}, {Info::get().param_name, &param}},
-                  {{"grad_input", &grad_input}, {"grad_param", &grad_param}});
+                  {{"grad_input", &grad_input}, {grad_param_name.c_str(), &grad_param}});
     {
       typename Layer::Below below;
       op.call(grad, x, param, grad_input, grad_param);
     }
-    Layer::after({{"grad_input", &grad_input}, {"grad_param", &grad_param}});
+    Layer::after({{"grad_input", &grad_input}, {grad_param_name.c_str(), &grad_param}});
     return {grad_input, grad_param};
   }
 };

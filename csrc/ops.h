@@ -13,8 +13,8 @@ namespace fastact {
 
 // Every activation, once: (op name, functor (activations.h: <name>Op), kind of parameter, parameter name).
 // Kinds: None (mish), Scalar (a float fixed at the call) and Tensor (learnable: one element or one per
-// channel, with its gradient reduced in the kernel). Adding an activation is a functor in activations.h and
-// a line here.
+// channel, with its gradient reduced in the kernel). Adding an activation: a functor in activations.h, a line
+// here, and the other steps listed in README.md ("Layout").
 #define FASTACT_FOR_EACH_ACTIVATION(_)        \
   _(swish, Swish, Scalar, beta)               \
   _(swish_param, Swish, Tensor, beta)         \
@@ -102,7 +102,8 @@ bool set_huge_pages(bool enabled);  // returns the previous setting
 // stores. For tuning and for the tests, which force them on small tensors.
 int64_t streaming_threshold();
 int64_t set_streaming_threshold(int64_t nbytes);  // returns the previous one
-// Lookup tables for 16-bit forwards of at least this many elements (cpu/dispatch.cpp).
+// Lookup tables for 16-bit forwards and backwards (without a parameter gradient) of at least this many
+// elements (cpu/dispatch.cpp).
 int64_t lookup_threshold();
 int64_t set_lookup_threshold(int64_t numel);  // returns the previous one
 int64_t lookup_tables_cached();

@@ -42,7 +42,8 @@ def _plain_eager(x: Tensor) -> bool:
 
 def _inplace(name: str, op, x: Tensor, *args) -> Tensor:
     """op(x, *args) written into x, as torch's in-place activations do: under autograd x becomes the output
-    (its old value is kept for the backward, as torch keeps it; a leaf that requires grad is refused by torch's
+    (its old value is kept for the backward, as torch's in-place SiLU and Mish keep it, and for a negative-slope
+    LeakyReLU, which torch refuses in place under autograd; a leaf that requires grad is refused by torch's
     own check), and the write bumps x's version, so a graph that saved x raises rather than use new values."""
     _check_tensor(name, "input", x)
     if _plain_eager(x) and not (torch.is_grad_enabled() and x.requires_grad):  # (short-circuits for a Proxy)
@@ -53,8 +54,10 @@ def _inplace(name: str, op, x: Tensor, *args) -> Tensor:
 
 class _LeakyReLUSavingOutput(torch.autograd.Function):
     """leaky_relu for a slope >= 0 whose backward reads the output instead of the input (y > 0 exactly where
-    x > 0, and y = 0 at x = 0), as torch's leaky_relu_ does. Under torch.compile, for an in-place call on a graph
-    input: the backward must not need the input, which the compiled code overwrites."""
+    x > 0, and y = 0 at x = 0), as torch's leaky_relu_ does; its output is then copied into x. For in-place calls
+    that cannot go through _LeakyReLUInPlace: under torch.compile (where, for a graph input, the backward must
+    not need the input that the compiled code overwrites), and where torch refuses the write (copy_ then says so
+    before anything is written)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, negative_slope: float) -> Tensor:
@@ -83,6 +86,22 @@ class _LeakyReLUInPlace(_LeakyReLUSavingOutput):
         return x
 
 
+def _may_write_in_place(x: Tensor) -> bool:
+    """Whether an autograd.Function may write x and mark it dirty: torch checks a dirty tensor only after the
+    Function's forward has written it, so the cases torch refuses are told apart first (a leaf, a view of one,
+    a view that cannot be rebased: made in no_grad mode or by a function returning several views)."""
+    if not _plain_eager(x) or x.is_leaf:
+        return False
+    base = x._base
+    if base is None:
+        return True
+    try:
+        default_view = torch._C._autograd._get_creation_meta(x) == torch._C._autograd.CreationMeta.DEFAULT
+    except (AttributeError, RuntimeError):  # (a private API: without it, the safe path)
+        return False
+    return default_view and not (base.is_leaf and base.requires_grad)
+
+
 def _records_gradient_only(x: Tensor) -> bool:
     """Autograd records x's gradient, and no torch.func transform or forward-mode tangent is involved."""
     if not (torch.is_grad_enabled() and isinstance(x, Tensor) and x.requires_grad):
@@ -96,7 +115,8 @@ def _records_gradient_only(x: Tensor) -> bool:
 
 def _script_writes_in_place(x: Tensor) -> bool:
     """Under TorchScript, whether inplace=True can write the kernel's output straight into x (the .out
-    overloads); otherwise, as in eager, x is overwritten with a copy's result so that autograd stays exact."""
+    overloads); otherwise x is overwritten with the result of a copy, so that autograd stays exact (eager's
+    in-place LeakyReLU with a slope >= 0 avoids that copy; TorchScript cannot)."""
     return not (torch.is_grad_enabled() and x.requires_grad)
 
 
@@ -147,12 +167,11 @@ def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = Fals
         return input.copy_(y) if inplace else y
     negative_slope = _check_number("leaky_relu", "negative_slope", negative_slope)
     if inplace and negative_slope >= 0 and _records_gradient_only(input):
-        # In place only where torch's own checks could not refuse the write after it happened (mark_dirty asks
-        # after forward): not a leaf, not a view. Under torch.compile, a mark_dirty Function traced on a graph input
-        # gets wrong gradients (torch 2.14), so there the output is computed apart and copied, as copy_ checks.
-        if not _plain_eager(input) or input.is_leaf or input._base is not None:
-            return input.copy_(_LeakyReLUSavingOutput.apply(input, negative_slope))
-        return _LeakyReLUInPlace.apply(input, negative_slope)
+        if _may_write_in_place(input):
+            return _LeakyReLUInPlace.apply(input, negative_slope)
+        # Under torch.compile, a mark_dirty Function traced on a graph input gets wrong gradients (torch 2.14):
+        # there, and where torch refuses the write, the output is computed apart and copied (copy_ checks first).
+        return input.copy_(_LeakyReLUSavingOutput.apply(input, negative_slope))
     if inplace:
         return _inplace("leaky_relu", _ops.leaky_relu, input, negative_slope)
     _check_tensor("leaky_relu", "input", input)

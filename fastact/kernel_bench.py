@@ -531,8 +531,9 @@ class Config:
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
-    def fail(msg: str):
-        raise SystemExit(f"fastact-bench kernels: error: {msg}")
+    def fail(msg: str):  # a usage error: one line on stderr and exit status 2, as argparse's own errors
+        print(f"fastact-bench kernels: error: {msg}", file=sys.stderr)
+        raise SystemExit(2)
 
     cuda_ok = torch.cuda.is_available()
     if args.device == "cuda" and not cuda_ok:
@@ -855,24 +856,25 @@ def compute_targets(result: dict) -> list[dict]:
             sel = [r for r in rows if r["device"] == device and r["dtype"] == dtype]
             sizes = sorted({r["numel"] for r in sel})
             fa_user = [r for r in sel if r["impl"] == "fastact" and r["regime"] == "user"]
-            # 1. not slower than native: fastact / native time <= 1 (fwd, fwd+bwd, every size)
-            for op in ("swish", "leaky_0.5", "leaky_-0.5", "prelu", "prelu_pc"):
-                vals = [(1.0 / r["speedup_vs"]["native"], f"{r['pass']} {_size_label(r['numel'])}")
-                        for r in fa_user if r["op"] == op and r["pass"] in ("fwd", "fwd+bwd")
-                        and "native" in r.get("speedup_vs", {})]
-                add(device, dtype, f"{op}: fastact/native time", "<=", 1.0, vals)
-            # 2. mish >= 5x native at 2^20 (fwd and fwd+bwd)
-            vals = [(r["speedup_vs"]["native"], f"{r['pass']} {_size_label(r['numel'])}") for r in fa_user
-                    if r["op"] == "mish" and r["pass"] in ("fwd", "fwd+bwd") and r["numel"] == 2 ** 20
-                    and "native" in r.get("speedup_vs", {})]
-            add(device, dtype, "mish: speedup vs native at 2^20", ">=",
-                speedup_targets("mish", "fwd", 2 ** 20)["native"], vals)
-            # 3. learnable swish and per-channel prelu fwd+bwd: >= 3x eager, >= 1x compile
-            for op in ("swish_beta", "swish_beta_pc", "prelu_pc"):
-                for peer, thr in speedup_targets(op, "fwd+bwd", 0).items():
-                    vals = [(r["speedup_vs"][peer], _size_label(r["numel"])) for r in fa_user
-                            if r["op"] == op and r["pass"] == "fwd+bwd" and peer in r.get("speedup_vs", {})]
-                    add(device, dtype, f"{op}: fwd+bwd speedup vs {peer}", ">=", thr, vals)
+            # 1-3. speedups over a peer in the user regime, as speedup_targets defines them
+            for op in OPS:
+                by_target: dict[tuple[str, float], list[dict]] = {}
+                for r in fa_user:
+                    if r["op"] != op:
+                        continue
+                    for peer, thr in speedup_targets(op, r["pass"], r["numel"]).items():
+                        if peer in r.get("speedup_vs", {}):
+                            by_target.setdefault((peer, thr), []).append(r)
+                for (peer, thr), rs in by_target.items():
+                    if peer == "native" and thr == 1.0:  # 1. not slower than native, read as a time ratio
+                        add(device, dtype, f"{op}: fastact/native time", "<=", 1.0,
+                            [(1.0 / r["speedup_vs"]["native"], f"{r['pass']} {_size_label(r['numel'])}") for r in rs])
+                    elif peer == "native":  # 2. mish: a multiple of native's speed at 2^20
+                        add(device, dtype, f"{op}: speedup vs native at 2^20", ">=", thr,
+                            [(r["speedup_vs"]["native"], f"{r['pass']} {_size_label(r['numel'])}") for r in rs])
+                    else:  # 3. learnable ops: fwd+bwd against eager and torch.compile
+                        add(device, dtype, f"{op}: fwd+bwd speedup vs {peer}", ">=", thr,
+                            [(r["speedup_vs"][peer], _size_label(r["numel"])) for r in rs])
             # 4. kernel alone at the large size: fraction of copy bandwidth (fwd and bwd)
             big = 2 ** 28 if device == "cuda" else 2 ** 24
             if sizes and big not in sizes:

@@ -3,7 +3,8 @@ torch.compile can trace them; the autograd of the backward ops, so that every op
 beyond, in reverse and forward mode); and vmap batching rules.
 
 First derivatives are registered in C++ (csrc/autograd.h: a per-call cost like torch's own ops) and run
-fastact's fused backward kernels, saving only the input and the parameter. The backward of a backward, and its
+fastact's fused backward kernels, saving only the input and the parameter (in-place LeakyReLU, in
+fastact/functional.py, saves its output instead, as torch's leaky_relu_). The backward of a backward, and its
 forward-mode derivative, are written here in plain torch ops from the closed-form derivatives in
 `fastact.reference`, so they are themselves differentiable.
 """
@@ -83,7 +84,7 @@ def set_cpu_lookup_threshold(numel: int) -> int:
 
 
 def cpu_lookup_tables_cached() -> int:
-    """How many lookup tables are kept (the last 8 (op, dtype, parameter) used)."""
+    """How many lookup tables are kept (the last 8 (op, dtype, parameter, direction) used)."""
     return int(_lib.cpu_lookup_tables_cached())
 
 

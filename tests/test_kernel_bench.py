@@ -249,7 +249,7 @@ def test_numeric_options_are_validated(option, value, message, capsys, no_run):
     assert err == f"fastact-bench kernels: error: argument {option}: {message}"
 
 
-def test_regimes_both():
+def test_regimes_both(capsys):
     parser = argparse.ArgumentParser()
     kb.add_arguments(parser)
     assert "or both (default" in parser.format_help()
@@ -257,8 +257,19 @@ def test_regimes_both():
                           ("kernel", ["kernel"])):
         argv = ["--device", "cpu"] + (["--regimes", text] if text else [])
         assert kb.resolve_config(parse(argv)).regimes == regimes
-    with pytest.raises(SystemExit, match="unknown regime 'neither'; choose from user, kernel, both"):
+    with pytest.raises(SystemExit) as exc:
         kb.resolve_config(parse(["--device", "cpu", "--regimes", "neither"]))
+    assert exc.value.code == 2
+    assert "error: unknown regime 'neither'; choose from user, kernel, both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--ops", "bogus"], "unknown op 'bogus'"),
+    (["--sizes", "x"], "bad --sizes 'x'"),
+    (["--dtypes", "int8"], "unknown dtype 'int8'"),
+])
+def test_bad_selections_are_usage_errors(argv, message, capsys, no_run):
+    assert message in cli_error(["--device", "cpu"] + argv, capsys)
 
 
 def test_repeated_values_are_run_once():

@@ -391,7 +391,8 @@ def test_inplace_under_forward_ad_vmap_and_compile(case):
 def test_inplace_leaky_relu_keeps_no_more_for_backward_than_torch(slope):
     """As torch's leaky_relu_, an in-place LeakyReLU with a slope >= 0 under autograd overwrites its input and
     saves it as the output, which the next convolution saves anyway: a Conv-BN-LeakyReLU stack keeps the bytes
-    it keeps with torch's LeakyReLU(inplace=True), one activation less than out of place, with torch's gradients."""
+    it keeps with torch's LeakyReLU(inplace=True), one activation less than out of place, with torch's gradients;
+    likewise on a view. Where torch refuses the write, nothing is written."""
     from fastact.kernel_bench import saved_bytes
 
     def stack(act):
@@ -408,13 +409,28 @@ def test_inplace_leaky_relu_keeps_no_more_for_backward_than_torch(slope):
     theirs(x).square().sum().backward()
     for a, b in zip(ours.parameters(), theirs.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
-    # the write is refused before it happens where torch refuses it: a leaf, a view of one, a split's view
+    # a view of a non-leaf too: the slice is written and saved, with torch's gradients
+    grads, kept = [], []
+    for leaky in (F.leaky_relu, TF.leaky_relu):
+        a = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        kept.append(saved_bytes(lambda: leaky((a * 1.0)[:, :4], slope, inplace=True)))
+        h = a * 1.0
+        assert leaky(h[:, :4], slope, inplace=True)._base is h
+        (h * torch.arange(24.0, dtype=torch.float64).view(4, 6)).sum().backward()
+        grads.append(a.grad)
+    assert kept[0] == kept[1]
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    # the write is refused before it happens where torch refuses it: a leaf, a view of one, a split's view, a
+    # view made under no_grad
     leaf = torch.randn(6, dtype=torch.float64, requires_grad=True)
     before = leaf.detach().clone()
-    for target in (leaf, leaf[1:], (leaf * 1.0).split(3)[0]):
+    h = leaf * 1.0
+    with torch.no_grad():
+        no_grad_view = h[1:]
+    for target in (leaf, leaf[1:], (leaf * 1.0).split(3)[0], no_grad_view):
         with pytest.raises(RuntimeError, match="in-place|inplace"):
             F.leaky_relu(target, slope, inplace=True)
-    assert torch.equal(leaf.detach(), before)
+    assert torch.equal(leaf.detach(), before) and torch.equal(h.detach(), before)
 
 
 @pytest.mark.parametrize("slope", [0.2, 0.0])

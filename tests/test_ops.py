@@ -938,6 +938,10 @@ def test_out_variants_refuse_gradients_and_tangents_and_bump_versions(name):
         out_call(name, x.clone().requires_grad_(), out=torch.empty(3, 4))
     with pytest.raises(RuntimeError, match=rf"fastact\.{name}: out requires grad"):
         out_call(name, x, out=torch.empty(3, 4, requires_grad=True))
+    grad_name = OUT_OPS[name][1]
+    if grad_name:  # named as in the schema
+        with pytest.raises(RuntimeError, match=rf"fastact\.{name}: {grad_name} requires grad"):
+            backward_out_call(name, torch.randn(3, 4), x, torch.empty(3, 4), torch.empty(1, requires_grad=True))
     with torch.no_grad():  # no gradient can flow: allowed, as for torch's out= ops
         out_call(name, x.clone().requires_grad_(), out=torch.empty(3, 4))
     with fwAD.dual_level():

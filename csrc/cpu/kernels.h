@@ -33,7 +33,8 @@ namespace {
 using at::vec::Vectorized;
 
 // Vectors of the compute type per block: enough independent chains to hide the latency of the math (see
-// VecPack). Measured on Zen 3 (AVX2), cycles per 8 floats, silu forward: 17.5 with 1, 15 with 2, 12.5 with 4.
+// VecPack). Measured on Zen 3 (AVX2) with benchmarks/cpu_cycles, cycles per 8 floats, silu forward: 19.1 with
+// 1, 12.5 with 4 (benchmarks/results/cpu/README.md).
 constexpr int kVecsPerBlock = 4;
 
 // bfloat16 <-> float where the lane order inside a block does not matter as long as the store undoes the
