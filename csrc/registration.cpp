@@ -10,7 +10,6 @@
 
 #include <ATen/autocast_mode.h>
 #include <torch/library.h>
-#include <torch/version.h>
 
 #include "autograd.h"
 #include "ops.h"
@@ -31,28 +30,18 @@ std::string param_decl(ParamKind kind, const char* name) {
 
 void define(torch::Library& m, const std::string& schema) { m.def(torch::schema(schema.c_str())); }
 
-// The out= overloads carry torch's `out` tag (their mutable arguments are write-only buffers), which lets
-// torch.compile functionalize them as it does ATen's out= ops. Torch before 2.13 cannot: there they stay eager-only.
-void define_out(torch::Library& m, const std::string& schema) {
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 13)
-  m.def(torch::schema(schema.c_str()), {at::Tag::out});
-#else
-  m.def(torch::schema(schema.c_str()));
-#endif
-}
-
 void define_schemas(torch::Library& m, const std::string& op, ParamKind kind, const char* param_name) {
   const std::string p = param_decl(kind, param_name);
   define(m, op + "(Tensor x" + p + ") -> Tensor");
-  define_out(m, op + ".out(Tensor x" + p + ", *, Tensor(a!) out) -> Tensor(a!)");
+  define(m, op + ".out(Tensor x" + p + ", *, Tensor(a!) out) -> Tensor(a!)");
   if (kind == ParamKind::Tensor) {
     const std::string gp = std::string("grad_") + param_name;
     define(m, op + "_backward(Tensor grad, Tensor x" + p + ") -> (Tensor, Tensor)");
-    define_out(m, op + "_backward.out(Tensor grad, Tensor x" + p + ", *, Tensor(a!) grad_input, Tensor(b!) " + gp +
+    define(m, op + "_backward.out(Tensor grad, Tensor x" + p + ", *, Tensor(a!) grad_input, Tensor(b!) " + gp +
           ") -> (Tensor(a!), Tensor(b!))");
   } else {
     define(m, op + "_backward(Tensor grad, Tensor x" + p + ") -> Tensor");
-    define_out(m, op + "_backward.out(Tensor grad, Tensor x" + p + ", *, Tensor(a!) grad_input) -> Tensor(a!)");
+    define(m, op + "_backward.out(Tensor grad, Tensor x" + p + ", *, Tensor(a!) grad_input) -> Tensor(a!)");
   }
 }
 

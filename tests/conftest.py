@@ -1,7 +1,16 @@
+import atexit
 import os
+import shutil
+import tempfile
 
-import pytest
-import torch
+# torch.compile keeps compiled code on disk (inductor's FX graph cache), keyed without fastact's build: a later
+# session would be served code compiled against an earlier build of the ops and could pass where a fresh
+# machine fails. Each test session compiles afresh, as CI does.
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastact-tests-inductor-")
+atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Keep hypothesis fast and reproducible in CI.
 try:

@@ -887,6 +887,21 @@ def test_torch_export_keeps_fastact_ops():
         torch.testing.assert_close(loaded(x5), model(x5), rtol=0, atol=0)
 
 
+def test_aot_inductor_package_runs(tmp_path):
+    """AOTInductor (torch.export, then compiled ahead of time into a .pt2 package of C++ code that calls the
+    ops through their registered schemas) runs the model with fastact's kernels, with a dynamic batch."""
+    if _compile_backend() != "inductor":
+        pytest.skip("AOTInductor needs a C++ compiler")
+    model = _export_model()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    package = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "model.pt2"))
+    runner = torch._inductor.aoti_load_package(package)
+    x5 = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x5), model(x5), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_onnx_export_runs_in_onnxruntime():
     """torch.onnx.export lowers every fastact op to standard ONNX operators (so the exported file needs

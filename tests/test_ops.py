@@ -1008,59 +1008,6 @@ def test_overwriting_a_tensor_saved_for_backward_through_out_is_detected():
         z.sum().backward()
 
 
-TORCH_VERSION = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
-
-
-@pytest.mark.skipif(TORCH_VERSION < (2, 13), reason="torch < 2.13 cannot functionalize out= custom ops")
-@pytest.mark.parametrize("name", list(OUT_OPS))
-def test_out_variants_under_torch_compile(name):
-    """The out= ops carry torch's `out` tag, so torch.compile functionalizes them as it does ATen's out= ops:
-    the compiled code writes the same values into the caller's buffers (also when out is x), and refuses x that
-    requires grad as eager does."""
-    param, grad_name = OUT_OPS[name]
-    args = () if param is None else ((torch.rand(1) + 0.5,) if param == "tensor" else (param,))
-    op, op_backward = getattr(torch.ops.fastact, name), getattr(torch.ops.fastact, f"{name}_backward")
-
-    def step(x, g, out, grad_input, *grad_param):
-        op.out(x, *args, out=out)
-        kw = {grad_name: grad_param[0]} if grad_name else {}
-        op_backward.out(g, x, *args, grad_input=grad_input, **kw)
-        return out * 2.0  # the written buffer is read again inside the graph
-
-    def buffers():
-        return [torch.empty(4, 6), torch.empty(4, 6)] + ([torch.empty(1)] if grad_name else [])
-
-    x, g = torch.randn(4, 6) * 4, torch.randn(4, 6)
-    expected, got = buffers(), buffers()
-    doubled = step(x, g, *expected)
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(compiled(x, g, *got), doubled, rtol=0, atol=0)
-    for e, o in zip(expected, got):
-        torch.testing.assert_close(o, e, rtol=0, atol=0)
-
-    def in_place(t):  # out is x itself
-        op.out(t, *args, out=t)
-        return t + 1.0
-    t = x.clone()
-    torch.testing.assert_close(torch.compile(in_place, fullgraph=True, backend="aot_eager")(t), expected[0] + 1.0)
-    torch.testing.assert_close(t, expected[0])
-
-    with pytest.raises(Exception, match=rf"fastact\.{name}: x requires grad, but the out= variants"):
-        torch.compile(lambda u, o: op.out(u, *args, out=o) * 1.0, fullgraph=True, backend="aot_eager")(
-            x.clone().requires_grad_(), torch.empty(4, 6))
-
-
-@pytest.mark.skipif(TORCH_VERSION < (2, 13), reason="torch < 2.13 cannot functionalize out= custom ops")
-def test_out_variant_under_inductor():
-    def step(x, out):
-        torch.ops.fastact.swish.out(x, 1.5, out=out)
-        return out + 1.0
-    x, out = torch.randn(2, 3, 8), torch.empty(2, 3, 8)
-    y = torch.compile(step, fullgraph=True)(x, out)
-    torch.testing.assert_close(out, fastact.swish(x, 1.5), rtol=0, atol=0)
-    torch.testing.assert_close(y, fastact.swish(x, 1.5) + 1.0)
-
-
 def test_an_argument_left_on_meta_is_an_error_not_garbage():
     """Any meta argument routes a call to the fake (meta) kernel: it must refuse a CPU x with a parameter or
     gradient on meta (a model whose weights were not all materialized), and keep meta-only calls working."""
