@@ -31,11 +31,11 @@ def _check_number(op: str, arg: str, value) -> float:
 
 
 def _plain_eager(x: Tensor) -> bool:
-    """A plain tensor (not a subclass such as DTensor, not torch.fx's Proxy), not traced by torch.compile, not
-    inside a torch.func transform, and without a forward-mode tangent."""
+    """A plain tensor (not a subclass such as DTensor, not torch.fx's Proxy), not traced by torch.compile or
+    torch.jit.trace, not inside a torch.func transform, and without a forward-mode tangent."""
     if type(x) is not Tensor and type(x) is not torch.nn.Parameter:
         return False
-    if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x):
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._functorch.is_functorch_wrapped_tensor(x):
         return False
     return fwAD._current_level < 0 or fwAD.unpack_dual(x).tangent is None
 
@@ -48,7 +48,8 @@ def _inplace(name: str, op, x: Tensor, *args) -> Tensor:
     _check_tensor(name, "input", x)
     if _plain_eager(x) and not (torch.is_grad_enabled() and x.requires_grad):  # (short-circuits for a Proxy)
         return op.out(x, *args, out=x)  # no copy: the kernel reads each element before writing it
-    # Autograd, transforms, tangents, compile: a differentiable, functionalizable copy (torch.compile removes it)
+    # Autograd, transforms, tangents, compile, jit.trace (one graph whatever the grad mode, which trace's check
+    # changes): a differentiable, functionalizable copy (torch.compile removes it)
     return x.copy_(op.default(x.clone(), *args))
 
 
@@ -104,8 +105,8 @@ def _may_write_in_place(x: Tensor) -> bool:
 
 def _records_gradient_only(x: Tensor) -> bool:
     """Autograd records x's gradient, and no torch.func transform or forward-mode tangent is involved."""
-    if not (torch.is_grad_enabled() and isinstance(x, Tensor) and x.requires_grad):
-        return False
+    if not (torch.is_grad_enabled() and isinstance(x, Tensor) and x.requires_grad) or torch.jit.is_tracing():
+        return False  # (torch.jit.trace records no Python autograd.Function)
     if torch._C._are_functorch_transforms_active():  # (a check torch.compile can trace)
         return False
     if torch.compiler.is_compiling():  # (torch.compile traces what the calls below would ask)

@@ -427,10 +427,12 @@ def test_inplace_leaky_relu_keeps_no_more_for_backward_than_torch(slope):
     h = leaf * 1.0
     with torch.no_grad():
         no_grad_view = h[1:]
-    for target in (leaf, leaf[1:], (leaf * 1.0).split(3)[0], no_grad_view):
+    split_base = leaf * 1.0
+    for target in (leaf, leaf[1:], split_base.split(3)[0], no_grad_view):
         with pytest.raises(RuntimeError, match="in-place|inplace"):
             F.leaky_relu(target, slope, inplace=True)
-    assert torch.equal(leaf.detach(), before) and torch.equal(h.detach(), before)
+    for unchanged in (leaf, h, split_base):
+        assert torch.equal(unchanged.detach(), before)
 
 
 @pytest.mark.parametrize("slope", [0.2, 0.0])
@@ -854,6 +856,31 @@ def test_torchscript_scripts_user_functions():
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     for a, b in zip(torch.autograd.grad(got.sum(), inputs), expected_grads):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning")  # torch deprecates TorchScript
+def test_torch_jit_trace_every_module():
+    """torch.jit.trace, with its check that a second trace gives the same graph (the check runs in another grad
+    mode), records every module, in place included; the trace and its saved-and-loaded copy compute eager's
+    values and gradients on a new batch."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), fnn.SiLU(inplace=True), nn.Linear(6, 6), fnn.Mish(inplace=True),
+                          nn.Linear(6, 6), fnn.LeakyReLU(0.2, inplace=True), nn.Linear(6, 6),
+                          fnn.LeakyReLU(-0.5, inplace=True), fnn.Swish(learnable=True, num_parameters=6), fnn.PReLU(6),
+                          fnn.Mish(), nn.Linear(6, 2))
+    traced = torch.jit.trace(model, (torch.randn(3, 4, generator=torch.Generator().manual_seed(1)),))
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(2))
+    ye = model(x)
+    expected_grads = torch.autograd.grad(ye.sum(), list(model.parameters()))
+    for m in (traced, loaded):
+        y = m(x)
+        torch.testing.assert_close(y, ye, rtol=0, atol=0)
+        for a, b in zip(torch.autograd.grad(y.sum(), list(m.parameters())), expected_grads):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def _export_model() -> nn.Module:
