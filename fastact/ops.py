@@ -10,7 +10,11 @@ forward-mode derivative, are written here in plain torch ops from the closed-for
 """
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import math
+import sys
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -363,3 +367,54 @@ for _name, (_kind, _derivatives) in _OPS.items():
     torch._decomp.register_decomposition(getattr(_lib, _name).default)(_DECOMPOSITIONS[_name])
     torch._decomp.register_decomposition(getattr(_lib, f"{_name}_backward").default)(
         _backward_decomposition(_kind, _derivatives))
+
+
+# Inductor runs an op it cannot lower as a fallback to the op's kernel, but where the op has a decomposition in
+# torch's table (as fastact's do, above) and the environment variable CI is set (GitHub Actions and most CI
+# services set it), inductor asserts instead: "make_fallback(fastact.swish.default): a decomposition exists".
+# So fastact registers its kernels as inductor fallbacks itself, with the layout constraint the implicit
+# fallback would take, as torch does for torchvision's roi_align. Inductor takes seconds to import, so this
+# waits until something else imports its lowering module.
+_INDUCTOR_LOWERING = "torch._inductor.lowering"
+
+
+def _register_inductor_fallbacks(lowering) -> None:
+    try:
+        from torch._library.utils import get_layout_constraint_tag
+        for name in _OPS:
+            for op in (getattr(_lib, name).default, getattr(_lib, f"{name}_backward").default):
+                if op not in lowering.lowerings:
+                    tag = get_layout_constraint_tag(op, with_default=True)
+                    lowering.make_fallback(op, layout_constraint=lowering.tag_to_layout_constraint(tag),
+                                           warn=False)
+    except Exception as e:  # a torch whose inductor internals differ: the implicit fallback still runs
+        warnings.warn(f"fastact: could not register its ops with torch.compile's inductor ({e!r}); they still "
+                      "compile, except where the environment variable CI is set", RuntimeWarning, stacklevel=2)
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Calls `callback(module)` once the module `name` has been imported, if ever."""
+
+    def __init__(self, name: str, callback: Callable) -> None:
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)  # what the import would have found without this finder
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_module_then_callback(module):
+            exec_module(module)
+            self.callback(module)
+        spec.loader.exec_module = exec_module_then_callback
+        return spec
+
+
+if _INDUCTOR_LOWERING in sys.modules:
+    _register_inductor_fallbacks(sys.modules[_INDUCTOR_LOWERING])
+else:
+    sys.meta_path.insert(0, _AfterImport(_INDUCTOR_LOWERING, _register_inductor_fallbacks))

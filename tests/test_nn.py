@@ -758,6 +758,45 @@ def test_torch_compile_fullgraph_matches_eager():
     torch.testing.assert_close(ye.detach().double(), m64.fc(torch.flatten(m64.pool(h), 1)), rtol=1e-5, atol=1e-5)
 
 
+_COMPILE_UNDER_CI = """
+import sys, torch
+if {inductor_first}:
+    import torch._inductor.lowering
+import fastact, fastact.nn as fnn
+assert {inductor_first} or "torch._inductor.lowering" not in sys.modules  # fastact does not import inductor
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(4, 6), fnn.SiLU(), fnn.Swish(1.5), fnn.Swish(learnable=True),
+                            fnn.Mish(), fnn.LeakyReLU(-0.5), fnn.PReLU(6))
+x = torch.randn(3, 4, requires_grad=True)
+model(x).sum().backward()
+expected = [x.grad] + [p.grad for p in model.parameters()]
+x.grad = None
+model.zero_grad()
+torch.compile(model, backend="inductor", fullgraph=True)(x).sum().backward()
+for got, want in zip([x.grad] + [p.grad for p in model.parameters()], expected):
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+lowerings = sys.modules["torch._inductor.lowering"].lowerings
+for name in ("swish", "swish_param", "mish", "leaky_relu", "prelu"):
+    for op in (getattr(torch.ops.fastact, name), getattr(torch.ops.fastact, name + "_backward")):
+        assert op.default in lowerings, op  # every op, backward too, runs fastact's kernel in compiled code
+"""
+
+
+@pytest.mark.parametrize("inductor_first", [False, True], ids=["fastact-first", "inductor-first"])
+def test_torch_compile_where_the_ci_variable_is_set(inductor_first):
+    """Where CI is set (GitHub Actions sets it), inductor asserts on an implicit fallback for an op that has a
+    decomposition, as fastact's ops do (for ONNX and DTensor); fastact registers its fallbacks itself, whether
+    it or inductor is imported first. A fresh process: the registration is process-wide."""
+    if _compile_backend() != "inductor":
+        pytest.skip("inductor needs a C++ compiler for CPU code")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, CI="1", TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(prefix="fastact-inductor-"),
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-c", _COMPILE_UNDER_CI.format(inductor_first=inductor_first)],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 def test_torch_fx_symbolic_trace():
     """torch.fx (used by feature extractors and quantization tools) traces every module, learnable and in
     place included, into graphs of fastact ops that compute what the model computes, gradients too."""
