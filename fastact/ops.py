@@ -401,7 +401,8 @@ class _AfterImport(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path, target=None):
         if fullname != self.name:
             return None
-        sys.meta_path.remove(self)
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
         spec = importlib.util.find_spec(fullname)  # what the import would have found without this finder
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
@@ -409,7 +410,8 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
         def exec_module_then_callback(module):
             exec_module(module)
-            self.callback(module)
+            if module.__name__ == self.name:  # a loader may be shared (a zip's), this finder's module only
+                self.callback(module)
         spec.loader.exec_module = exec_module_then_callback
         return spec
 
