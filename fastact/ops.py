@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import logging
 import math
 import sys
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -388,8 +388,10 @@ def _register_inductor_fallbacks(lowering) -> None:
                     lowering.make_fallback(op, layout_constraint=lowering.tag_to_layout_constraint(tag),
                                            warn=False)
     except Exception as e:  # a torch whose inductor internals differ: the implicit fallback still runs
-        warnings.warn(f"fastact: could not register its ops with torch.compile's inductor ({e!r}); they still "
-                      "compile, except where the environment variable CI is set", RuntimeWarning, stacklevel=2)
+        # logged, not warned: under -W error a warning would fail the import of inductor itself
+        logging.getLogger(__name__).warning(
+            "fastact: could not register its ops with torch.compile's inductor (%r); they still compile, except "
+            "where the environment variable CI is set", e)
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
