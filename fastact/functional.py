@@ -80,7 +80,10 @@ class _LeakyReLUInPlace(_LeakyReLUSavingOutput):
 
     @staticmethod
     def forward(ctx, x: Tensor, negative_slope: float) -> Tensor:
-        _ops.leaky_relu.out(x, negative_slope, out=x)  # (autograd is off in here: out= is allowed)
+        # (autograd is off in here: out= is allowed.) mark_dirty bumps x's version, so the write itself must not:
+        # one bump per in-place op, as torch's leaky_relu_
+        with torch.autograd._unsafe_preserve_version_counter(x):
+            _ops.leaky_relu.out(x, negative_slope, out=x)
         ctx.mark_dirty(x)
         ctx.save_for_backward(x)
         ctx.negative_slope = negative_slope
