@@ -395,7 +395,9 @@ def _register_inductor_fallbacks(lowering) -> None:
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
-    """Calls `callback(module)` once the module `name` has been imported, if ever."""
+    """Calls `callback(module)` once the module `name` has been imported, if ever. Every spec found for it is
+    given a loader that calls back, not only the first: a tool may look the module up (importlib.util.find_spec,
+    torch._logging.set_logs) without importing it, and the import then finds it afresh."""
 
     def __init__(self, name: str, callback: Callable) -> None:
         self.name, self.callback = name, callback
@@ -403,16 +405,22 @@ class _AfterImport(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path, target=None):
         if fullname != self.name:
             return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)  # what the import would have found without this finder
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+        for finder in sys.meta_path:  # what the import would find without this finder
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
+        else:
+            return None
+        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         exec_module = spec.loader.exec_module
 
         def exec_module_then_callback(module):
             exec_module(module)
-            if module.__name__ == self.name:  # a loader may be shared (a zip's), this finder's module only
+            if module.__name__ == self.name:  # a loader may be shared (a zip's): this finder's module only
+                if self in sys.meta_path:
+                    sys.meta_path.remove(self)
                 self.callback(module)
         spec.loader.exec_module = exec_module_then_callback
         return spec
