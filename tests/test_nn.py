@@ -804,6 +804,22 @@ def test_torch_compile_where_the_ci_variable_is_set(order):
     assert r.returncode == 0, r.stderr[-3000:]
 
 
+def test_torch_compile_of_a_changing_slope_passed_as_a_tensor_compiles_once():
+    """The README's advice for a slope or beta that changes between calls (a float is a constant of the graph):
+    as a tensor, twelve values run through one graph, fullgraph, with the right results."""
+    torch._dynamo.reset()
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    compiled = torch.compile(lambda x, s: (F.prelu(x, s), F.swish(x, s)), fullgraph=True,
+                             backend=_compile_backend())
+    for i in range(12):
+        s = 0.05 * (i - 4)
+        y_prelu, y_swish = compiled(x, torch.tensor([s]))
+        torch.testing.assert_close(y_prelu, TF.leaky_relu(x, s))
+        torch.testing.assert_close(y_swish, ref.swish(x.double(), s).float())
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before == 1
+
+
 def test_torch_fx_symbolic_trace():
     """torch.fx (used by feature extractors and quantization tools) traces every module, learnable and in
     place included, into graphs of fastact ops that compute what the model computes, gradients too."""
