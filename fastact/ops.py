@@ -76,8 +76,8 @@ def set_cpu_streaming_threshold(nbytes: int) -> int:
 def cpu_lookup_threshold() -> int:
     """bfloat16/float16 swish and mish on CPU with one parameter value (and, backward, no parameter gradient)
     and at least this many elements (default 2^18; 4x that where the table must be built first) read f, or f'
-    for the backward, from a table of all 65536 inputs built with the kernel itself (same bits), where the
-    kernel build has fast gathers (AVX2)."""
+    for the backward, from a table of all 65536 inputs built with the kernel itself (same bits), in the AVX2
+    kernel build."""
     return int(_lib.cpu_lookup_threshold())
 
 

@@ -22,7 +22,8 @@ using fastact::ElementwiseProblem;
 double ghz = 2.45;
 
 template <typename T>
-void run(const char* name, ActivationId id, c10::ScalarType dtype, double param, bool backward) {
+void run(const char* name, ActivationId id, c10::ScalarType dtype, double param, bool backward,
+         bool param_grad = false) {
   constexpr int64_t n = 1 << 14;
   std::vector<T> x(n), g(n), y(n);
   std::mt19937 rng(0);
@@ -42,17 +43,59 @@ void run(const char* name, ActivationId id, c10::ScalarType dtype, double param,
   p.out = y.data();
   p.param_scalar = param;
   const auto& kernels = fastact::cpu::CPU_CAPABILITY::kRangeKernels;
+  float acc = 0;  // the parameter gradient's partial sum, when the backward computes one
+  if (param_grad) p.param_grad = &acc;
   double best = 1e30;
   for (int block = 0; block < 300; ++block) {
     const auto start = std::chrono::steady_clock::now();
     for (int it = 0; it < 5; ++it) {
-      backward ? kernels.backward(p, 0, n, nullptr, 0) : kernels.forward(p, 0, n);
+      backward ? kernels.backward(p, 0, n, param_grad ? &acc : nullptr, 0) : kernels.forward(p, 0, n);
     }
     const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
     best = std::min(best, elapsed.count() / 5 / n);
   }
-  std::printf("%-6s %-9s %-3s %6.3f ns/element %6.2f cycles/8 elements at %.2f GHz\n", name,
+  std::printf("%-12s %-9s %-3s %6.3f ns/element %6.2f cycles/8 elements at %.2f GHz\n", name,
               dtype == c10::ScalarType::Float ? "float32" : "bfloat16", backward ? "bwd" : "fwd", best * 1e9,
+              best * 1e9 * ghz * 8, ghz);
+}
+
+// The 16-bit lookup kernels (a table of every 16-bit input; what it holds does not change the cost).
+template <typename T>
+void run_lookup(bool backward) {
+  constexpr int64_t n = 1 << 14;
+  std::vector<T> x(n), g(n), y(n);
+  std::vector<uint16_t> values(65536);
+  std::vector<float> derivatives(65536);
+  std::mt19937 rng(0);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = T(normal(rng));
+    g[i] = T(normal(rng));
+  }
+  for (int i = 0; i < 65536; ++i) {
+    values[i] = static_cast<uint16_t>(rng());
+    derivatives[i] = normal(rng);
+  }
+  ElementwiseProblem p{};
+  p.activation = ActivationId::Swish;
+  p.dtype = c10::CppTypeToScalarType<T>::value;
+  p.numel = p.inner = n;
+  p.channels = 1;
+  p.x = x.data();
+  p.grad = g.data();
+  p.out = y.data();
+  const auto& kernels = fastact::cpu::CPU_CAPABILITY::kRangeKernels;
+  double best = 1e30;
+  for (int block = 0; block < 300; ++block) {
+    const auto start = std::chrono::steady_clock::now();
+    for (int it = 0; it < 5; ++it) {
+      backward ? kernels.lookup_backward(p, derivatives.data(), 0, n) : kernels.lookup_forward(p, values.data(), 0, n);
+    }
+    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+    best = std::min(best, elapsed.count() / 5 / n);
+  }
+  std::printf("%-12s %-9s %-3s %6.3f ns/element %6.2f cycles/8 elements at %.2f GHz\n", "table",
+              std::is_same_v<T, c10::Half> ? "float16" : "bfloat16", backward ? "bwd" : "fwd", best * 1e9,
               best * 1e9 * ghz * 8, ghz);
 }
 
@@ -67,5 +110,11 @@ int main(int argc, char** argv) {
     run<c10::BFloat16>("silu", ActivationId::Swish, c10::ScalarType::BFloat16, 1.0, backward);
     run<c10::BFloat16>("mish", ActivationId::Mish, c10::ScalarType::BFloat16, 0.0, backward);
     run<c10::BFloat16>("leaky", ActivationId::Leaky, c10::ScalarType::BFloat16, 0.5, backward);
+    run_lookup<c10::BFloat16>(backward);
+    run_lookup<c10::Half>(backward);
+    if (backward) {  // with the gradient of a learnable beta
+      run<float>("swish+dbeta", ActivationId::Swish, c10::ScalarType::Float, 1.3, true, true);
+      run<c10::BFloat16>("swish+dbeta", ActivationId::Swish, c10::ScalarType::BFloat16, 1.3, true, true);
+    }
   }
 }

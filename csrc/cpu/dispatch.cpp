@@ -125,8 +125,9 @@ const Capability*& active() {
 // Lookup tables. A 16-bit x has 65536 values, so for the activations whose math is long (an exp and a
 // division: swish, mish) a call can read f, or the float derivative f', from a table of all of them instead of
 // computing it: built by the kernel itself from every value (so a call gives the same bits either way) and read
-// with gathers. On AVX2 (Zen 3) the forward is 9 against 17 cycles per 8 bfloat16 in L1, and calls at 2^20 and
-// 2^24 elements take 1.1-1.8x less time. Used for calls with one parameter value (none, a float, or a
+// with scalar loads. On AVX2 (Zen 3), per 8 bfloat16 in L1, the forward takes ~8 cycles against ~14 computed
+// and the backward ~7-9 against ~18 (benchmarks/cpu_cycles); calls at 2^20 and 2^24 elements take 1.1-1.8x
+// less time. Used for calls with one parameter value (none, a float, or a
 // one-element tensor; a backward without a parameter gradient) of at least lookup_threshold() elements whose
 // table is kept, and of 4x that where one must be built first (65536 evaluations, ~50 us: a learnable beta
 // changes every step). The tables of the last kMaxTables (op, dtype, parameter, direction) are kept: 128 KiB
@@ -136,7 +137,7 @@ constexpr int64_t kBuildFactor = 4;
 constexpr int64_t kTableSize = 65536;
 
 struct Table {
-  std::vector<uint16_t> values;    // forward: the bits of f(x); 2 entries of padding (the gathers read 4 bytes)
+  std::vector<uint16_t> values;    // forward: the bits of f(x)
   std::vector<float> derivatives;  // backward: f'(x) in float
 };
 
@@ -181,7 +182,7 @@ std::shared_ptr<Table> build_table(const ElementwiseProblem& p, const RangeKerne
   build.param_grad = nullptr;
   build.stream_out = false;
   if (!backward) {
-    table->values.resize(kTableSize + 2);
+    table->values.resize(kTableSize);
     build.x = every_value.data();
     build.out = table->values.data();
     k.forward(build, 0, kTableSize);
