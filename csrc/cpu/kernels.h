@@ -381,7 +381,7 @@ void backward_range(const ElementwiseProblem& p, int64_t begin, int64_t end, voi
 }
 
 #if defined(CPU_CAPABILITY_AVX2)
-// The tables are read with scalar loads, 16 entries collected in a vector: on Zen 3 that takes 1.3-1.5x less
+// The tables are read with scalar loads, 16 entries collected in a vector: on Zen 3 that takes 1.1-1.5x less
 // time than AVX2 gathers (benchmarks/cpu_cycles), and gathers are slow on many Intel cores too since the GDS
 // microcode mitigation. The vector lets outputs past the cache be streamed.
 
