@@ -161,18 +161,22 @@ FASTACT_HOST_DEVICE T fa_exp_remainder(const T& n, const T& x) {
   return fa_fma(n, T(2.12194440e-4f), fa_fma(n, T(-0.693359375f), x));
 }
 
-// exp(x) for a vector with a lane below -87 (rare: the result is below 1e-38): 2^n is applied in two halves,
-// so that results down to the subnormals are right.
-[[gnu::noinline, gnu::cold]] at::vec::Vectorized<float> fa_exp_nonpositive_tail(at::vec::Vectorized<float> x) {
+// exp(x) for a pack with a lane below -87 (rare in data: the result is below 1e-38; common in a lookup table's
+// build, which takes every 16-bit value): 2^n is applied in two halves, so that results down to the subnormals
+// are right. The whole pack in lockstep, as the fast path.
+template <int N>
+[[gnu::noinline, gnu::cold]] VecPack<float, N> fa_exp_nonpositive_tail(const VecPack<float, N>& x_in) {
   using V = at::vec::Vectorized<float>;
-  using P = VecPack<float, 1>;
-  x = at::vec::clamp_min(x, V(-104.0f));  // exp(-104) underflows to 0; NaN passes through
-  const V n = (x * V(1.44269504088896341f)).round();
-  const V half = (n * V(0.5f)).trunc();  // n >= -150: both halves >= -75, normal powers of two
-  P pn, px;
-  pn.v[0] = n;
-  px.v[0] = x;
-  return fa_exp_reduced(fa_exp_remainder(pn, px)).v[0] * fa_pow2(half) * fa_pow2(n - half);
+  using P = VecPack<float, N>;
+  // exp(-104) underflows to 0; NaN passes through
+  const P x = P::generate([&](int i) FASTACT_HOST_DEVICE_LAMBDA { return at::vec::clamp_min(x_in.v[i], V(-104.0f)); });
+  const P n = P::generate([&](int i) FASTACT_HOST_DEVICE_LAMBDA { return (x.v[i] * V(1.44269504088896341f)).round(); });
+  // n >= -150: both halves >= -75, normal powers of two
+  const P half = P::generate([&](int i) FASTACT_HOST_DEVICE_LAMBDA { return (n.v[i] * V(0.5f)).trunc(); });
+  const P e = fa_exp_reduced(fa_exp_remainder(n, x));
+  return P::generate([&](int i) FASTACT_HOST_DEVICE_LAMBDA {
+    return e.v[i] * fa_pow2(half.v[i]) * fa_pow2(n.v[i] - half.v[i]);
+  });
 }
 
 // exp(x) for x <= 0 (all the functors need: they take exp(-|z|), so nothing overflows), inlined: Sleef's call
@@ -186,7 +190,7 @@ FASTACT_HOST_DEVICE VecPack<float, N> fa_exp_nonpositive(const VecPack<float, N>
   V below = x.v[0] < V(-87.0f);
   fa_static_for<N>([&](auto i) FASTACT_HOST_DEVICE_LAMBDA { below = below | (x.v[i] < V(-87.0f)); });
   if (below.zero_mask() != (1 << V::size()) - 1) {
-    return P::generate([&](int i) { return fa_exp_nonpositive_tail(x.v[i]); });
+    return fa_exp_nonpositive_tail(x);
   }
   // 1.5 * 2^23 + 127: adding it rounds x log2(e) to an integer n and leaves n + 127 in the low bits.
   const P magic(12583039.0f);

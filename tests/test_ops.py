@@ -748,6 +748,55 @@ def test_lookup_tables_give_the_kernels_bits(op, dtype):
         fastact.ops.set_cpu_streaming_threshold(streaming)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("beta", [-0.6, 1.0, 0.0])
+def test_lookup_tables_give_the_kernels_bits_with_a_beta_gradient(dtype, beta):
+    """The learnable-beta backward from a table of (df/dx, df/dbeta) pairs: grad_input and the beta gradient have
+    the computed kernel's bits, for every finite 16-bit value in several layouts (the sum's lanes and order
+    depend on alignment and on the widening of full bfloat16 blocks), with and without non-temporal stores; with
+    inf and NaN inputs grad_input still matches and the gradient is NaN both ways."""
+    _needs_avx2()
+    g = torch.Generator().manual_seed(9)
+    every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    every = every[torch.randperm(every.numel(), generator=g)]
+    grad = (torch.randn(every.shape, generator=g, dtype=torch.float64) * 3).to(dtype)
+    finite = every.isfinite()
+    x, gx = every[finite], grad[finite]
+    n = x.numel() // 64 * 64
+    layouts = {
+        "every finite value": (x, gx),
+        "offset": (x[3:], gx[3:]),  # neither inputs nor outputs aligned
+        "strided": (x[::3], gx[::3]),
+        "channels_last": tuple(t[:n].reshape(n // 64, 4, 4, 4).contiguous(memory_format=torch.channels_last)
+                               for t in (x, gx)),
+        "with inf and NaN": (every, grad),
+    }
+    weight = torch.tensor([beta])
+    capability = fastact.set_cpu_capability("avx2")
+    threshold = fastact.ops.set_cpu_lookup_threshold(1 << 62)
+    streaming = fastact.ops.cpu_streaming_threshold()
+    try:
+        for layout, (xs, gs) in layouts.items():
+            for stream in (False, True):
+                fastact.ops.set_cpu_streaming_threshold(0 if stream else 1 << 62)
+                fastact.ops.set_cpu_lookup_threshold(1 << 62)
+                computed = torch.ops.fastact.swish_param_backward(gs, xs, weight)
+                fastact.ops.set_cpu_lookup_threshold(0)
+                looked_up = torch.ops.fastact.swish_param_backward(gs, xs, weight)
+                where = f"{layout}, streaming={stream}"
+                assert looked_up[0].stride() == computed[0].stride(), where
+                _assert_same_bits(looked_up[0], computed[0], f"grad_input, {where}")
+                if layout == "with inf and NaN" or computed[1].isnan():  # (beta = 0: x^2 / 4 overflows bfloat16's floats)
+                    assert bool(looked_up[1].isnan()) and bool(computed[1].isnan()), where
+                else:
+                    assert looked_up[1].view(torch.int32).equal(computed[1].view(torch.int32)), (
+                        f"beta gradient, {where}: {looked_up[1].item()!r} != {computed[1].item()!r}")
+    finally:
+        fastact.set_cpu_capability(capability)
+        fastact.ops.set_cpu_lookup_threshold(threshold)
+        fastact.ops.set_cpu_streaming_threshold(streaming)
+
+
 _LOOKUP_SELECTION = """
 import torch, fastact
 fastact.set_cpu_capability("avx2")
@@ -764,7 +813,7 @@ fastact.silu(big.float()); fastact.leaky_relu(big, 0.1); counts.append(cached())
 fastact.prelu(big, torch.full((1,), 0.2)); fastact.swish(big.reshape(1, 4, -1), torch.ones(4))
 fastact.silu(big[: t - 1]); counts.append(cached())                          # per channel, below t: 3
 torch.ops.fastact.mish_backward(big, big); counts.append(cached())              # a backward table: 4
-torch.ops.fastact.swish_param_backward(big, big, torch.tensor([0.7])); counts.append(cached())  # beta grad: 4
+torch.ops.fastact.swish_param_backward(big, big, torch.tensor([0.7])); counts.append(cached())  # beta grad: 5
 for beta in range(10): fastact.swish(big, float(beta))
 counts.append(cached())                                                      # at most 8 kept
 print(counts)
@@ -772,14 +821,14 @@ print(counts)
 
 
 def test_lookup_tables_are_used_where_they_pay_off():
-    """Which calls take a table, counted in a fresh process: 16-bit swish/mish forwards and backwards with one
-    parameter value from the threshold (4x it to build a new table), not float32, leaky, per-channel parameters,
-    a backward with a parameter gradient, or small calls."""
+    """Which calls take a table, counted in a fresh process: 16-bit swish/mish forwards and backwards (with or
+    without a parameter gradient) with one parameter value from the threshold (4x it to build a new table), not
+    float32, leaky, per-channel parameters, or small calls."""
     _needs_avx2()
     result = subprocess.run([sys.executable, "-c", _LOOKUP_SELECTION], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(Path(fastact.__file__).parent.parent)})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[0, 1, 1, 3, 3, 3, 3, 4, 4, 8]"
+    assert result.stdout.strip().splitlines()[-1] == "[0, 1, 1, 3, 3, 3, 3, 4, 5, 8]"
 
 
 def test_lookup_threshold_rejects_negative():

@@ -61,11 +61,12 @@ void run(const char* name, ActivationId id, c10::ScalarType dtype, double param,
 
 // The 16-bit lookup kernels (a table of every 16-bit input; what it holds does not change the cost).
 template <typename T>
-void run_lookup(bool backward) {
+void run_lookup(bool backward, bool param_grad = false) {
   constexpr int64_t n = 1 << 14;
   std::vector<T> x(n), g(n), y(n);
   std::vector<uint16_t> values(65536);
-  std::vector<float> derivatives(65536);
+  std::vector<float> derivatives(65536), pairs(2 * 65536);  // pairs: df/dx, df/dbeta
+  float acc = 0;  // the parameter gradient's partial sum
   std::mt19937 rng(0);
   std::normal_distribution<float> normal(0.0f, 3.0f);
   for (int64_t i = 0; i < n; ++i) {
@@ -75,6 +76,8 @@ void run_lookup(bool backward) {
   for (int i = 0; i < 65536; ++i) {
     values[i] = static_cast<uint16_t>(rng());
     derivatives[i] = normal(rng);
+    pairs[2 * i] = derivatives[i];
+    pairs[2 * i + 1] = normal(rng);
   }
   ElementwiseProblem p{};
   p.activation = ActivationId::Swish;
@@ -89,12 +92,19 @@ void run_lookup(bool backward) {
   for (int block = 0; block < 300; ++block) {
     const auto start = std::chrono::steady_clock::now();
     for (int it = 0; it < 5; ++it) {
-      backward ? kernels.lookup_backward(p, derivatives.data(), 0, n) : kernels.lookup_forward(p, values.data(), 0, n);
+      if (!backward) {
+        kernels.lookup_forward(p, values.data(), 0, n);
+      } else if (param_grad) {
+        kernels.lookup_backward_param(p, pairs.data(), 0, n, &acc);
+      } else {
+        kernels.lookup_backward(p, derivatives.data(), 0, n);
+      }
     }
     const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
     best = std::min(best, elapsed.count() / 5 / n);
   }
-  std::printf("%-12s %-9s %-3s %6.3f ns/element %6.2f cycles/8 elements at %.2f GHz\n", "table",
+  std::printf("%-12s %-9s %-3s %6.3f ns/element %6.2f cycles/8 elements at %.2f GHz\n",
+              param_grad ? "table+dbeta" : "table",
               std::is_same_v<T, c10::Half> ? "float16" : "bfloat16", backward ? "bwd" : "fwd", best * 1e9,
               best * 1e9 * ghz * 8, ghz);
 }
@@ -115,6 +125,8 @@ int main(int argc, char** argv) {
     if (backward) {  // with the gradient of a learnable beta
       run<float>("swish+dbeta", ActivationId::Swish, c10::ScalarType::Float, 1.3, true, true);
       run<c10::BFloat16>("swish+dbeta", ActivationId::Swish, c10::ScalarType::BFloat16, 1.3, true, true);
+      run_lookup<c10::BFloat16>(true, true);
+      run_lookup<c10::Half>(true, true);
     }
   }
 }

@@ -23,6 +23,13 @@ struct RangeKernels {
   void (*lookup_forward)(const ElementwiseProblem& p, const uint16_t* table, int64_t begin, int64_t end);
   // grad_input = grad * table[bits of x] (table: the float derivative), likewise; no parameter gradient.
   void (*lookup_backward)(const ElementwiseProblem& p, const float* table, int64_t begin, int64_t end);
+  // The same with the parameter gradient of one parameter value: pairs[2 b], pairs[2 b + 1] hold df/dx and
+  // df/dparam at bits b; the sum of grad * df/dparam is added into acc[0] with the computed backward's bits.
+  void (*lookup_backward_param)(const ElementwiseProblem& p, const float* pairs, int64_t begin, int64_t end,
+                                float* acc);
+  // The table lookup_backward_param reads, for a float problem with one parameter value: df/dx and
+  // df/dparam (at grad = 1) of x[i] into pairs[2 i], pairs[2 i + 1], for i in [begin, end).
+  void (*derivative_pairs)(const ElementwiseProblem& p, int64_t begin, int64_t end, float* pairs);
 };
 
 namespace DEFAULT { extern const RangeKernels kRangeKernels; }

@@ -123,22 +123,23 @@ const Capability*& active() {
 }
 
 // Lookup tables. A 16-bit x has 65536 values, so for the activations whose math is long (an exp and a
-// division: swish, mish) a call can read f, or the float derivative f', from a table of all of them instead of
-// computing it: built by the kernel itself from every value (so a call gives the same bits either way) and read
-// with scalar loads. On AVX2 (Zen 3), per 8 bfloat16 in L1, the forward takes ~8 cycles against ~14 computed
-// and the backward ~7-9 against ~18 (benchmarks/cpu_cycles); calls at 2^20 and 2^24 elements take 1.1-1.8x
-// less time. Used for calls with one parameter value (none, a float, or a
-// one-element tensor; a backward without a parameter gradient) of at least lookup_threshold() elements whose
-// table is kept, and of 4x that where one must be built first (65536 evaluations, ~50 us: a learnable beta
-// changes every step). The tables of the last kMaxTables (op, dtype, parameter, direction) are kept: 128 KiB
-// for a forward, 256 KiB for a backward.
+// division: swish, mish) a call can read f, the float derivative f', or the pair (df/dx, df/dparam) from a
+// table of all of them instead of computing it: built by the kernels themselves from every value (so a call
+// gives the same bits either way) and read with scalar loads. On AVX2 (Zen 3), per 8 bfloat16 in L1, the
+// forward takes ~8 cycles against ~14-17 computed, the backward ~7-9 against ~18-20, and the backward with a
+// parameter gradient ~11 against ~21 (benchmarks/cpu_cycles). Used for calls with one parameter value (none, a
+// float, or a one-element tensor) of at least lookup_threshold() elements whose table is kept, and of 4x that
+// where one must be built first (65536 evaluations, ~60-140 us: a learnable beta changes every step). The
+// tables of the last kMaxTables (op, dtype, parameter, direction, parameter gradient) are kept: 128 KiB for a
+// forward, 256 KiB for a backward, 512 KiB for a backward with a parameter gradient.
 constexpr int kMaxTables = 8;
 constexpr int64_t kBuildFactor = 4;
 constexpr int64_t kTableSize = 65536;
 
 struct Table {
-  std::vector<uint16_t> values;    // forward: the bits of f(x)
-  std::vector<float> derivatives;  // backward: f'(x) in float
+  std::vector<uint16_t> values;          // forward: the bits of f(x)
+  std::vector<float> derivatives;        // backward: df/dx in float
+  std::vector<float> derivative_pairs;   // backward with a parameter gradient: df/dx, df/dparam per value
 };
 
 struct TableKey {
@@ -147,9 +148,10 @@ struct TableKey {
   c10::ScalarType dtype;
   uint32_t param_bits;
   bool backward;
+  bool param_grad;
   bool operator==(const TableKey& o) const {
     return kernels == o.kernels && activation == o.activation && dtype == o.dtype && param_bits == o.param_bits &&
-           backward == o.backward;
+           backward == o.backward && param_grad == o.param_grad;
   }
 };
 
@@ -158,17 +160,27 @@ std::atomic<int64_t>& lookup_min_numel() {
   return numel;
 }
 
+// Inputs of the backward tables' builds, made on first use and kept: made for each build, their page faults
+// cost more than the math (a backward table took 230 us to build with them, 80 us without, in one process).
+struct TableScratch {
+  std::vector<float> widened[2];  // every bfloat16 (0) or float16 (1) value in float
+  std::vector<float> ones;
+};
+
 struct TableCache {
-  std::mutex mutex;
+  std::mutex mutex;  // also guards scratch
   std::list<std::pair<TableKey, std::shared_ptr<const Table>>> tables;  // most recently used first
+  TableScratch scratch;
 };
 TableCache& table_cache() {
   static TableCache cache;
   return cache;
 }
 
-// f (forward) or f' (backward) of the problem's op at every 16-bit value, computed by the kernels k.
-std::shared_ptr<Table> build_table(const ElementwiseProblem& p, const RangeKernels& k, float param, bool backward) {
+// f (forward) or f' (backward) of the problem's op at every 16-bit value, computed by the kernels k; with the
+// cache's mutex held (for its scratch).
+std::shared_ptr<Table> build_table(const ElementwiseProblem& p, const RangeKernels& k, float param, bool backward,
+                                   TableScratch& scratch) {
   static const std::vector<uint16_t> every_value = [] {
     std::vector<uint16_t> v(kTableSize);
     std::iota(v.begin(), v.end(), uint16_t(0));
@@ -181,40 +193,53 @@ std::shared_ptr<Table> build_table(const ElementwiseProblem& p, const RangeKerne
   build.param_scalar = param;
   build.param_grad = nullptr;
   build.stream_out = false;
+  auto for_every_value = [&](auto&& fn) { at::parallel_for(0, kTableSize, kGrain, fn); };
   if (!backward) {
     table->values.resize(kTableSize);
     build.x = every_value.data();
     build.out = table->values.data();
-    k.forward(build, 0, kTableSize);
+    for_every_value([&](int64_t begin, int64_t end) { k.forward(build, begin, end); });
     return table;
   }
   // The float backward with grad = 1 on the widened values: the same float math as the 16-bit backward, which
   // then multiplies by grad and rounds once.
-  std::vector<float> x(kTableSize), ones(kTableSize, 1.0f);
-  for (int64_t i = 0; i < kTableSize; ++i) {
-    const auto bits = every_value[i];
-    x[i] = p.dtype == c10::ScalarType::BFloat16 ? static_cast<float>(c10::BFloat16(bits, c10::BFloat16::from_bits()))
-                                                : static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
+  const bool bfloat16 = p.dtype == c10::ScalarType::BFloat16;
+  std::vector<float>& x = scratch.widened[bfloat16 ? 0 : 1];
+  if (x.empty()) {
+    x.resize(kTableSize);
+    for (int64_t i = 0; i < kTableSize; ++i) {
+      const auto bits = every_value[i];
+      x[i] = bfloat16 ? static_cast<float>(c10::BFloat16(bits, c10::BFloat16::from_bits()))
+                      : static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
+    }
   }
-  table->derivatives.resize(kTableSize);
   build.dtype = c10::ScalarType::Float;
   build.x = x.data();
-  build.grad = ones.data();
-  build.out = table->derivatives.data();
-  k.backward(build, 0, kTableSize, nullptr, 0);
+  if (p.param_grad == nullptr) {
+    scratch.ones.resize(kTableSize, 1.0f);
+    build.grad = scratch.ones.data();
+    table->derivatives.resize(kTableSize);
+    build.out = table->derivatives.data();
+    for_every_value([&](int64_t begin, int64_t end) { k.backward(build, begin, end, nullptr, 0); });
+    return table;
+  }
+  table->derivative_pairs.resize(2 * kTableSize);  // (df/dx, df/dparam) per value, read with one 64-bit load
+  for_every_value([&](int64_t begin, int64_t end) { k.derivative_pairs(build, begin, end, table->derivative_pairs.data()); });
   return table;
 }
 
 std::shared_ptr<const Table> lookup_table(const ElementwiseProblem& p, const RangeKernels& k, bool backward) {
   const bool half_type = p.dtype == c10::ScalarType::BFloat16 || p.dtype == c10::ScalarType::Half;
   const bool long_math = p.activation == ActivationId::Swish || p.activation == ActivationId::Mish;
-  const bool available = backward ? k.lookup_backward != nullptr && p.param_grad == nullptr
-                                  : k.lookup_forward != nullptr;
+  const bool param_grad = backward && p.param_grad != nullptr;
+  const bool available = !backward ? k.lookup_forward != nullptr
+                         : param_grad ? k.lookup_backward_param != nullptr && k.derivative_pairs != nullptr
+                                      : k.lookup_backward != nullptr;
   const int64_t min_numel = lookup_min_numel().load(std::memory_order_relaxed);
   if (!available || !half_type || !long_math || p.channels != 1 || p.numel < min_numel) return nullptr;
   // The parameter as the kernel sees it (float for the half types).
   const float param = p.param != nullptr ? *static_cast<const float*>(p.param) : static_cast<float>(p.param_scalar);
-  TableKey key{&k, p.activation, p.dtype, 0, backward};
+  TableKey key{&k, p.activation, p.dtype, 0, backward, param_grad};
   std::memcpy(&key.param_bits, &param, sizeof(param));
   TableCache& cache = table_cache();
   std::lock_guard<std::mutex> lock(cache.mutex);
@@ -225,13 +250,15 @@ std::shared_ptr<const Table> lookup_table(const ElementwiseProblem& p, const Ran
     }
   }
   if (p.numel < kBuildFactor * min_numel) return nullptr;
-  cache.tables.emplace_front(key, build_table(p, k, param, backward));
+  cache.tables.emplace_front(key, build_table(p, k, param, backward, cache.scratch));
   if (cache.tables.size() > kMaxTables) cache.tables.pop_back();
   return cache.tables.front().second;
 }
 
-template <typename acc_t>
-void backward_with_param_grad(const ElementwiseProblem& p, const RangeKernels& k) {
+// piece_backward(begin, end, acc, acc_base): the backward over [begin, end), adding the parameter gradient into
+// acc as RangeKernels::backward does.
+template <typename acc_t, typename PieceFn>
+void backward_with_param_grad(const ElementwiseProblem& p, const PieceFn& piece_backward) {
   const int64_t channels = p.channels;
   auto* param_grad = static_cast<acc_t*>(p.param_grad);
   std::vector<double> total(channels, 0.0);
@@ -246,7 +273,7 @@ void backward_with_param_grad(const ElementwiseProblem& p, const RangeKernels& k
         const int64_t row = piece / pieces_per_row;
         const int64_t begin = row * p.inner + (piece % pieces_per_row) * kGrain;
         const int64_t end = std::min(begin + kGrain, (row + 1) * p.inner);
-        k.backward(p, begin, end, &partial[piece], row % channels);
+        piece_backward(begin, end, &partial[piece], row % channels);
       }
     });
     for (int64_t row = 0; row < rows; ++row) {
@@ -264,7 +291,7 @@ void backward_with_param_grad(const ElementwiseProblem& p, const RangeKernels& k
       for (int64_t piece = first; piece < last; ++piece) {
         const int64_t begin = piece * slabs_per_piece * slab;
         const int64_t end = std::min(p.numel, begin + slabs_per_piece * slab);
-        k.backward(p, begin, end, &partial[piece * channels], 0);
+        piece_backward(begin, end, &partial[piece * channels], 0);
       }
     });
     for (int64_t piece = 0; piece < pieces; ++piece) {
@@ -344,11 +371,18 @@ void backward(const ElementwiseProblem& problem) {
         k.backward(p, begin, end, nullptr, 0);
       }
     });
-  } else if (p.dtype == c10::ScalarType::Double) {
-    backward_with_param_grad<double>(p, k);
-  } else {
-    backward_with_param_grad<float>(p, k);
+    return;
   }
+  auto computed = [&](int64_t begin, int64_t end, void* acc, int64_t acc_base) {
+    k.backward(p, begin, end, acc, acc_base);
+  };
+  if (p.dtype == c10::ScalarType::Double) return backward_with_param_grad<double>(p, computed);
+  if (const auto table = lookup_table(p, k, /*backward=*/true)) {  // one channel: acc_base is 0
+    return backward_with_param_grad<float>(p, [&](int64_t begin, int64_t end, float* acc, int64_t) {
+      k.lookup_backward_param(p, table->derivative_pairs.data(), begin, end, acc);
+    });
+  }
+  backward_with_param_grad<float>(p, computed);
 }
 
 }  // namespace fastact::cpu
