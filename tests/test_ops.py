@@ -2,6 +2,7 @@
 determinism and the CPU kernel builds. CUDA variants run where a GPU is present and skip otherwise."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import subprocess
@@ -704,6 +705,29 @@ def _needs_avx2():
         pytest.skip("the lookup tables are in the AVX2 build, which this CPU does not run")
 
 
+@contextlib.contextmanager
+def _avx2_kernels():
+    """The AVX2 kernel build (the one with the tables), with the table and streaming thresholds restored after."""
+    capability = fastact.set_cpu_capability("avx2")
+    threshold = fastact.ops.cpu_lookup_threshold()
+    streaming = fastact.ops.cpu_streaming_threshold()
+    try:
+        yield
+    finally:
+        fastact.set_cpu_capability(capability)
+        fastact.ops.set_cpu_lookup_threshold(threshold)
+        fastact.ops.set_cpu_streaming_threshold(streaming)
+
+
+def _computed_and_looked_up(run, inputs, stream: bool):
+    """run(*inputs) computed, then from the tables, with or without non-temporal stores."""
+    fastact.ops.set_cpu_streaming_threshold(0 if stream else 1 << 62)
+    fastact.ops.set_cpu_lookup_threshold(1 << 62)
+    computed = run(*inputs)
+    fastact.ops.set_cpu_lookup_threshold(0)
+    return computed, run(*inputs)
+
+
 @pytest.mark.parametrize("op", list(LOOKUP_OPS))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_lookup_tables_give_the_kernels_bits(op, dtype):
@@ -723,17 +747,11 @@ def test_lookup_tables_give_the_kernels_bits(op, dtype):
         "channels_last": tuple(t.reshape(4, 16, 32, 32).contiguous(memory_format=torch.channels_last)
                                for t in (every, grad)),
     }
-    capability = fastact.set_cpu_capability("avx2")
-    threshold = fastact.ops.set_cpu_lookup_threshold(1 << 62)
-    streaming = fastact.ops.cpu_streaming_threshold()
-    try:
-        for layout, (x, gx) in layouts.items():
+    with _avx2_kernels():
+        for layout, inputs in layouts.items():
             for stream in (False, True):
-                fastact.ops.set_cpu_streaming_threshold(0 if stream else 1 << 62)
-                fastact.ops.set_cpu_lookup_threshold(1 << 62)
-                computed = forward(x), backward(gx, x)
-                fastact.ops.set_cpu_lookup_threshold(0)
-                looked_up = forward(x), backward(gx, x)
+                computed, looked_up = _computed_and_looked_up(lambda x, gx: (forward(x), backward(gx, x)), inputs,
+                                                              stream)
                 for name, a, b in zip(["forward", "backward"], looked_up, computed):
                     where = f"{name}, {layout}, streaming={stream}"
                     assert a.stride() == b.stride(), where
@@ -742,10 +760,6 @@ def test_lookup_tables_give_the_kernels_bits(op, dtype):
         torch.ops.fastact.mish.out(every, out=out)
         fastact.ops.set_cpu_lookup_threshold(1 << 62)
         _assert_same_bits(out, fastact.mish(every), "out=")
-    finally:
-        fastact.set_cpu_capability(capability)
-        fastact.ops.set_cpu_lookup_threshold(threshold)
-        fastact.ops.set_cpu_streaming_threshold(streaming)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -772,17 +786,11 @@ def test_lookup_tables_give_the_kernels_bits_with_a_beta_gradient(dtype, beta):
         "with inf and NaN": (every, grad),
     }
     weight = torch.tensor([beta])
-    capability = fastact.set_cpu_capability("avx2")
-    threshold = fastact.ops.set_cpu_lookup_threshold(1 << 62)
-    streaming = fastact.ops.cpu_streaming_threshold()
-    try:
-        for layout, (xs, gs) in layouts.items():
+    with _avx2_kernels():
+        for layout, inputs in layouts.items():
             for stream in (False, True):
-                fastact.ops.set_cpu_streaming_threshold(0 if stream else 1 << 62)
-                fastact.ops.set_cpu_lookup_threshold(1 << 62)
-                computed = torch.ops.fastact.swish_param_backward(gs, xs, weight)
-                fastact.ops.set_cpu_lookup_threshold(0)
-                looked_up = torch.ops.fastact.swish_param_backward(gs, xs, weight)
+                computed, looked_up = _computed_and_looked_up(
+                    lambda xs, gs: torch.ops.fastact.swish_param_backward(gs, xs, weight), inputs, stream)
                 where = f"{layout}, streaming={stream}"
                 assert looked_up[0].stride() == computed[0].stride(), where
                 _assert_same_bits(looked_up[0], computed[0], f"grad_input, {where}")
@@ -791,10 +799,6 @@ def test_lookup_tables_give_the_kernels_bits_with_a_beta_gradient(dtype, beta):
                 else:
                     assert looked_up[1].view(torch.int32).equal(computed[1].view(torch.int32)), (
                         f"beta gradient, {where}: {looked_up[1].item()!r} != {computed[1].item()!r}")
-    finally:
-        fastact.set_cpu_capability(capability)
-        fastact.ops.set_cpu_lookup_threshold(threshold)
-        fastact.ops.set_cpu_streaming_threshold(streaming)
 
 
 _LOOKUP_SELECTION = """
