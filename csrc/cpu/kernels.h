@@ -468,6 +468,7 @@ void lookup_backward(const ElementwiseProblem& p, const float* table, int64_t be
   if (p.dtype == c10::ScalarType::BFloat16) return lookup_backward_typed<c10::BFloat16>(p, table, begin, end);
   lookup_backward_typed<c10::Half>(p, table, begin, end);
 }
+
 // Slot t of a block's derivative pairs feeds lane pair_lane(t): shuffle_ps(a, b, 0x88) of two vectors of 4
 // pairs gives their first members (a0 a1 b0 b1 | a2 a3 b2 b3), 0xdd their second.
 constexpr int pair_lane(int t) { return (t & ~7) | (t & 1) | ((t & 2) << 1) | ((t & 4) >> 1); }
