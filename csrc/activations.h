@@ -36,7 +36,7 @@ struct SwishOp {
     const T e = fa_exp_nonpositive(fa_neg_abs(z));
     const T q = e / (T(1) + e);
     const T one_minus_q = T(1) - q;
-    s = fa_select(z >= T(0), one_minus_q, q);
+    s = fa_select_negative(z, q, one_minus_q);  // at z = +-0, q = 1 - q = 1/2
     ds = q * one_minus_q;
   }
 
@@ -45,7 +45,7 @@ struct SwishOp {
   template <typename T>
   FASTACT_HOST_DEVICE static T sigmoid(T z) {
     const T e = fa_exp_nonpositive(fa_neg_abs(z));
-    return fa_select(z >= T(0), T(1), e) / (T(1) + e);
+    return fa_select_negative(z, e, T(1)) / (T(1) + e);  // at z = +-0, e = 1
   }
 
   template <typename T>
@@ -54,16 +54,39 @@ struct SwishOp {
     return fa_select(beta == T(0), T(0), beta * x);
   }
 
+  // f from x and z = beta x.
   template <typename T>
-  FASTACT_HOST_DEVICE static T forward(T x, T beta) {
-    const T z = scaled_input(x, beta);
+  FASTACT_HOST_DEVICE static T forward_scaled(T x, T z) {
     // z = -inf: x * 0 would be NaN for x = +-inf; the limit is 0.
     return fa_select(z == fa_neg(fa_inf<T>()), T(0), x * sigmoid(z));
   }
 
   template <typename T>
+  FASTACT_HOST_DEVICE static T forward(T x, T beta) {
+    return forward_scaled(x, scaled_input(x, beta));
+  }
+
+  // The forms where beta != 0, which the kernels switch to when no beta of the call is zero: beta x needs
+  // no guard then.
+  struct NonzeroParam {
+    template <typename T>
+    FASTACT_HOST_DEVICE static T forward(T x, T beta) {
+      return forward_scaled(x, beta * x);
+    }
+    template <typename T>
+    FASTACT_HOST_DEVICE static void backward(T g, T x, T beta, T& gx, T& gbeta) {
+      backward_scaled(g, x, beta * x, gx, gbeta);
+    }
+  };
+
+  template <typename T>
   FASTACT_HOST_DEVICE static void backward(T g, T x, T beta, T& gx, T& gbeta) {
-    const T z = scaled_input(x, beta);
+    backward_scaled(g, x, scaled_input(x, beta), gx, gbeta);
+  }
+
+  // The gradients from g, x and z = beta x.
+  template <typename T>
+  FASTACT_HOST_DEVICE static void backward_scaled(T g, T x, T z, T& gx, T& gbeta) {
     T s, ds;
     sigmoid_parts(z, s, ds);
     const auto z_inf = fa_abs(z) == fa_inf<T>();
@@ -83,15 +106,14 @@ struct MishOp {
   template <typename T>
   FASTACT_HOST_DEVICE static void parts(T x, T& e, T& m, T& den) {
     e = fa_exp_nonpositive(fa_neg_abs(x));
-    const auto nonneg = x >= T(0);
     const T e2 = e * e;
-    m = fa_select(nonneg, T(2) * e2, e2 + T(2) * e);
-    den = fa_select(nonneg, T(1) + T(2) * e + T(2) * e2, e2 + T(2) * e + T(2));
+    m = fa_select_negative(x, e2 + T(2) * e, T(2) * e2);
+    den = fa_select_negative(x, e2 + T(2) * e + T(2), T(1) + T(2) * e + T(2) * e2);
   }
 
   template <typename T>
   FASTACT_HOST_DEVICE static T tanh_softplus(T x, T m_over_den) {
-    return fa_select(x >= T(0), T(1) - m_over_den, m_over_den);
+    return fa_select_negative(x, m_over_den, T(1) - m_over_den);
   }
 
   // The forward divides the other way round, t = (den - m) / den, with den - m = 1 + 2e (x >= 0) or
@@ -100,10 +122,9 @@ struct MishOp {
   template <typename T>
   FASTACT_HOST_DEVICE static T forward(T x, T /*unused*/) {
     const T e = fa_exp_nonpositive(fa_neg_abs(x));
-    const auto nonneg = x >= T(0);
     const T e2 = e * e;
-    const T num = fa_select(nonneg, T(1), e2) + T(2) * e;
-    const T den = num + fa_select(nonneg, T(2) * e2, T(2));
+    const T num = fa_select_negative(x, e2, T(1)) + T(2) * e;  // at x = +-0 (e = 1) both forms are 3 / 5
+    const T den = num + fa_select_negative(x, T(2), T(2) * e2);
     return fa_select(x == fa_neg(fa_inf<T>()), T(0), x * (num / den));
   }
 
@@ -112,7 +133,7 @@ struct MishOp {
     T e, m, den;
     parts(x, e, m, den);
     const T inv_den = T(1) / den;  // one division for both terms
-    const T w = fa_select(x >= T(0), e, T(1));
+    const T w = fa_select_negative(x, T(1), e);
     const T tail = T(4) * x * e * (T(1) + e) * w * (inv_den * inv_den);
     gx = g * (tanh_softplus(x, m * inv_den) + fa_select(fa_abs(x) == fa_inf<T>(), T(0), tail));
     gp = T(0);
@@ -147,13 +168,22 @@ struct LeakyOp {
   }
 };
 
-// Op's cheaper forward for calls without a zero parameter (Op::NonzeroParam) where it has one, else Op.
+// Op's cheaper forward (backward) for calls without a zero parameter: Op::NonzeroParam where it has one with a
+// forward (backward), else Op.
 template <typename Op, typename = void>
 struct NonzeroParamForward {
   using type = Op;
 };
 template <typename Op>
-struct NonzeroParamForward<Op, std::void_t<typename Op::NonzeroParam>> {
+struct NonzeroParamForward<Op, std::void_t<decltype(&Op::NonzeroParam::template forward<float>)>> {
+  using type = typename Op::NonzeroParam;
+};
+template <typename Op, typename = void>
+struct NonzeroParamBackward {
+  using type = Op;
+};
+template <typename Op>
+struct NonzeroParamBackward<Op, std::void_t<decltype(&Op::NonzeroParam::template backward<float>)>> {
   using type = typename Op::NonzeroParam;
 };
 

@@ -24,6 +24,13 @@ FASTACT_HOST_DEVICE T fa_select(bool mask, T a, T b) {
   return mask ? a : b;
 }
 
+// if_negative where v < 0, otherwise where v > 0; at v = +-0 and NaN it may take either, so callers use it
+// only where both give the same there. On x86 the blend reads v's sign bit itself: no comparison.
+template <typename T>
+FASTACT_HOST_DEVICE T fa_select_negative(T v, T if_negative, T otherwise) {
+  return v < T(0) ? if_negative : otherwise;
+}
+
 FASTACT_HOST_DEVICE float fa_exp(float x) {
 #if defined(__CUDA_ARCH__)
   return ::expf(x);  // full-precision expf, not __expf: the tails must stay accurate
@@ -119,6 +126,30 @@ FASTACT_HOST_DEVICE VecPack<S, N> fa_select(const VecPack<S, N>& mask, const Vec
                                             const VecPack<S, N>& b) {
   return VecPack<S, N>::generate(
       [&](int i) FASTACT_HOST_DEVICE_LAMBDA { return at::vec::Vectorized<S>::blendv(b.v[i], a.v[i], mask.v[i]); });
+}
+template <typename S, int N>
+FASTACT_HOST_DEVICE VecPack<S, N> fa_select_negative(const VecPack<S, N>& v, const VecPack<S, N>& if_negative,
+                                                     const VecPack<S, N>& otherwise) {
+  return VecPack<S, N>::generate([&](int i) FASTACT_HOST_DEVICE_LAMBDA {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<S, float>) {
+      return at::vec::Vectorized<S>(
+          _mm512_mask_blend_ps(_mm512_movepi32_mask(_mm512_castps_si512(v.v[i])), otherwise.v[i], if_negative.v[i]));
+    } else {
+      return at::vec::Vectorized<S>(
+          _mm512_mask_blend_pd(_mm512_movepi64_mask(_mm512_castpd_si512(v.v[i])), otherwise.v[i], if_negative.v[i]));
+    }
+#elif defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<S, float>) {
+      return at::vec::Vectorized<S>(_mm256_blendv_ps(otherwise.v[i], if_negative.v[i], v.v[i]));
+    } else {
+      return at::vec::Vectorized<S>(_mm256_blendv_pd(otherwise.v[i], if_negative.v[i], v.v[i]));
+    }
+#else
+    using V = at::vec::Vectorized<S>;
+    return V::blendv(otherwise.v[i], if_negative.v[i], v.v[i] < V(S(0)));
+#endif
+  });
 }
 template <typename S, int N>
 FASTACT_HOST_DEVICE VecPack<S, N> fa_fma(const VecPack<S, N>& a, const VecPack<S, N>& b, const VecPack<S, N>& c) {

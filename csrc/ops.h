@@ -53,8 +53,8 @@ struct ElementwiseProblem {
   void* param_grad;
   // CPU: write `out` with non-temporal stores (set by cpu::forward/backward for data larger than the cache).
   bool stream_out;
-  // CPU: no parameter value is zero (set by cpu::forward), so an op's cheaper form for that case applies
-  // (LeakyOp::NonzeroParam).
+  // CPU: no parameter value is zero (set by cpu::forward and cpu::backward), so an op's cheaper form for that
+  // case applies (LeakyOp::NonzeroParam, SwishOp::NonzeroParam).
   bool params_nonzero;
 };
 

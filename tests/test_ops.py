@@ -282,6 +282,49 @@ def test_prelu_limits_with_and_without_a_zero_weight(device, dtype, layout, zero
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("zero_channel", [True, False])
+def test_learnable_swish_limits_with_and_without_a_zero_beta(device, dtype, layout, zero_channel):
+    """The CPU kernels take a cheaper form, forward and backward, when no beta is zero (SwishOp::NonzeroParam);
+    both forms give the limits at +-inf (x / 2 where beta is 0), propagate NaN, and match float64, beta's
+    gradient included."""
+    case = next(c for c in CASES if c.name == "swish_param" and c.param == "channel")
+    beta_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    beta = torch.tensor([0.75, -1.5, 0.0 if zero_channel else 2.0], dtype=beta_dtype, device=device)
+    values = torch.tensor([-INF, INF, math.nan, -2.0, 3.0, -0.0, 0.0, 1e-30, -7.5], dtype=torch.float64)
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = values.repeat(2, 3, 5, 1).transpose(2, 3).to(dtype).contiguous(memory_format=memory_format).to(device)
+    xg, bg = x.clone().requires_grad_(), beta.clone().requires_grad_()
+    y = fastact.swish(xg, bg)
+    (gx,) = torch.autograd.grad(y, xg, torch.ones_like(y))
+    b = beta.double().cpu().view(1, 3, 1, 1).expand(x.shape)
+    xd = x.double().cpu()
+    finite = xd.isfinite()
+    y_ref, (g_ref, _) = reference_grads(case, xd[finite].view(2, 3, -1, 5), beta.double().cpu(),
+                                        torch.ones(2, 3, finite.sum().item() // 30, 5, dtype=torch.float64))
+    assert_close_to_ref(y.detach().cpu()[finite], y_ref.flatten(), dtype, ulps=ULPS[dtype], what="forward")
+    assert_close_to_ref(gx.cpu()[finite], g_ref.flatten(), dtype, ulps=ULPS[dtype] + 2, what="grad x")
+    inf = xd.isinf()
+    z_negative = xd * b < 0
+    want_y = torch.where(b == 0, xd / 2, torch.where(z_negative, 0.0, xd))
+    want_g = torch.where(b == 0, 0.5, torch.where(z_negative, 0.0, 1.0))
+    assert torch.equal(y.detach().cpu().double()[inf], want_y[inf]), f"limits of f, beta {beta.tolist()}"
+    assert torch.equal(gx.cpu().double()[inf], want_g[inf]), f"limits of f', beta {beta.tolist()}"
+    nan = xd.isnan()
+    assert y.detach().cpu()[nan].isnan().all()
+    assert gx.cpu()[nan & (b != 0)].isnan().all() and torch.equal(gx.cpu().double()[nan & (b == 0)], want_g[nan & (b == 0)])
+    # beta's gradient over the finite values (an infinite x makes its channel's sum inf or NaN)
+    xf = torch.where(x.isfinite(), x, torch.zeros_like(x)).requires_grad_()
+    bf = beta.clone().requires_grad_()
+    y = fastact.swish(xf, bf)
+    gxf, gbeta = torch.autograd.grad(y, (xf, bf), torch.ones_like(y))
+    _, (_, gbeta_ref) = reference_grads(case, xf.detach().double().cpu(), beta.double().cpu(),
+                                        torch.ones(x.shape, dtype=torch.float64))
+    torch.testing.assert_close(gbeta.cpu().double(), gbeta_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_leaky_slope_that_is_zero_in_float_gives_the_relu_limit(device, dtype):
     """A float slope is a double in Python; the kernels use it in float, where 1e-46 is 0: that call must take

@@ -362,6 +362,7 @@ void forward(const ElementwiseProblem& problem) {
 void backward(const ElementwiseProblem& problem) {
   ElementwiseProblem p = problem;
   p.stream_out = should_stream(p, 3);
+  p.params_nonzero = params_nonzero(p);
   const RangeKernels& k = *active()->kernels;
   if (p.param_grad == nullptr) {
     const auto table = lookup_table(p, k, /*backward=*/true);

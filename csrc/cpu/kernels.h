@@ -332,6 +332,10 @@ void forward_range_typed(const ElementwiseProblem& p, int64_t begin, int64_t end
 template <typename Op, typename scalar_t>
 void backward_range_typed(const ElementwiseProblem& p, int64_t begin, int64_t end, void* acc_void,
                           int64_t acc_base) {
+  using NonzeroOp = typename NonzeroParamBackward<Op>::type;
+  if constexpr (!std::is_same_v<NonzeroOp, Op>) {
+    if (p.params_nonzero) return backward_range_typed<NonzeroOp, scalar_t>(p, begin, end, acc_void, acc_base);
+  }
   using opmath_t = at::opmath_type<scalar_t>;
   const auto* grad = static_cast<const scalar_t*>(p.grad);
   const auto* x = static_cast<const scalar_t*>(p.x);
