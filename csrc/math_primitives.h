@@ -28,7 +28,7 @@ FASTACT_HOST_DEVICE T fa_select(bool mask, T a, T b) {
 // only where both give the same there. On x86 the blend reads v's sign bit itself: no comparison.
 template <typename T>
 FASTACT_HOST_DEVICE T fa_select_negative(T v, T if_negative, T otherwise) {
-  return v < T(0) ? if_negative : otherwise;
+  return v >= T(0) ? otherwise : if_negative;
 }
 
 FASTACT_HOST_DEVICE float fa_exp(float x) {
