@@ -743,21 +743,23 @@ def _assert_same_bits(a, b, where):
     assert bool(same.all()), f"{where}: {int((~same).sum())} of {same.numel()} differ"
 
 
-def _needs_avx2():
-    if "avx2" not in fastact.supported_cpu_capabilities():
-        pytest.skip("the lookup tables are in the AVX2 build, which this CPU does not run")
+# The kernel builds with lookup tables (all but the default one).
+TABLE_CAPABILITIES = ["avx2", "avx512"]
 
 
 @contextlib.contextmanager
-def _avx2_kernels():
-    """The AVX2 kernel build (the one with the tables), with the table and streaming thresholds restored after."""
-    capability = fastact.set_cpu_capability("avx2")
+def _table_kernels(capability: str):
+    """The given kernel build, with the table and streaming thresholds restored after; skips where this CPU
+    does not run it."""
+    if capability not in fastact.supported_cpu_capabilities():
+        pytest.skip(f"this CPU does not run the {capability} build")
+    previous = fastact.set_cpu_capability(capability)
     threshold = fastact.ops.cpu_lookup_threshold()
     streaming = fastact.ops.cpu_streaming_threshold()
     try:
         yield
     finally:
-        fastact.set_cpu_capability(capability)
+        fastact.set_cpu_capability(previous)
         fastact.ops.set_cpu_lookup_threshold(threshold)
         fastact.ops.set_cpu_streaming_threshold(streaming)
 
@@ -771,12 +773,12 @@ def _computed_and_looked_up(run, inputs, stream: bool):
     return computed, run(*inputs)
 
 
+@pytest.mark.parametrize("capability", TABLE_CAPABILITIES)
 @pytest.mark.parametrize("op", list(LOOKUP_OPS))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_lookup_tables_give_the_kernels_bits(op, dtype):
+def test_lookup_tables_give_the_kernels_bits(op, dtype, capability):
     """Every 16-bit value, in several layouts, with and without non-temporal stores (whose aligning head and
     tail cover odd offsets): the tables give exactly the computed kernels' forward and backward."""
-    _needs_avx2()
     forward, backward = LOOKUP_OPS[op]
     g = torch.Generator().manual_seed(8)
     every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
@@ -790,7 +792,7 @@ def test_lookup_tables_give_the_kernels_bits(op, dtype):
         "channels_last": tuple(t.reshape(4, 16, 32, 32).contiguous(memory_format=torch.channels_last)
                                for t in (every, grad)),
     }
-    with _avx2_kernels():
+    with _table_kernels(capability):
         for layout, inputs in layouts.items():
             for stream in (False, True):
                 computed, looked_up = _computed_and_looked_up(lambda x, gx: (forward(x), backward(gx, x)), inputs,
@@ -805,14 +807,14 @@ def test_lookup_tables_give_the_kernels_bits(op, dtype):
         _assert_same_bits(out, fastact.mish(every), "out=")
 
 
+@pytest.mark.parametrize("capability", TABLE_CAPABILITIES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("beta", [-0.6, 1.0, 0.0])
-def test_lookup_tables_give_the_kernels_bits_with_a_beta_gradient(dtype, beta):
+def test_lookup_tables_give_the_kernels_bits_with_a_beta_gradient(dtype, beta, capability):
     """The learnable-beta backward from a table of (df/dx, df/dbeta) pairs: grad_input and the beta gradient have
     the computed kernel's bits, for every finite 16-bit value in several layouts (the sum's lanes and order
     depend on alignment and on the widening of full bfloat16 blocks), with and without non-temporal stores; with
     inf and NaN inputs grad_input still matches and the gradient is NaN both ways."""
-    _needs_avx2()
     g = torch.Generator().manual_seed(9)
     every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
     every = every[torch.randperm(every.numel(), generator=g)]
@@ -829,7 +831,7 @@ def test_lookup_tables_give_the_kernels_bits_with_a_beta_gradient(dtype, beta):
         "with inf and NaN": (every, grad),
     }
     weight = torch.tensor([beta])
-    with _avx2_kernels():
+    with _table_kernels(capability):
         for layout, inputs in layouts.items():
             for stream in (False, True):
                 computed, looked_up = _computed_and_looked_up(
@@ -845,8 +847,8 @@ def test_lookup_tables_give_the_kernels_bits_with_a_beta_gradient(dtype, beta):
 
 
 _LOOKUP_SELECTION = """
-import torch, fastact
-fastact.set_cpu_capability("avx2")
+import sys, torch, fastact
+fastact.set_cpu_capability(sys.argv[1])
 cached = fastact.ops.cpu_lookup_tables_cached
 t = fastact.ops.cpu_lookup_threshold()
 big = torch.randn(4 * t).to(torch.bfloat16)
@@ -867,12 +869,14 @@ print(counts)
 """
 
 
-def test_lookup_tables_are_used_where_they_pay_off():
+@pytest.mark.parametrize("capability", TABLE_CAPABILITIES)
+def test_lookup_tables_are_used_where_they_pay_off(capability):
     """Which calls take a table, counted in a fresh process: 16-bit swish/mish forwards and backwards (with or
     without a parameter gradient) with one parameter value from the threshold (4x it to build a new table), not
     float32, leaky, per-channel parameters, or small calls."""
-    _needs_avx2()
-    result = subprocess.run([sys.executable, "-c", _LOOKUP_SELECTION], capture_output=True, text=True, timeout=120,
+    if capability not in fastact.supported_cpu_capabilities():
+        pytest.skip(f"this CPU does not run the {capability} build")
+    result = subprocess.run([sys.executable, "-c", _LOOKUP_SELECTION, capability], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(Path(fastact.__file__).parent.parent)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[0, 1, 1, 3, 3, 3, 3, 4, 5, 8]"

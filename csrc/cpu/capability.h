@@ -18,8 +18,8 @@ struct RangeKernels {
   // grad_input over [begin, end); if acc is not null, also adds d(loss)/d(param) of channel c into
   // acc[c - acc_base] (acc holds the compute type: float, or double for double inputs).
   void (*backward)(const ElementwiseProblem& p, int64_t begin, int64_t end, void* acc, int64_t acc_base);
-  // y = table[bits of x] over [begin, end) for a 16-bit x (dispatch.cpp's lookup tables); null in every build
-  // but AVX2 (the AVX-512 one computes; a table was never measured against its wider math).
+  // y = table[bits of x] over [begin, end) for a 16-bit x (dispatch.cpp's lookup tables); null in the default
+  // build (without vectors to collect the entries in, a table was never measured against the computed math).
   void (*lookup_forward)(const ElementwiseProblem& p, const uint16_t* table, int64_t begin, int64_t end);
   // grad_input = grad * table[bits of x] (table: the float derivative), likewise; no parameter gradient.
   void (*lookup_backward)(const ElementwiseProblem& p, const float* table, int64_t begin, int64_t end);

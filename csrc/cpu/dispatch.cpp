@@ -125,9 +125,10 @@ const Capability*& active() {
 // Lookup tables. A 16-bit x has 65536 values, so for the activations whose math is long (an exp and a
 // division: swish, mish) a call can read f, the float derivative f', or the pair (df/dx, df/dparam) from a
 // table of all of them instead of computing it: built by the kernels themselves from every value (so a call
-// gives the same bits either way) and read with scalar loads. On AVX2 (Zen 3), per 8 bfloat16 in L1, the
-// forward takes ~8 cycles against ~14-17 computed, the backward ~7-9 against ~18-20, and the backward with a
-// parameter gradient ~11 against ~21 (benchmarks/cpu_cycles). Used for calls with one parameter value (none, a
+// gives the same bits either way) and read with scalar loads (AVX2) or gathers (AVX-512). On AVX2 (Zen 3), per
+// 8 bfloat16 in L1, the forward takes ~8 cycles against ~14-17 computed, the backward ~7-9 against ~18-20, and
+// the backward with a parameter gradient ~11 against ~21; on AVX-512 (Sapphire Rapids class) 2.2-2.4x, 2.1-2.4x
+// and 1.6x less time than computed (benchmarks/cpu_cycles, kernels.h). Used for calls with one parameter value (none, a
 // float, or a one-element tensor) of at least lookup_threshold() elements whose table is kept, and of 4x that
 // where one must be built first (65536 evaluations, ~60-140 us: a learnable beta changes every step). The
 // tables of the last kMaxTables (op, dtype, parameter, direction, parameter gradient) are kept: 128 KiB for a
@@ -196,7 +197,7 @@ std::shared_ptr<Table> build_table(const ElementwiseProblem& p, const RangeKerne
   build.stream_out = false;
   auto for_every_value = [&](auto&& fn) { at::parallel_for(0, kTableSize, kGrain, fn); };
   if (!backward) {
-    table->values.resize(kTableSize);
+    table->values.resize(kTableSize + 1);  // + 1: the AVX-512 gathers read 32 bits at the last entry
     build.x = every_value.data();
     build.out = table->values.data();
     for_every_value([&](int64_t begin, int64_t end) { k.forward(build, begin, end); });

@@ -571,6 +571,193 @@ constexpr auto kLookupForward = &lookup_forward;
 constexpr auto kLookupBackwardParam = &lookup_backward_param;
 constexpr auto kDerivativePairs = &derivative_pairs;
 constexpr auto kLookupBackward = &lookup_backward;
+#elif defined(CPU_CAPABILITY_AVX512)
+// The tables are read with AVX-512 gathers. On a Sapphire Rapids-class Xeon (not slowed by the GDS
+// mitigation), one core, bfloat16 in cache, median ns per element (benchmarks/cpu_cycles): forward 0.33
+// against 0.72-0.79 computed and 0.59 for the AVX2 build's scalar loads; backward 0.41 against 0.85-0.99 and
+// 0.69; backward with a parameter gradient 0.58 against 0.93 and 1.00.
+
+// The 16-bit x of 16 elements as 32-bit indices, in order.
+FASTACT_HOST_DEVICE __m512i widen_bits(__m256i bits) { return _mm512_cvtepu16_epi32(bits); }
+FASTACT_HOST_DEVICE __m256i load_bits(const uint16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
+// y = table[x] for 16-bit x, 32 per step. Each gather reads 32 bits at table + x, so the table has one entry
+// of padding (dispatch.cpp); the high half of each lane is dropped.
+void lookup_forward(const ElementwiseProblem& p, const uint16_t* table, int64_t begin, int64_t end) {
+  const auto* x = static_cast<const uint16_t*>(p.x) + begin;
+  auto* y = static_cast<uint16_t*>(p.out) + begin;
+  const int64_t n = end - begin;
+  const bool stream = p.stream_out;
+  int64_t i = 0;
+  if (stream) {  // non-temporal stores need 64-byte alignment
+    for (; i < n && reinterpret_cast<std::uintptr_t>(y + i) % 64 != 0; ++i) y[i] = table[x[i]];
+  }
+  for (; i + 32 <= n; i += 32) {
+    __m256i halves[2];
+    fa_static_for<2>([&](auto k) FASTACT_ALWAYS_INLINE_LAMBDA {
+      const __m512i entries = _mm512_i32gather_epi32(widen_bits(load_bits(x + i + 16 * k)), table, 2);
+      halves[k] = _mm512_cvtepi32_epi16(entries);
+    });
+    const __m512i out = _mm512_inserti64x4(_mm512_castsi256_si512(halves[0]), halves[1], 1);
+    auto* dst = reinterpret_cast<__m512i*>(y + i);
+    stream ? _mm512_stream_si512(dst, out) : _mm512_storeu_si512(dst, out);
+  }
+  for (; i < n; ++i) y[i] = table[x[i]];
+  if (stream) fa_store_fence();
+}
+
+// 16 elements of a 16-bit type in float, in order, and back (rounded to nearest even).
+template <typename scalar_t>
+FASTACT_HOST_DEVICE __m512 widen_ordered(const scalar_t* p) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  } else {
+    return _mm512_cvtph_ps(bits);
+  }
+}
+template <typename scalar_t>
+FASTACT_HOST_DEVICE __m256i narrow_ordered(__m512 v) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    return _mm512_cvtepi32_epi16(round_to_bf16_bits(v));
+  } else {
+    return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+}
+
+// grad_input = grad * table[x] (the float derivative, looked up by the bits of x), rounded once to the 16-bit
+// type: the computed backward's float product and rounding, so the same bits. 32 elements per step.
+template <typename scalar_t>
+void lookup_backward_typed(const ElementwiseProblem& p, const float* table, int64_t begin, int64_t end) {
+  const auto* x = static_cast<const uint16_t*>(p.x) + begin;
+  const auto* grad = static_cast<const scalar_t*>(p.grad) + begin;
+  auto* out = static_cast<scalar_t*>(p.out) + begin;
+  const int64_t n = end - begin;
+  const bool stream = p.stream_out;
+  auto one = [&](int64_t i) { out[i] = scalar_t(static_cast<float>(grad[i]) * table[x[i]]); };
+  int64_t i = 0;
+  if (stream) {
+    for (; i < n && reinterpret_cast<std::uintptr_t>(out + i) % 64 != 0; ++i) one(i);
+  }
+  for (; i + 32 <= n; i += 32) {
+    __m256i halves[2];
+    fa_static_for<2>([&](auto k) FASTACT_ALWAYS_INLINE_LAMBDA {
+      const __m512 derivative = _mm512_i32gather_ps(widen_bits(load_bits(x + i + 16 * k)), table, 4);
+      halves[k] = narrow_ordered<scalar_t>(_mm512_mul_ps(widen_ordered(grad + i + 16 * k), derivative));
+    });
+    const __m512i result = _mm512_inserti64x4(_mm512_castsi256_si512(halves[0]), halves[1], 1);
+    auto* dst = reinterpret_cast<__m512i*>(out + i);
+    stream ? _mm512_stream_si512(dst, result) : _mm512_storeu_si512(dst, result);
+  }
+  for (; i < n; ++i) one(i);
+  if (stream) fa_store_fence();
+}
+
+void lookup_backward(const ElementwiseProblem& p, const float* table, int64_t begin, int64_t end) {
+  if (p.dtype == c10::ScalarType::BFloat16) return lookup_backward_typed<c10::BFloat16>(p, table, begin, end);
+  lookup_backward_typed<c10::Half>(p, table, begin, end);
+}
+
+// The backward with a parameter gradient, one parameter value: grad_input = grad * df/dx and the sum of
+// grad * df/dparam added into acc[0], the two derivatives (at grad = 1) gathered from a table of pairs by the
+// indices of the block's lanes. It runs the computed backward's block loop: the same products, and the sum in
+// the same lanes and order, so the same bits.
+template <typename scalar_t>
+void lookup_backward_param_typed(const ElementwiseProblem& p, const float* pairs, int64_t begin, int64_t end,
+                                 float* acc) {
+  using B = Block<scalar_t, /*kKeepOrder=*/false>;
+  using Pack = typename B::Pack;
+  static_assert(B::kVecSize == 16 && kVecsPerBlock % 2 == 0, "two vectors per 32 elements below");
+  const auto* x = static_cast<const uint16_t*>(p.x) + begin;
+  const auto* grad = static_cast<const scalar_t*>(p.grad) + begin;
+  auto* grad_input = static_cast<scalar_t*>(p.out) + begin;
+  backward_run_blocks<B, false, true>(
+      grad_input, end - begin, acc, p.stream_out,
+      [&](int64_t i, int64_t count, Pack& gx, Pack& gp) FASTACT_ALWAYS_INLINE_LAMBDA {
+        Pack dfdx, dfdp;
+        // One 64-bit gather per 8 pairs (half the loads of gathering the two floats apart), then the pairs of
+        // 16 lanes split into their first and second members.
+        const __m512i first = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        const __m512i second = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        auto gather = [&](int j, __m512i index) FASTACT_ALWAYS_INLINE_LAMBDA {
+          const __m512 a = _mm512_castsi512_ps(_mm512_i32gather_epi64(_mm512_castsi512_si256(index), pairs, 8));
+          const __m512 b = _mm512_castsi512_ps(_mm512_i32gather_epi64(_mm512_extracti64x4_epi64(index, 1), pairs, 8));
+          dfdx.v[j] = _mm512_permutex2var_ps(a, first, b);
+          dfdp.v[j] = _mm512_permutex2var_ps(a, second, b);
+        };
+        fa_static_for<kVecsPerBlock / 2>([&](auto k) FASTACT_ALWAYS_INLINE_LAMBDA {
+          constexpr int j = 2 * k;
+          const uint16_t* bits = x + i + 16 * j;
+          if (count == B::kSize) {
+            if constexpr (B::kUnordered) {  // lanes as widen_bf16_unordered widens the block's bfloat16
+              const __m512i all = _mm512_loadu_si512(bits);
+              gather(j, _mm512_unpacklo_epi16(all, _mm512_setzero_si512()));
+              gather(j + 1, _mm512_unpackhi_epi16(all, _mm512_setzero_si512()));
+            } else {
+              gather(j, widen_bits(load_bits(bits)));
+              gather(j + 1, widen_bits(load_bits(bits + 16)));
+            }
+          } else {  // in order; lanes past count read entry 0, and are never stored or summed
+            fa_static_for<2>([&](auto h) FASTACT_ALWAYS_INLINE_LAMBDA {
+              const int64_t part = B::part_count(count, j + h);
+              const __mmask16 lanes = part >= 16 ? __mmask16(0xffff) : __mmask16((1u << part) - 1);
+              gather(j + h, _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, bits + 16 * h)));
+            });
+          }
+        });
+        const Pack g = B::load(grad + i, count);
+        gx = g * dfdx;
+        gp = g * dfdp;
+      });
+  if (p.stream_out) fa_store_fence();
+}
+
+// The table lookup_backward_param reads: for float x[i], i in [begin, end), df/dx and df/dparam at grad = 1 and
+// the problem's one parameter value, by the computed backward's own math, stored as pairs[2 i], pairs[2 i + 1].
+template <typename Op>
+void derivative_pairs_typed(const ElementwiseProblem& p, int64_t begin, int64_t end, float* pairs) {
+  using B = Block<float, /*kKeepOrder=*/true>;
+  using Pack = typename B::Pack;
+  const auto* x = static_cast<const float*>(p.x);
+  const Pack param(static_cast<float>(p.param_scalar)), one(1.0f);
+  // unpacklo/hi interleave within 128-bit lanes: lo holds pairs 0 1 | 4 5 | 8 9 | 12 13, hi 2 3 | 6 7 | ...
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (int64_t i = begin; i < end; i += B::kSize) {
+    const int64_t count = std::min<int64_t>(B::kSize, end - i);
+    Pack dfdx, dfdp;
+    Op::backward(one, B::load(x + i, count), param, dfdx, dfdp);
+    fa_static_for<kVecsPerBlock>([&](auto j) FASTACT_ALWAYS_INLINE_LAMBDA {
+      const int64_t part = B::part_count(count, j);
+      if (part == 0) return;
+      const __m512 lo = _mm512_unpacklo_ps(dfdx.v[j], dfdp.v[j]);
+      const __m512 hi = _mm512_unpackhi_ps(dfdx.v[j], dfdp.v[j]);
+      float* out = pairs + 2 * (i + 16 * j);
+      const __m512 out0 = _mm512_permutex2var_ps(lo, first, hi), out1 = _mm512_permutex2var_ps(lo, second, hi);
+      if (part == 16) {
+        _mm512_storeu_ps(out, out0);
+        _mm512_storeu_ps(out + 16, out1);
+      } else {  // 2 * part floats
+        const uint32_t floats = static_cast<uint32_t>(2 * part);
+        _mm512_mask_storeu_ps(out, __mmask16(floats >= 16 ? 0xffff : (1u << floats) - 1), out0);
+        if (floats > 16) _mm512_mask_storeu_ps(out + 16, __mmask16((1u << (floats - 16)) - 1), out1);
+      }
+    });
+  }
+}
+
+void derivative_pairs(const ElementwiseProblem& p, int64_t begin, int64_t end, float* pairs) {
+  dispatch(p, [&](auto op, auto) { derivative_pairs_typed<decltype(op)>(p, begin, end, pairs); });
+}
+
+void lookup_backward_param(const ElementwiseProblem& p, const float* pairs, int64_t begin, int64_t end, float* acc) {
+  if (p.dtype == c10::ScalarType::BFloat16) return lookup_backward_param_typed<c10::BFloat16>(p, pairs, begin, end, acc);
+  lookup_backward_param_typed<c10::Half>(p, pairs, begin, end, acc);
+}
+constexpr auto kLookupForward = &lookup_forward;
+constexpr auto kLookupBackwardParam = &lookup_backward_param;
+constexpr auto kDerivativePairs = &derivative_pairs;
+constexpr auto kLookupBackward = &lookup_backward;
 #else
 constexpr decltype(RangeKernels::lookup_forward) kLookupForward = nullptr;
 constexpr decltype(RangeKernels::lookup_backward) kLookupBackward = nullptr;
