@@ -63,8 +63,9 @@ def set_cpu_huge_pages(enabled: bool) -> bool:
 
 
 def cpu_streaming_threshold() -> int:
-    """CPU calls that touch more bytes than this (inputs and output; default: the last-level cache) write
-    their output with non-temporal stores, which skip reading each cache line before overwriting it."""
+    """CPU calls that touch more bytes than this (inputs and output; default: a quarter of the last-level
+    cache, a program's assumed share of a shared one) write their output with non-temporal stores, which skip
+    reading each cache line before overwriting it."""
     return int(_lib.cpu_streaming_threshold())
 
 

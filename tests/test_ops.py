@@ -657,8 +657,10 @@ def _all_outputs(case, x, p, g):
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_streaming_stores_give_the_same_bits(case, dtype):
-    # Runs of >= 4096 elements stream (shorter per-channel runs do not): inner = 64 * 67 = 4288 per channel.
+    # Per-channel runs stream where their aligning head is short against them: inner = 64 * 67 = 4288 per
+    # channel, and 5 * 67 = 335 (unaligned runs, heads up to 1/8 of them) in "short runs".
     x = make_input((2, 4, 64, 67), "contiguous", dtype, 11, "cpu", 6.0)
+    short = make_input((2, 4, 5, 67), "contiguous", dtype, 12, "cpu", 6.0)
     x.view(-1)[:len(EDGE)] = torch.tensor(EDGE, dtype=torch.float64).to(dtype)
     g = torch.randn(x.shape, dtype=torch.float64).to(dtype)
     p = case.make_param(x, torch.Generator().manual_seed(5))
@@ -670,6 +672,7 @@ def test_streaming_stores_give_the_same_bits(case, dtype):
                               g.contiguous(memory_format=torch.channels_last), p),
             # 1-d views 3 elements in: the input is not aligned (the fresh output is)
             "offset": (x.view(-1)[3:], g.view(-1)[3:], p[:1] if case.param == "channel" else p),
+            "short runs": (short, torch.randn(short.shape, dtype=torch.float64).to(dtype), p),
         }
         for layout, (xs, gs, ps) in layouts.items():
             fastact.ops.set_cpu_streaming_threshold(1 << 62)
@@ -720,7 +723,7 @@ def test_streaming_in_place(dtype):
     assert torch.equal(y, expected)
 
 
-def test_streaming_threshold_is_the_cache_by_default_and_rejects_negative():
+def test_streaming_threshold_is_set_from_the_cache_and_rejects_negative():
     assert fastact.ops.cpu_streaming_threshold() >= 1 << 20
     with pytest.raises(RuntimeError, match="set_cpu_streaming_threshold: nbytes must be >= 0"):
         fastact.ops.set_cpu_streaming_threshold(-1)

@@ -7,7 +7,7 @@
 // madvise(MADV_HUGEPAGE) before the kernel writes it makes that one fault per 2 MB. PyTorch does the same
 // for every allocation when THP_MEM_ALLOC_ENABLE=1; fastact does it for its own outputs of 32 MiB and more.
 // Smaller blocks usually come back from glibc's heap, already mapped: there the advice saves nothing and its
-// system call cost 2-7% of a 4 MB LeakyReLU (measured, benchmarks/results/cpu/README.md).
+// system call cost 2-7% of a 4 MB LeakyReLU (measured, benchmarks/results/cpu/zen3/README.md).
 // Off with FASTACT_HUGE_PAGES=0 or fastact.set_cpu_huge_pages(False).
 #include <atomic>
 #include <cstdint>

@@ -35,7 +35,7 @@ using at::vec::Vectorized;
 
 // Vectors of the compute type per block: enough independent chains to hide the latency of the math (see
 // VecPack). Measured on Zen 3 (AVX2) with benchmarks/cpu_cycles, cycles per 8 floats, silu forward: 19.1 with
-// 1, 12.5 with 4 (benchmarks/results/cpu/README.md).
+// 1, 12.5 with 4 (benchmarks/results/cpu/zen3/README.md).
 constexpr int kVecsPerBlock = 4;
 
 // bfloat16 <-> float where the lane order inside a block does not matter as long as the store undoes the
@@ -87,7 +87,9 @@ constexpr bool kUnorderedBFloat16 = false;
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
 constexpr bool kCanStream = true;
 constexpr std::uintptr_t kStreamAlignment = sizeof(Vectorized<float>);
-constexpr int64_t kMinStreamRun = 4096;
+// A run streams if its aligning head is at most 1/kMaxStreamHeadShare of it: per-channel runs (e.g. 1024
+// elements of NCHW 32x32) stream too, short ones (7x7) keep plain stores.
+constexpr int64_t kMaxStreamHeadShare = 8;
 #if defined(CPU_CAPABILITY_AVX512)
 FASTACT_HOST_DEVICE void stream_vector(float* p, const Vectorized<float>& v) { _mm512_stream_ps(p, v); }
 FASTACT_HOST_DEVICE void stream_vector(double* p, const Vectorized<double>& v) { _mm512_stream_pd(p, v); }
@@ -108,7 +110,7 @@ FASTACT_HOST_DEVICE void fa_store_fence() { _mm_sfence(); }
 #else
 constexpr bool kCanStream = false;
 constexpr std::uintptr_t kStreamAlignment = 1;
-constexpr int64_t kMinStreamRun = 0;
+constexpr int64_t kMaxStreamHeadShare = 1;
 template <typename S>
 FASTACT_HOST_DEVICE void stream_vector(S* p, const Vectorized<S>& v) { v.store(p); }
 FASTACT_HOST_DEVICE void fa_store_fence() {}
@@ -207,19 +209,24 @@ struct Block {
   }
 };
 
-// Calls block(offset, count, stream) over [0, n): full blocks (count is a constant there, so loads and
-// stores take their full-width path), then the partial tail. With stream (and an instruction set that has
-// non-temporal stores), the full blocks' stores are non-temporal; a partial head block first brings `out` to
-// the alignment they need.
+// Calls block(offset, count, stream) over [0, n): a partial head block that brings `out` to the alignment of
+// non-temporal stores, full blocks (count is a constant there, so loads and stores take their full-width
+// path), then the partial tail. With stream (and an instruction set that has non-temporal stores), the full
+// blocks' stores are non-temporal. The head is split off whether or not the run streams, so that a parameter
+// gradient's sum (whose lanes follow the blocks) has the same bits either way.
 template <typename B, typename BlockFn>
 FASTACT_HOST_DEVICE void for_each_block(int64_t n, const typename B::scalar_type* out, bool stream,
                                         BlockFn&& block) {
   int64_t i = 0;
   const auto address = reinterpret_cast<std::uintptr_t>(out);
-  // Short runs (per-channel pieces) keep plain stores: the aligning head would cost more than they save.
-  stream = stream && kCanStream && n >= kMinStreamRun && address % sizeof(*out) == 0;
-  if (stream) {
-    i = (-address & (kStreamAlignment - 1)) / sizeof(*out);
+  const int64_t head = (-address & (kStreamAlignment - 1)) / sizeof(*out);
+  // Short runs keep plain stores and no head: a partial head block, and the write-combining of too few lines,
+  // would cost more than streaming saves.
+  const bool aligns = kCanStream && address % sizeof(*out) == 0 && n >= 4 * B::kSize &&
+                      head * kMaxStreamHeadShare <= n;
+  stream = stream && aligns;
+  if (aligns) {
+    i = head;
     if (i > 0) block(0, i, false);
   }
   for (; i + B::kSize <= n; i += B::kSize) block(i, B::kSize, stream);
