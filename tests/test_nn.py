@@ -1267,6 +1267,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_path: str) -> None:
         loss.backward()
         if rank == 0:
             torch.save({k: p.grad.clone() for k, p in model.module.named_parameters()}, out_path)
+        dist.barrier()  # neither rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 
@@ -1344,6 +1345,7 @@ def _dtensor_worker(rank: int, world_size: int, port: int, out_path: str) -> Non
             inplace[name] = x.full_tensor()
         if rank == 0:
             torch.save((results, inplace), out_path)
+        dist.barrier()  # neither rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 
