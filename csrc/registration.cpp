@@ -173,11 +173,3 @@ TORCH_LIBRARY_IMPL(fastact, CUDA, m) { FASTACT_FOR_EACH_ACTIVATION(FASTACT_IMPL)
 #endif
 
 }  // namespace fastact
-
-// A Python module to import, so that `import fastact._C` loads the library and runs the registrations above;
-// Python never calls into it directly (ops go through torch.ops.fastact).
-#include <Python.h>
-extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
-}

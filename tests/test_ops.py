@@ -1128,6 +1128,112 @@ def test_an_argument_left_on_meta_is_an_error_not_garbage():
 
 
 # --------------------------------------------------------------------------------------------------------
+# Eager entry points (fastact._C, csrc/python_module.cpp): the torch.ops op without its argument parsing, for
+# plain tensors and Python numbers; NotImplemented for everything torch.ops must see
+
+EAGER_PARAMS = {"swish": 1.3, "mish": None, "leaky_relu": -0.5, "swish_param": "tensor", "prelu": "tensor"}
+
+
+def _eager_args(name: str, x: torch.Tensor) -> tuple:
+    p = EAGER_PARAMS[name]
+    if p is None:
+        return (x,)
+    return (x, torch.rand(x.shape[1], dtype=x.dtype) + 0.5) if p == "tensor" else (x, p)
+
+
+@pytest.mark.parametrize("name", list(EAGER_PARAMS))
+def test_eager_entry_point_is_the_torch_ops_op(name):
+    x = torch.randn(3, 5, 7)
+    args = _eager_args(name, x)
+    y = getattr(fastact._C, name)(*args)
+    assert torch.equal(y, getattr(torch.ops.fastact, name)(*args))
+    # the same dispatcher op, so the same autograd node, gradients and autocast
+    xg = x.clone().requires_grad_()
+    gargs = (xg, *[a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args[1:]])
+    yg = getattr(fastact._C, name)(*gargs)
+    assert type(yg.grad_fn) is type(getattr(torch.ops.fastact, name)(*gargs).grad_fn)
+    tensors = [a for a in gargs if isinstance(a, torch.Tensor)]
+    dy = torch.randn_like(x)
+    expected = torch.autograd.grad(getattr(torch.ops.fastact, name)(*gargs), tensors, dy)
+    for got, want in zip(torch.autograd.grad(yg, tensors, dy), expected):
+        assert torch.equal(got, want)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert getattr(fastact._C, name)(*args).dtype == getattr(torch.ops.fastact, name)(*args).dtype
+
+
+class _SubclassTensor(torch.Tensor):
+    pass
+
+
+class _RecordingMode(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", list(EAGER_PARAMS))
+def test_eager_entry_point_declines_what_torch_ops_must_handle(name):
+    x = torch.randn(2, 3, 4)
+    call = getattr(fastact._C, name)
+    args = _eager_args(name, x)
+    declined = [
+        (x.as_subclass(_SubclassTensor), *args[1:]),  # a tensor subclass (__torch_function__)
+        (x.tolist(), *args[1:]),                      # not a tensor
+        args + (1.0,),                                # an extra argument
+    ]
+    if EAGER_PARAMS[name] == "tensor":
+        declined.append((x, args[1].as_subclass(_SubclassTensor)))
+        declined.append((x, 1.0))
+    elif EAGER_PARAMS[name] is not None:
+        declined += [(x, True), (x, torch.tensor(0.5)), (x, "0.5"), (x, None)]  # a bool, a 0-d tensor, others
+    for declined_args in declined:
+        assert call(*declined_args) is NotImplemented, declined_args
+    with _RecordingMode():
+        assert call(*args) is NotImplemented
+    results = []
+
+    def traced(t):  # torch.jit.trace records ops through torch.ops' path
+        results.append(call(t, *args[1:]))
+        return t + 1
+
+    torch.jit.trace(traced, x, check_trace=False)
+    assert results and all(r is NotImplemented for r in results)
+
+
+def test_functional_calls_reach_torch_function_modes_and_subclasses():
+    # Declined calls take the torch.ops path, where __torch_function__ sees the op, as it sees torch's own.
+    x, w = torch.randn(2, 3, 4), torch.rand(3)
+    with _RecordingMode() as mode:
+        fastact.silu(x)
+        fastact.prelu(x, w)
+    assert mode.calls == ["fastact.swish.default", "fastact.prelu.default"]
+    y = fastact.mish(x.as_subclass(_SubclassTensor))
+    assert type(y) is _SubclassTensor and torch.equal(y.as_subclass(torch.Tensor), torch.ops.fastact.mish(x))
+
+
+def test_eager_entry_point_errors_are_the_ops_errors():
+    # Errors from the kernel come back as the same Python exceptions, with the same messages, as through torch.ops.
+    bad = [("swish", (torch.arange(4), 1.0)), ("prelu", (torch.randn(2, 8, 3), torch.rand(3))),
+           ("swish_param", (torch.randn(8), torch.rand(8)))]
+    for name, args in bad:
+        with pytest.raises(RuntimeError) as via_ops:
+            getattr(torch.ops.fastact, name)(*args)
+        with pytest.raises(RuntimeError) as via_eager:
+            getattr(fastact._C, name)(*args)
+        assert type(via_eager.value) is type(via_ops.value)
+        assert str(via_eager.value).splitlines()[0] == str(via_ops.value).splitlines()[0]
+        assert f"fastact.{name}:" in str(via_eager.value)
+    with pytest.raises(OverflowError):  # an int no double holds, as float() says
+        fastact._C.swish(torch.randn(3), 10 ** 400)
+    with pytest.raises(OverflowError):
+        fastact.swish(torch.randn(3), 10 ** 400)
+
+
+# --------------------------------------------------------------------------------------------------------
 # CUDA only: 64-bit indexing, unaligned pointers, agreement with the CPU kernels
 
 @pytest.mark.cuda

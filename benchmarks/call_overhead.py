@@ -1,7 +1,8 @@
-"""Per-call cost of autograd on a small tensor, where the kernel is negligible: fastact against torch's op,
-forward with a graph and forward+backward, timed in turns (torch.utils.benchmark medians).
+"""Per-call cost on a small tensor, where the kernel is negligible: fastact against torch's op, a forward
+without autograd, a forward that records a graph, and forward+backward, timed in turns (torch.utils.benchmark
+medians).
 
-    python benchmarks/autograd_overhead.py [--numel 1024] [--rounds 5]
+    python benchmarks/call_overhead.py [--numel 1024] [--rounds 5]
 """
 from __future__ import annotations
 
@@ -36,20 +37,26 @@ def main() -> None:
         "leaky_relu": (lambda t: fastact.leaky_relu(t, 0.1), lambda t: F.leaky_relu(t, 0.1)),
         "prelu": (lambda t: fastact.prelu(t, w), lambda t: F.prelu(t, w)),
     }
+
+    def no_grad(f):
+        def call():
+            with torch.no_grad():
+                return f(x)
+        return call
+
+    passes = {"no grad": no_grad, "with graph": lambda f: lambda: f(x), "fwd+bwd": lambda f: lambda: f(x).backward(g)}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {x.numel()} elements, "
-          f"median over {args.rounds} rounds in turns (us)")
-    print(f"{'op':<12} {'fwd fastact':>12} {'fwd torch':>10} {'ratio':>6} {'f+b fastact':>12} {'f+b torch':>10} "
-          f"{'ratio':>6}")
+          f"median over {args.rounds} rounds in turns (us; ratio = fastact / torch)")
+    print(f"{'op':<12}" + "".join(f" {p + ' fa':>14} {'torch':>7} {'ratio':>5}" for p in passes))
     for name, (ours, theirs) in pairs.items():
-        times = {k: [] for k in ("fo", "ft", "bo", "bt")}
+        times: dict[tuple[str, str], list[float]] = {}
         for _ in range(args.rounds):  # in turns, so that a slow spell of the machine hits both
-            times["fo"].append(median_us(lambda: ours(x)))
-            times["ft"].append(median_us(lambda: theirs(x)))
-            times["bo"].append(median_us(lambda: ours(x).backward(g)))
-            times["bt"].append(median_us(lambda: theirs(x).backward(g)))
+            for p, make in passes.items():
+                for who, f in (("fastact", ours), ("torch", theirs)):
+                    times.setdefault((p, who), []).append(median_us(make(f)))
         m = {k: statistics.median(v) for k, v in times.items()}
-        print(f"{name:<12} {m['fo']:>12.1f} {m['ft']:>10.1f} {m['fo'] / m['ft']:>6.2f} {m['bo']:>12.1f} "
-              f"{m['bt']:>10.1f} {m['bo'] / m['bt']:>6.2f}")
+        print(f"{name:<12}" + "".join(f" {m[p, 'fastact']:>14.2f} {m[p, 'torch']:>7.2f} "
+                                      f"{m[p, 'fastact'] / m[p, 'torch']:>5.2f}" for p in passes))
 
 
 if __name__ == "__main__":

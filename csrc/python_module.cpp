@@ -1,0 +1,112 @@
+// fastact._C: the Python module whose import loads this library (running the registrations in
+// registration.cpp), and one eager entry point per forward op.
+//
+// Why: torch.ops.fastact.<op>(...) matches its arguments to the schema in generic code, which costs ~2.5 us a
+// call, about twice torch's whole F.silu on a small tensor. These entry points take what an eager call
+// usually passes (a plain tensor, a Python float or int, a plain parameter tensor) and call the same
+// dispatcher op, so autograd, autocast, vmap and dispatch modes behave as through torch.ops. Anything else (a
+// tensor subclass, a torch function mode, a torch.jit trace, other argument types) gets NotImplemented back,
+// and fastact/functional.py then takes the torch.ops path, with its checks and messages.
+#include <Python.h>
+
+#include <ATen/PythonTorchFunctionTLS.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/jit/frontend/tracer.h>
+
+#include "autograd.h"
+#include "ops.h"
+
+namespace fastact {
+namespace {
+
+using at::Tensor;
+
+bool plain_tensor(PyObject* obj) { return THPVariable_CheckExact(obj); }  // Tensor or Parameter, no subclass
+bool plain_number(PyObject* obj) { return PyFloat_CheckExact(obj) || PyLong_CheckExact(obj); }  // (no bool)
+
+// Calls that torch.ops must see: __torch_function__ modes, and torch.jit.trace.
+bool fast_path_open() { return !at::impl::torch_function_mode_enabled() && !torch::jit::tracer::isTracing(); }
+
+// Runs the op without the GIL, as torch's own bindings do, so that other Python threads run meanwhile.
+template <typename Call>
+PyObject* run_without_gil(Call&& call) {
+  Tensor result;
+  {
+    PyThreadState* saved = PyEval_SaveThread();
+    struct Restore {
+      PyThreadState* saved;
+      ~Restore() { PyEval_RestoreThread(saved); }
+    } restore{saved};
+    result = call();
+  }
+  return THPVariable_Wrap(std::move(result));
+}
+
+template <ParamKind K>
+struct EagerCall;
+
+template <>
+struct EagerCall<ParamKind::None> {
+  using Signature = Tensor(const Tensor&);
+  static PyObject* call(const c10::TypedOperatorHandle<Signature>& op, PyObject* const* args, Py_ssize_t nargs) {
+    if (nargs != 1 || !plain_tensor(args[0]) || !fast_path_open()) Py_RETURN_NOTIMPLEMENTED;
+    HANDLE_TH_ERRORS
+    const Tensor& x = THPVariable_Unpack(args[0]);
+    return run_without_gil([&] { return op.call(x); });
+    END_HANDLE_TH_ERRORS
+  }
+};
+
+template <>
+struct EagerCall<ParamKind::Scalar> {
+  using Signature = Tensor(const Tensor&, double);
+  static PyObject* call(const c10::TypedOperatorHandle<Signature>& op, PyObject* const* args, Py_ssize_t nargs) {
+    if (nargs != 2 || !plain_tensor(args[0]) || !plain_number(args[1]) || !fast_path_open()) {
+      Py_RETURN_NOTIMPLEMENTED;
+    }
+    HANDLE_TH_ERRORS
+    const double param = PyFloat_AsDouble(args[1]);
+    if (param == -1.0 && PyErr_Occurred()) return nullptr;  // an int too large for a double: OverflowError
+    const Tensor& x = THPVariable_Unpack(args[0]);
+    return run_without_gil([&] { return op.call(x, param); });
+    END_HANDLE_TH_ERRORS
+  }
+};
+
+template <>
+struct EagerCall<ParamKind::Tensor> {
+  using Signature = Tensor(const Tensor&, const Tensor&);
+  static PyObject* call(const c10::TypedOperatorHandle<Signature>& op, PyObject* const* args, Py_ssize_t nargs) {
+    if (nargs != 2 || !plain_tensor(args[0]) || !plain_tensor(args[1]) || !fast_path_open()) {
+      Py_RETURN_NOTIMPLEMENTED;
+    }
+    HANDLE_TH_ERRORS
+    const Tensor& x = THPVariable_Unpack(args[0]);
+    const Tensor& param = THPVariable_Unpack(args[1]);
+    return run_without_gil([&] { return op.call(x, param); });
+    END_HANDLE_TH_ERRORS
+  }
+};
+
+#define FASTACT_EAGER_ENTRY(name, Id, Kind, param)                                                      \
+  PyObject* eager_##name(PyObject*, PyObject* const* args, Py_ssize_t nargs) {                          \
+    static const auto op = autograd::find_op<EagerCall<ParamKind::Kind>::Signature>(#name);              \
+    return EagerCall<ParamKind::Kind>::call(op, args, nargs);                                          \
+  }
+FASTACT_FOR_EACH_ACTIVATION(FASTACT_EAGER_ENTRY)
+#undef FASTACT_EAGER_ENTRY
+
+#define FASTACT_METHOD(name, Id, Kind, param)                                                          \
+  {#name, reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(eager_##name)), METH_FASTCALL,      \
+   "torch.ops.fastact." #name " for plain eager calls; NotImplemented where torch.ops must take the call"},
+PyMethodDef methods[] = {FASTACT_FOR_EACH_ACTIVATION(FASTACT_METHOD){nullptr, nullptr, 0, nullptr}};
+#undef FASTACT_METHOD
+
+}  // namespace
+}  // namespace fastact
+
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, fastact::methods};
+  return PyModule_Create(&module);
+}
