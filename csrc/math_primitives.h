@@ -1,6 +1,6 @@
 // The handful of primitives the activation functors are written in, for scalars (host and CUDA device) and,
-// in the CPU kernel translation units, for at::vec::Vectorized. Masks are `bool` for scalars and a
-// Vectorized bit mask (the result of a Vectorized comparison) for vectors.
+// in the CPU kernel translation units, for at::vec::Vectorized. Masks are `bool` for scalars and, for vectors,
+// a Vectorized bit mask (the result of a Vectorized comparison) or, in the AVX-512 build, k-masks (MaskPack).
 #pragma once
 
 #include <cmath>
@@ -113,6 +113,73 @@ FASTACT_PACK_BINARY_OP(*)
 FASTACT_PACK_BINARY_OP(/)
 FASTACT_PACK_BINARY_OP(&)
 FASTACT_PACK_BINARY_OP(|)
+#if defined(CPU_CAPABILITY_AVX512)
+#undef FASTACT_PACK_BINARY_OP
+// AVX-512 compares into mask registers, and its blends read them. A comparison of packs is therefore kept as
+// N k-masks (MaskPack) that fa_select consumes as they are: Vectorized's comparisons expand each k-mask to a
+// vector, and its blendv compares that back into a k-mask, two more instructions per vector in every select
+// and in exp's range check.
+template <typename S, int N>
+struct MaskPack {
+  using Mask = std::conditional_t<std::is_same_v<S, float>, __mmask16, __mmask8>;
+  Mask m[N];
+};
+
+template <typename S, int N, int Predicate>
+FASTACT_HOST_DEVICE MaskPack<S, N> fa_compare(const VecPack<S, N>& a, const VecPack<S, N>& b) {
+  MaskPack<S, N> r;
+  fa_static_for<N>([&](auto i) FASTACT_HOST_DEVICE_LAMBDA {
+    if constexpr (std::is_same_v<S, float>) {
+      r.m[i] = _mm512_cmp_ps_mask(a.v[i], b.v[i], Predicate);
+    } else {
+      r.m[i] = _mm512_cmp_pd_mask(a.v[i], b.v[i], Predicate);
+    }
+  });
+  return r;
+}
+// The ordered, quiet predicates Vectorized's comparisons use: false in a lane where either side is NaN.
+#define FASTACT_PACK_COMPARISON(op, predicate)                                                       \
+  template <typename S, int N>                                                                       \
+  FASTACT_HOST_DEVICE MaskPack<S, N> operator op(const VecPack<S, N>& a, const VecPack<S, N>& b) {   \
+    return fa_compare<S, N, predicate>(a, b);                                                        \
+  }
+FASTACT_PACK_COMPARISON(<, _CMP_LT_OQ)
+FASTACT_PACK_COMPARISON(<=, _CMP_LE_OQ)
+FASTACT_PACK_COMPARISON(>, _CMP_GT_OQ)
+FASTACT_PACK_COMPARISON(>=, _CMP_GE_OQ)
+FASTACT_PACK_COMPARISON(==, _CMP_EQ_OQ)
+#undef FASTACT_PACK_COMPARISON
+
+#define FASTACT_MASK_BINARY_OP(op)                                                                   \
+  template <typename S, int N>                                                                       \
+  FASTACT_HOST_DEVICE MaskPack<S, N> operator op(const MaskPack<S, N>& a, const MaskPack<S, N>& b) { \
+    MaskPack<S, N> r;                                                                                \
+    fa_static_for<N>([&](auto i) FASTACT_HOST_DEVICE_LAMBDA { r.m[i] = a.m[i] op b.m[i]; });          \
+    return r;                                                                                        \
+  }
+FASTACT_MASK_BINARY_OP(&)
+FASTACT_MASK_BINARY_OP(|)
+#undef FASTACT_MASK_BINARY_OP
+
+template <typename S, int N>
+FASTACT_HOST_DEVICE VecPack<S, N> fa_select(const MaskPack<S, N>& mask, const VecPack<S, N>& a,
+                                            const VecPack<S, N>& b) {
+  return VecPack<S, N>::generate([&](auto i) FASTACT_HOST_DEVICE_LAMBDA {
+    if constexpr (std::is_same_v<S, float>) {
+      return at::vec::Vectorized<S>(_mm512_mask_blend_ps(mask.m[i], b.v[i], a.v[i]));
+    } else {
+      return at::vec::Vectorized<S>(_mm512_mask_blend_pd(mask.m[i], b.v[i], a.v[i]));
+    }
+  });
+}
+// Whether any lane of the pack is true.
+template <typename S, int N>
+FASTACT_HOST_DEVICE bool fa_any(const MaskPack<S, N>& mask) {
+  unsigned bits = 0;
+  fa_static_for<N>([&](auto i) FASTACT_HOST_DEVICE_LAMBDA { bits |= mask.m[i]; });
+  return bits != 0;
+}
+#else
 // Comparisons give masks (all bits set in a true lane), as Vectorized's do.
 FASTACT_PACK_BINARY_OP(<)
 FASTACT_PACK_BINARY_OP(<=)
@@ -127,6 +194,14 @@ FASTACT_HOST_DEVICE VecPack<S, N> fa_select(const VecPack<S, N>& mask, const Vec
   return VecPack<S, N>::generate(
       [&](int i) FASTACT_HOST_DEVICE_LAMBDA { return at::vec::Vectorized<S>::blendv(b.v[i], a.v[i], mask.v[i]); });
 }
+// Whether any lane of the pack is true.
+template <typename S, int N>
+FASTACT_HOST_DEVICE bool fa_any(const VecPack<S, N>& mask) {
+  auto any = mask.v[0];
+  fa_static_for<N>([&](auto i) FASTACT_HOST_DEVICE_LAMBDA { any = any | mask.v[i]; });
+  return any.zero_mask() != (1 << at::vec::Vectorized<S>::size()) - 1;
+}
+#endif
 template <typename S, int N>
 FASTACT_HOST_DEVICE VecPack<S, N> fa_select_negative(const VecPack<S, N>& v, const VecPack<S, N>& if_negative,
                                                      const VecPack<S, N>& otherwise) {
@@ -216,11 +291,8 @@ template <int N>
 // 2^n is one shift of those bits.
 template <int N>
 FASTACT_HOST_DEVICE VecPack<float, N> fa_exp_nonpositive(const VecPack<float, N>& x) {
-  using V = at::vec::Vectorized<float>;
   using P = VecPack<float, N>;
-  V below = x.v[0] < V(-87.0f);
-  fa_static_for<N>([&](auto i) FASTACT_HOST_DEVICE_LAMBDA { below = below | (x.v[i] < V(-87.0f)); });
-  if (below.zero_mask() != (1 << V::size()) - 1) {
+  if (fa_any(x < P(-87.0f))) {
     return fa_exp_nonpositive_tail(x);
   }
   // 1.5 * 2^23 + 127: adding it rounds x log2(e) to an integer n and leaves n + 127 in the low bits.
