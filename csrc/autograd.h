@@ -30,6 +30,7 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
+#include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/csrc/dynamo/compiled_autograd.h>
 
 #include "ops.h"
@@ -272,6 +273,16 @@ struct Derivatives {
   }
 };
 
+// A node's owning pointer to itself, as this torch owns nodes (see make_node below).
+template <typename Ptr = decltype(torch::autograd::Edge::function), typename N>
+Ptr self_pointer(N* node) {
+  if constexpr (std::is_same_v<Ptr, c10::intrusive_ptr<torch::autograd::Node>>) {
+    return c10::intrusive_ptr<torch::autograd::Node>::unsafe_reclaim_from_nonowning(node);
+  } else {
+    return node->shared_from_this();
+  }
+}
+
 // The graph node of one call: it saves x and the parameter (with their tangents, so that forward-over-reverse
 // differentiates the backward too), as PyTorch's generated code does for its own ops.
 template <ParamKind K, typename Info>
@@ -284,7 +295,8 @@ struct ActivationNode : torch::autograd::Node {
     std::lock_guard<std::mutex> lock(mutex_);  // against release_variables in a concurrent backward
     if (!grads[0].defined()) return variable_list(num_outputs());
     CallParam p{K == ParamKind::Tensor ? param_tensor.unpack() : Tensor(), param_scalar};
-    auto [grad_input, grad_param] = Derivatives<K, Info>::gradients(grads[0], x.unpack(), p);
+    // (x may be saved as the node's own output, by an in-place call: unpacking it then needs the node)
+    auto [grad_input, grad_param] = Derivatives<K, Info>::gradients(grads[0], x.unpack(self_pointer(this)), p);
     variable_list out{task_should_compute_output(0) ? grad_input : Tensor()};
     if (num_outputs() > 1) out.push_back(task_should_compute_output(1) ? grad_param : Tensor());
     return out;
@@ -521,6 +533,45 @@ template <typename Info>
 struct AutogradEntry<ParamKind::Tensor, Info> {
   static Tensor kernel(const Tensor& x, const Tensor& param) {
     return AutogradKernel<ParamKind::Tensor, Info>::call(x, {param, 0.0});
+  }
+};
+
+// x = f(x) in place, for eager calls on plain tensors (fastact._C.<name>_, from fastact/functional.py; compile,
+// tracing, torch.func and forward AD keep the Python path). Recorded as PyTorch's generated code records its
+// in-place activations (silu_, mish_, leaky_relu_): torch's check of what autograd lets be written; a node that
+// saves a clone of x's old values, taken through autograd so that a double backward reaches x's history (or, for
+// LeakyReLU with a slope >= 0, saves x afterwards as the output, whose sign is x's, as leaky_relu_ does); the
+// write bumps x's version; x's history moves onto the node (through CopySlices for a view). Clone and kernel
+// pass over x 4 times, as torch's do; the Python form this replaces also copied the result back (6 passes).
+template <ParamKind K, typename Info>
+struct InplaceKernel {
+  static_assert(K != ParamKind::Tensor, "the in-place forms are those of the activations without a tensor parameter");
+
+  static void call(const Tensor& x, const CallParam& p) {
+    const bool graph = needs_graph({&x});
+    torch::autograd::check_inplace(x, graph);
+    if (!graph) return write(x, p);
+    const bool from_output = Info::get().activation == ActivationId::Leaky && p.scalar >= 0;
+    auto node = make_node<ActivationNode<K, Info>>();
+    node->set_next_edges(torch::autograd::collect_next_edges(x));
+    node->param_scalar = p.scalar;
+    if (!from_output) node->x = torch::autograd::SavedVariable(x.clone(), /*is_output=*/false);
+    write(x, p);
+    node->add_input_metadata(x);
+    torch::autograd::impl::rebase_history(x, {node, 0});
+    if (from_output) node->x = torch::autograd::SavedVariable(x, /*is_output=*/true, /*is_inplace_on_view=*/x.is_view());
+  }
+
+ private:
+  // The out= op's ADInplaceOrView kernel: the kernel (which reads each element before writing it), then the
+  // version bump.
+  static void write(const Tensor& x, const CallParam& p) {
+    Tensor out = x;
+    if constexpr (K == ParamKind::None) {
+      OutInplaceOrView<K, Info>::forward(x, out);
+    } else {
+      OutInplaceOrView<K, Info>::forward(x, p.scalar, out);
+    }
   }
 };
 

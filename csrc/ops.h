@@ -74,6 +74,18 @@ struct OpInfo {
   const char* param_name;  // "beta", "weight", ...
 };
 
+// Each activation's OpInfo as a type, <name>_info::get(), for the templates that generate its kernels and entry
+// points (registration.cpp, python_module.cpp).
+#define FASTACT_INFO(name, Id, Kind, param)                                       \
+  struct name##_info {                                                            \
+    static const OpInfo& get() {                                                  \
+      static const OpInfo info{#name, ActivationId::Id, ParamKind::Kind, #param}; \
+      return info;                                                                \
+    }                                                                             \
+  };
+FASTACT_FOR_EACH_ACTIVATION(FASTACT_INFO)
+#undef FASTACT_INFO
+
 // The parameter argument of one call: nothing, a float, or a tensor.
 struct ParamArg {
   double scalar = 0.0;

@@ -97,10 +97,51 @@ struct EagerCall<ParamKind::Tensor> {
 FASTACT_FOR_EACH_ACTIVATION(FASTACT_EAGER_ENTRY)
 #undef FASTACT_EAGER_ENTRY
 
+// The in-place forms (torch has silu_, mish_ and leaky_relu_): x is written and returned, recorded under autograd
+// by autograd::InplaceKernel. NotImplemented also where x carries a forward-mode tangent.
+template <ParamKind K, typename Info>
+PyObject* eager_inplace(PyObject* const* args, Py_ssize_t nargs) {
+  constexpr Py_ssize_t kArgs = K == ParamKind::None ? 1 : 2;
+  if (nargs != kArgs || !plain_tensor(args[0]) || (kArgs == 2 && !plain_number(args[1])) || !fast_path_open()) {
+    Py_RETURN_NOTIMPLEMENTED;
+  }
+  HANDLE_TH_ERRORS
+  const double param = kArgs == 2 ? PyFloat_AsDouble(args[1]) : 0.0;
+  if (param == -1.0 && PyErr_Occurred()) return nullptr;
+  const Tensor& x = THPVariable_Unpack(args[0]);
+  if (autograd::has_tangent(x)) Py_RETURN_NOTIMPLEMENTED;
+  {
+    PyThreadState* saved = PyEval_SaveThread();
+    struct Restore {
+      PyThreadState* saved;
+      ~Restore() { PyEval_RestoreThread(saved); }
+    } restore{saved};
+    autograd::InplaceKernel<K, Info>::call(x, {Tensor(), param});
+  }
+  Py_INCREF(args[0]);  // the same Python object, as torch's in-place ops return
+  return args[0];
+  END_HANDLE_TH_ERRORS
+}
+
+#define FASTACT_EAGER_INPLACE_ENTRY(name, Kind)                                   \
+  PyObject* eager_##name##_(PyObject*, PyObject* const* args, Py_ssize_t nargs) { \
+    return eager_inplace<ParamKind::Kind, name##_info>(args, nargs);              \
+  }
+FASTACT_EAGER_INPLACE_ENTRY(swish, Scalar)
+FASTACT_EAGER_INPLACE_ENTRY(mish, None)
+FASTACT_EAGER_INPLACE_ENTRY(leaky_relu, Scalar)
+#undef FASTACT_EAGER_INPLACE_ENTRY
+
 #define FASTACT_METHOD(name, Id, Kind, param)                                                          \
   {#name, reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(eager_##name)), METH_FASTCALL,      \
    "torch.ops.fastact." #name " for plain eager calls; NotImplemented where torch.ops must take the call"},
-PyMethodDef methods[] = {FASTACT_FOR_EACH_ACTIVATION(FASTACT_METHOD){nullptr, nullptr, 0, nullptr}};
+#define FASTACT_INPLACE_METHOD(name)                                                                      \
+  {#name "_", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(eager_##name##_)), METH_FASTCALL,    \
+   "fastact's in-place " #name " for plain eager calls; NotImplemented where the Python path must take the call"},
+PyMethodDef methods[] = {FASTACT_FOR_EACH_ACTIVATION(FASTACT_METHOD) FASTACT_INPLACE_METHOD(swish)
+                             FASTACT_INPLACE_METHOD(mish) FASTACT_INPLACE_METHOD(leaky_relu){nullptr, nullptr, 0,
+                                                                                             nullptr}};
+#undef FASTACT_INPLACE_METHOD
 #undef FASTACT_METHOD
 
 }  // namespace

@@ -91,16 +91,6 @@ struct Kernels<ParamKind::Tensor, Info> {
   }
 };
 
-#define FASTACT_INFO(name, Id, Kind, param)                                                  \
-  struct name##_info {                                                                       \
-    static const OpInfo& get() {                                                             \
-      static const OpInfo info{#name, ActivationId::Id, ParamKind::Kind, #param};            \
-      return info;                                                                           \
-    }                                                                                        \
-  };
-FASTACT_FOR_EACH_ACTIVATION(FASTACT_INFO)
-#undef FASTACT_INFO
-
 #define FASTACT_IMPL(name, Id, Kind, param)                                   \
   {                                                                           \
     using K = Kernels<ParamKind::Kind, name##_info>;                          \

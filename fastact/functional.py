@@ -48,14 +48,19 @@ def _plain_eager(x: Tensor) -> bool:
     return fwAD._current_level < 0 or fwAD.unpack_dual(x).tangent is None
 
 
-def _inplace(name: str, op, x: Tensor, *args) -> Tensor:
+def _inplace(name: str, op, eager_inplace, x: Tensor, *args) -> Tensor:
     """op(x, *args) written into x, as torch's in-place activations do: under autograd x becomes the output
     (its old value is kept for the backward, as torch's in-place SiLU and Mish keep it, and for a negative-slope
     LeakyReLU, which torch refuses in place under autograd; a leaf that requires grad is refused by torch's
-    own check), and the write bumps x's version, so a graph that saved x raises rather than use new values."""
+    own check), and the write bumps x's version, so a graph that saved x raises rather than use new values.
+    In eager mode fastact._C's in-place form (eager_inplace) does all that in C++, as torch's generated code."""
     _check_tensor(name, "input", x)
-    if _plain_eager(x) and not (torch.is_grad_enabled() and x.requires_grad):  # (short-circuits for a Proxy)
-        return op.out(x, *args, out=x)  # no copy: the kernel reads each element before writing it
+    if _plain_eager(x):
+        y = eager_inplace(x, *args)
+        if y is not NotImplemented:
+            return y
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return op.out(x, *args, out=x)  # no copy: the kernel reads each element before writing it
     # Autograd, transforms, tangents, compile, jit.trace (one graph whatever the grad mode, which trace's check
     # changes): a differentiable, functionalizable copy (torch.compile removes it)
     return x.copy_(op.default(x.clone(), *args))
@@ -156,7 +161,7 @@ def silu(input: Tensor, inplace: bool = False) -> Tensor:
         y = torch.ops.fastact.swish(input.clone() if inplace else input, 1.0)
         return input.copy_(y) if inplace else y
     if inplace:
-        return _inplace("silu", _ops.swish, input, 1.0)
+        return _inplace("silu", _ops.swish, _eager.swish_, input, 1.0)
     if not torch.compiler.is_compiling():
         y = _eager.swish(input, 1.0)
         if y is not NotImplemented:
@@ -173,7 +178,7 @@ def mish(input: Tensor, inplace: bool = False) -> Tensor:
         y = torch.ops.fastact.mish(input.clone() if inplace else input)
         return input.copy_(y) if inplace else y
     if inplace:
-        return _inplace("mish", _ops.mish, input)
+        return _inplace("mish", _ops.mish, _eager.mish_, input)
     if not torch.compiler.is_compiling():
         y = _eager.mish(input)
         if y is not NotImplemented:
@@ -194,6 +199,10 @@ def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = Fals
         if y is not NotImplemented:
             return y
     negative_slope = _check_number("leaky_relu", "negative_slope", negative_slope)
+    if inplace and _plain_eager(input):  # recorded in C++ as torch's leaky_relu_ (saving the output for a slope >= 0)
+        y = _eager.leaky_relu_(input, negative_slope)
+        if y is not NotImplemented:
+            return y
     if inplace and negative_slope >= 0 and _records_gradient_only(input):
         if _may_write_in_place(input):
             return _LeakyReLUInPlace.apply(input, negative_slope)
@@ -201,7 +210,7 @@ def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = Fals
         # there, and where torch refuses the write, the output is computed apart and copied (copy_ checks first).
         return input.copy_(_LeakyReLUSavingOutput.apply(input, negative_slope))
     if inplace:
-        return _inplace("leaky_relu", _ops.leaky_relu, input, negative_slope)
+        return _inplace("leaky_relu", _ops.leaky_relu, _eager.leaky_relu_, input, negative_slope)
     _check_tensor("leaky_relu", "input", input)
     return _ops.leaky_relu.default(input, negative_slope)
 

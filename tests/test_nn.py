@@ -438,6 +438,43 @@ def test_inplace_leaky_relu_keeps_no_more_for_backward_than_torch(slope):
         assert torch.equal(unchanged.detach(), before)
 
 
+@pytest.mark.parametrize("case", ["SiLU", "Mish", "LeakyReLU(-1)"])
+def test_inplace_under_autograd_keeps_what_torch_keeps_and_differentiates_twice(case):
+    """In eager mode the in-place forms are recorded in C++ as torch's silu_ and mish_ are: a clone of the old
+    values is saved (the bytes torch keeps), taken through autograd so that a double backward reaches the
+    input's history; on a view of a non-leaf the write goes through the base, with torch's gradients."""
+    from fastact.kernel_bench import saved_bytes
+
+    ours = {"SiLU": lambda t: F.silu(t, inplace=True), "Mish": lambda t: F.mish(t, inplace=True),
+            "LeakyReLU(-1)": lambda t: F.leaky_relu(t, -1.0, inplace=True)}[case]
+    theirs = {"SiLU": lambda t: TF.silu(t, inplace=True), "Mish": lambda t: TF.mish(t, inplace=True),
+              # (torch refuses a negative slope in place under autograd: the same written back by hand)
+              "LeakyReLU(-1)": lambda t: t.copy_(TF.leaky_relu(t.clone(), -1.0))}[case]
+    a = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    assert saved_bytes(lambda: ours(a * 1.0)) == saved_bytes(lambda: theirs(a * 1.0)) == a.numel() * 8
+    weights = torch.arange(24.0, dtype=torch.float64).view(4, 6)
+    grads = []
+    for f in (ours, theirs):
+        a.grad = None
+        h = a * 1.0
+        view = h[:, 1:5]
+        result = f(view)
+        if f is ours:
+            assert result is view and view._base is h
+        (h * weights).sum().backward()
+        grads.append(a.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-13, atol=1e-13)
+
+    def on_view(t):
+        h = t * 1.5
+        ours(h[:, 1:5])
+        return h
+
+    assert torch.autograd.gradcheck(lambda t: ours(t * 1.5), (a,))
+    assert torch.autograd.gradgradcheck(lambda t: ours(t * 1.5), (a,))
+    assert torch.autograd.gradgradcheck(on_view, (a,))
+
+
 @pytest.mark.parametrize("slope", [0.2, 0.0])
 def test_compiled_inplace_leaky_relu_on_an_input_that_needs_grad(slope):
     """A compiled block that starts with LeakyReLU(inplace=True), fed the output of uncompiled code (a graph
