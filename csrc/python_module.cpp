@@ -1,5 +1,5 @@
 // fastact._C: the Python module whose import loads this library (running the registrations in
-// registration.cpp), and one eager entry point per forward op.
+// registration.cpp), one eager entry point per forward op, and the in-place forms (<name>_).
 //
 // Why: torch.ops.fastact.<op>(...) matches its arguments to the schema in generic code, which costs ~2.5 us a
 // call, about twice torch's whole F.silu on a small tensor. These entry points take what an eager call
@@ -28,16 +28,24 @@ bool plain_number(PyObject* obj) { return PyFloat_CheckExact(obj) || PyLong_Chec
 // Calls that torch.ops must see: __torch_function__ modes, and torch.jit.trace.
 bool fast_path_open() { return !at::impl::torch_function_mode_enabled() && !torch::jit::tracer::isTracing(); }
 
-// Runs the op without the GIL, as torch's own bindings do, so that other Python threads run meanwhile.
+// The GIL released for a scope, as torch's own bindings release it around an op, so that other Python threads
+// run meanwhile (what the op calls back into Python, a dispatch mode or a Python kernel, takes it again).
+class GilReleased {
+ public:
+  GilReleased() : saved_(PyEval_SaveThread()) {}
+  ~GilReleased() { PyEval_RestoreThread(saved_); }
+  GilReleased(const GilReleased&) = delete;
+  GilReleased& operator=(const GilReleased&) = delete;
+
+ private:
+  PyThreadState* saved_;
+};
+
 template <typename Call>
 PyObject* run_without_gil(Call&& call) {
   Tensor result;
   {
-    PyThreadState* saved = PyEval_SaveThread();
-    struct Restore {
-      PyThreadState* saved;
-      ~Restore() { PyEval_RestoreThread(saved); }
-    } restore{saved};
+    GilReleased released;
     result = call();
   }
   return THPVariable_Wrap(std::move(result));
@@ -111,11 +119,7 @@ PyObject* eager_inplace(PyObject* const* args, Py_ssize_t nargs) {
   const Tensor& x = THPVariable_Unpack(args[0]);
   if (autograd::has_tangent(x)) Py_RETURN_NOTIMPLEMENTED;
   {
-    PyThreadState* saved = PyEval_SaveThread();
-    struct Restore {
-      PyThreadState* saved;
-      ~Restore() { PyEval_RestoreThread(saved); }
-    } restore{saved};
+    GilReleased released;
     autograd::InplaceKernel<K, Info>::call(x, {Tensor(), param});
   }
   Py_INCREF(args[0]);  // the same Python object, as torch's in-place ops return
@@ -138,9 +142,15 @@ FASTACT_EAGER_INPLACE_ENTRY(leaky_relu, Scalar)
 #define FASTACT_INPLACE_METHOD(name)                                                                      \
   {#name "_", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(eager_##name##_)), METH_FASTCALL,    \
    "fastact's in-place " #name " for plain eager calls; NotImplemented where the Python path must take the call"},
-PyMethodDef methods[] = {FASTACT_FOR_EACH_ACTIVATION(FASTACT_METHOD) FASTACT_INPLACE_METHOD(swish)
-                             FASTACT_INPLACE_METHOD(mish) FASTACT_INPLACE_METHOD(leaky_relu){nullptr, nullptr, 0,
-                                                                                             nullptr}};
+// clang-format off
+PyMethodDef methods[] = {
+    FASTACT_FOR_EACH_ACTIVATION(FASTACT_METHOD)
+    FASTACT_INPLACE_METHOD(swish)
+    FASTACT_INPLACE_METHOD(mish)
+    FASTACT_INPLACE_METHOD(leaky_relu)
+    {nullptr, nullptr, 0, nullptr},
+};
+// clang-format on
 #undef FASTACT_INPLACE_METHOD
 #undef FASTACT_METHOD
 

@@ -1204,6 +1204,22 @@ def test_eager_entry_point_declines_what_torch_ops_must_handle(name):
     assert results and all(r is NotImplemented for r in results)
 
 
+@pytest.mark.parametrize("name, args", [("swish_", (1.5,)), ("mish_", ()), ("leaky_relu_", (0.2,))])
+def test_eager_inplace_entry_point_writes_x_or_declines(name, args):
+    x = torch.randn(2, 3, 4)
+    expected = getattr(torch.ops.fastact, name[:-1])(x, *args)
+    target = x.clone()
+    assert getattr(fastact._C, name)(target, *args) is target and torch.equal(target, expected)
+    call = getattr(fastact._C, name)
+    with fwAD.dual_level():  # a forward-mode tangent: the Python path computes it
+        assert call(fwAD.make_dual(x.clone(), torch.ones_like(x)), *args) is NotImplemented
+    with _RecordingMode():
+        assert call(x.clone(), *args) is NotImplemented
+    assert call(x.clone().as_subclass(_SubclassTensor), *args) is NotImplemented
+    if args:
+        assert call(x.clone(), True) is NotImplemented
+
+
 def test_functional_calls_reach_torch_function_modes_and_subclasses():
     # Declined calls take the torch.ops path, where __torch_function__ sees the op, as it sees torch's own.
     x, w = torch.randn(2, 3, 4), torch.rand(3)
