@@ -288,6 +288,7 @@ Ptr self_pointer(N* node) {
 template <ParamKind K, typename Info>
 struct ActivationNode : torch::autograd::Node {
   torch::autograd::SavedVariable x;
+  bool x_is_output = false;                     // saved after an in-place write, as this node's output
   torch::autograd::SavedVariable param_tensor;  // K == Tensor
   double param_scalar = 0.0;                    // K == Scalar
 
@@ -311,7 +312,7 @@ struct ActivationNode : torch::autograd::Node {
   // Compiled autograd (torch._dynamo.compiled_autograd): the node's inputs, then its backward run on the
   // traced values; the backward ops have fake kernels, so they are traced into the graph as ops.
   void compiled_args(torch::dynamo::autograd::CompiledNodeArgs& args) const override {
-    args.collect(x, /*is_output=*/false);
+    args.collect(x, x_is_output);
     if (K == ParamKind::Tensor) args.collect(param_tensor, /*is_output=*/false);
     args.collect(param_scalar);
   }
@@ -559,7 +560,10 @@ struct InplaceKernel {
     write(x, p);
     node->add_input_metadata(x);
     torch::autograd::impl::rebase_history(x, {node, 0});
-    if (from_output) node->x = torch::autograd::SavedVariable(x, /*is_output=*/true, /*is_inplace_on_view=*/x.is_view());
+    if (from_output) {
+      node->x = torch::autograd::SavedVariable(x, /*is_output=*/true, /*is_inplace_on_view=*/x.is_view());
+      node->x_is_output = true;
+    }
   }
 
  private:

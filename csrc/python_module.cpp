@@ -10,6 +10,9 @@
 #include <Python.h>
 
 #include <ATen/PythonTorchFunctionTLS.h>
+#include <c10/core/DispatchKeySet.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/jit/frontend/tracer.h>
@@ -106,7 +109,8 @@ FASTACT_FOR_EACH_ACTIVATION(FASTACT_EAGER_ENTRY)
 #undef FASTACT_EAGER_ENTRY
 
 // The in-place forms (torch has silu_, mish_ and leaky_relu_): x is written and returned, recorded under autograd
-// by autograd::InplaceKernel. NotImplemented also where x carries a forward-mode tangent.
+// by autograd::InplaceKernel. NotImplemented also where x carries a forward-mode tangent or autograd is off
+// below the dispatcher.
 template <ParamKind K, typename Info>
 PyObject* eager_inplace(PyObject* const* args, Py_ssize_t nargs) {
   constexpr Py_ssize_t kArgs = K == ParamKind::None ? 1 : 2;
@@ -117,7 +121,15 @@ PyObject* eager_inplace(PyObject* const* args, Py_ssize_t nargs) {
   const double param = kArgs == 2 ? PyFloat_AsDouble(args[1]) : 0.0;
   if (param == -1.0 && PyErr_Occurred()) return nullptr;
   const Tensor& x = THPVariable_Unpack(args[0]);
-  if (autograd::has_tangent(x)) Py_RETURN_NOTIMPLEMENTED;
+  // InplaceKernel is autograd's layer, entered directly: where the dispatcher would skip autograd (inference
+  // mode, autograd keys excluded, as inside a kernel below autograd), the dispatcher path must take the call.
+  // A view that needs a graph takes the Python path too: its CopySlices node would wrap ours, and compiled
+  // autograd feeds a wrapped node placeholder gradients that only its own generated nodes can take.
+  if (autograd::has_tangent(x) || c10::InferenceMode::is_enabled() ||
+      c10::impl::tls_local_dispatch_key_set().excluded_.has_any(c10::autograd_dispatch_keyset) ||
+      (x.is_view() && x.requires_grad() && at::GradMode::is_enabled())) {
+    Py_RETURN_NOTIMPLEMENTED;
+  }
   {
     GilReleased released;
     autograd::InplaceKernel<K, Info>::call(x, {Tensor(), param});

@@ -127,6 +127,8 @@ def _records_gradient_only(x: Tensor) -> bool:
         return False
     if torch.compiler.is_compiling():  # (torch.compile traces what the calls below would ask)
         return True
+    if torch.is_inference_mode_enabled():  # (autograd records nothing there, whatever grad mode says)
+        return False
     return fwAD._current_level < 0 or fwAD.unpack_dual(x).tangent is None
 
 
