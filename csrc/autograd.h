@@ -18,7 +18,9 @@
 // is Python and cannot run there; torch.func then differentiates and batches those ops itself.
 #pragma once
 
+#include <array>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -32,8 +34,13 @@
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/csrc/dynamo/compiled_autograd.h>
+#include <torch/version.h>
 
 #include "ops.h"
+
+// Compiled autograd's interface for lifting a node into its graph (PyCompilerInterface::bind_function with a
+// schema) exists from torch 2.7.
+#define FASTACT_LIFTS_NODES (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 7))
 
 namespace fastact::autograd {
 
@@ -292,15 +299,24 @@ struct ActivationNode : torch::autograd::Node {
   torch::autograd::SavedVariable param_tensor;  // K == Tensor
   double param_scalar = 0.0;                    // K == Scalar
 
+  // Which gradients the backward returns (x's, the parameter's), with the saved values: the node's backward is
+  // a function of these alone, so that compiled autograd can put it in its graph as one call.
+  using NeedsGrad = std::array<bool, 2>;
+  static variable_list backward(const variable_list& grads, NeedsGrad needs, const Tensor& x, const CallParam& p) {
+    const size_t outputs = K == ParamKind::Tensor ? 2 : 1;
+    if (!grads[0].defined()) return variable_list(outputs);
+    auto [grad_input, grad_param] = Derivatives<K, Info>::gradients(grads[0], x, p);
+    variable_list out{needs[0] ? grad_input : Tensor()};
+    if (outputs > 1) out.push_back(needs[1] ? grad_param : Tensor());
+    return out;
+  }
+
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);  // against release_variables in a concurrent backward
     if (!grads[0].defined()) return variable_list(num_outputs());
     CallParam p{K == ParamKind::Tensor ? param_tensor.unpack() : Tensor(), param_scalar};
     // (x may be saved as the node's own output, by an in-place call: unpacking it then needs the node)
-    auto [grad_input, grad_param] = Derivatives<K, Info>::gradients(grads[0], x.unpack(self_pointer(this)), p);
-    variable_list out{task_should_compute_output(0) ? grad_input : Tensor()};
-    if (num_outputs() > 1) out.push_back(task_should_compute_output(1) ? grad_param : Tensor());
-    return out;
+    return backward(grads, needs_grad(), x.unpack(self_pointer(this)), p);
   }
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -309,23 +325,77 @@ struct ActivationNode : torch::autograd::Node {
   }
   std::string name() const override { return std::string("fastact::") + Info::get().name + "_backward"; }
 
-  // Compiled autograd (torch._dynamo.compiled_autograd): the node's inputs, then its backward run on the
-  // traced values; the backward ops have fake kernels, so they are traced into the graph as ops.
+  // Compiled autograd (torch._dynamo.compiled_autograd): the node's inputs; then, when it traces, the node is
+  // lifted into its graph as one call of `backward` on the traced values, as torch's own nodes are. (Run in
+  // the trace instead, the node would be handed placeholders for the gradients that lifted nodes produce.)
+  // Dynamo traces that call in turn: the backward ops have fake kernels.
   void compiled_args(torch::dynamo::autograd::CompiledNodeArgs& args) const override {
     args.collect(x, x_is_output);
     if (K == ParamKind::Tensor) args.collect(param_tensor, /*is_output=*/false);
     args.collect(param_scalar);
   }
-  variable_list apply_with_saved(const variable_list& inputs,
+#if FASTACT_LIFTS_NODES
+  variable_list apply_with_saved(const variable_list& grads,
                                  torch::dynamo::autograd::SwapSavedVariables& saved) override {
-    saved.before(x);
+    using torch::dynamo::autograd::IValuePacker;
+    using torch::dynamo::autograd::PackedArgs;
+    saved.before(x);  // now the traced value (saved as a plain input, so unpacked without the node)
     if (K == ParamKind::Tensor) saved.before(param_tensor);
-    auto result = apply(variable_list(inputs));
+    const auto& compiler = torch::dynamo::autograd::getPyCompilerInterface();
+    static const std::string function_name = [&] {
+      // Bound once per process (the Python namespace it lands in is global), as torch's generated nodes are.
+      std::vector<at::TypePtr> schema{IValuePacker<NeedsGrad>::packed_type(), IValuePacker<Tensor>::packed_type()};
+      if (K == ParamKind::Tensor) schema.push_back(IValuePacker<Tensor>::packed_type());
+      schema.push_back(IValuePacker<double>::packed_type());
+      const std::string name = std::string("fastact_") + Info::get().name + "_backward";
+      return compiler->bind_function(saved.get_py_compiler(), name, &backward_packed, schema);
+    }();
+    PackedArgs packed;
+    packed.pack(needs_grad());
+    packed.pack(x.unpack());
+    if (K == ParamKind::Tensor) packed.pack(param_tensor.unpack());
+    packed.pack(param_scalar);
+    const auto output_metadata = IValuePacker<std::vector<std::optional<torch::autograd::InputMetadata>>>::pack(
+        torch::dynamo::autograd::get_input_metadata(next_edges()));
+    auto result = compiler->call_function(saved.get_py_compiler(), "apply_functional", function_name, grads,
+                                          packed.vec(), output_metadata);
     saved.after(x);
     if (K == ParamKind::Tensor) saved.after(param_tensor);
     return result;
   }
+#else  // torch < 2.7 has no interface to lift a node through: the node runs in the trace
+  variable_list apply_with_saved(const variable_list& grads,
+                                 torch::dynamo::autograd::SwapSavedVariables& saved) override {
+    saved.before(x);
+    if (K == ParamKind::Tensor) saved.before(param_tensor);
+    auto result = apply(variable_list(grads));
+    saved.after(x);
+    if (K == ParamKind::Tensor) saved.after(param_tensor);
+    return result;
+  }
+#endif
+
+ private:
+  NeedsGrad needs_grad() const {
+    return {task_should_compute_output(0), num_outputs() > 1 && task_should_compute_output(1)};
+  }
+  static variable_list backward_packed(const variable_list& grads, const std::vector<c10::IValue>& args) {
+    torch::dynamo::autograd::PackedArgs packed(args);
+    const auto needs = packed.unpack<NeedsGrad>();
+    const auto x = packed.unpack<Tensor>();
+    const auto param = K == ParamKind::Tensor ? packed.unpack<Tensor>() : Tensor();
+    return backward(grads, needs, x, CallParam{param, packed.unpack<double>()});
+  }
 };
+
+// torch.autograd.graph.node_creation_hook (torch >= 2.14) sees a node once it is complete, as torch's own: its
+// edges, output metadata and saved values in place.
+template <typename NodePtr>
+void fire_creation_hooks(const NodePtr& node) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 14)
+  torch::autograd::fire_node_creation_hooks(node);
+#endif
+}
 
 // A new node, owned the way this torch owns them: c10::intrusive_ptr (torch >= 2.13) or std::shared_ptr with
 // torch's deleter (older; found by argument-dependent lookup, so that it is only named where it exists).
@@ -378,6 +448,7 @@ struct AutogradKernel {
       y = OpCalls<K, Info>::forward(x, p);
     }
     torch::autograd::set_history(y, node);
+    fire_creation_hooks(node);
     return y;
   }
 };
@@ -564,6 +635,7 @@ struct InplaceKernel {
       node->x = torch::autograd::SavedVariable(x, /*is_output=*/true, /*is_inplace_on_view=*/x.is_view());
       node->x_is_output = true;
     }
+    fire_creation_hooks(node);
   }
 
  private:

@@ -496,13 +496,11 @@ def test_inplace_where_autograd_is_off_below_the_dispatcher(case):
     torch.testing.assert_close(results[1], results[3], rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("case", ["SiLU", "LeakyReLU(0.2)", "LeakyReLU(0.2) on a view", pytest.param(
-    "SiLU on a view", marks=pytest.mark.xfail(strict=True, reason="known: compiled autograd hands fastact's node a "
-                                              "placeholder gradient from the view's CopySlices (not lifted as "
-                                              "torch's generated nodes are)"))])
+@pytest.mark.parametrize("case", ["SiLU", "LeakyReLU(0.2)", "LeakyReLU(0.2) on a view", "SiLU on a view"])
 def test_inplace_backward_under_compiled_autograd(case):
     """Compiled autograd traces the in-place node's backward: the saved output (LeakyReLU, slope >= 0) is
-    collected as an output; on a view (CopySlices), with torch's gradients too."""
+    collected as an output; on a view the gradient comes from the view's CopySlices, which compiled autograd
+    lifts into its graph (a node traced in place of being lifted was handed a placeholder there)."""
     a = torch.randn(2, 3, 4, 4, requires_grad=True)
     grads = []
     for leaky, silu in ((F.leaky_relu, F.silu), (TF.leaky_relu, TF.silu)):
@@ -1170,6 +1168,76 @@ def test_compiled_autograd_traces_the_backward():
     assert counters["compiled_autograd"]["captures"] >= 1
     for (name, pe), pc in zip(eager.named_parameters(), model.parameters()):
         torch.testing.assert_close(pc.grad, pe.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.skipif(not hasattr(torch.autograd.graph, "node_creation_hook"),
+                    reason="torch.autograd.graph.node_creation_hook is new in torch 2.14")
+def test_node_creation_hook_sees_each_node_once_complete():
+    """torch.autograd.graph.node_creation_hook fires once for each fastact node, out of place and in place, with
+    its edges wired (as for torch's nodes)."""
+    a = torch.randn(2, 3, requires_grad=True)
+    w = torch.rand(3, requires_grad=True)
+    seen = []
+
+    def hook(node):
+        seen.append((node.name(), [type(f[0]).__name__ for f in node.next_functions if f[0] is not None]))
+
+    b = a * 1.0
+    c = a * 1.0
+    with torch.autograd.graph.node_creation_hook(hook):
+        F.prelu(b, w)
+        F.mish(b)
+        fnn.SiLU(inplace=True)(c)
+    fastact_nodes = [entry for entry in seen if entry[0].startswith("fastact::")]
+    assert fastact_nodes == [("fastact::prelu_backward", ["MulBackward0", "AccumulateGrad"]),
+                             ("fastact::mish_backward", ["MulBackward0"]),
+                             ("fastact::swish_backward", ["MulBackward0"])], seen
+
+
+@pytest.mark.parametrize("name", ["silu", "mish", "leaky_relu", "swish", "prelu"])
+def test_compiled_autograd_lifts_the_node(name):
+    """Under compiled autograd fastact's node is one call in the backward graph, as torch's own nodes are, and
+    gives eager's gradients for x and for a per-channel parameter, 1-D and 4-D, also where the incoming gradient
+    comes from another lifted node (a view's CopySlices)."""
+    from torch._dynamo.utils import counters
+    fns = {"silu": lambda t, p: F.silu(t), "mish": lambda t, p: F.mish(t),
+           "leaky_relu": lambda t, p: F.leaky_relu(t, 0.2), "swish": F.swish, "prelu": F.prelu}
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm.code)
+        return gm.forward
+
+    for shape, view in (((2, 3, 4, 4), False), ((2, 3, 4, 4), True), ((6,), False)):
+        channels = shape[1] if len(shape) > 1 else 1
+        grads = []
+        for compiled in (False, True):
+            gen = torch.Generator().manual_seed(3)
+            a = torch.randn(shape, generator=gen, requires_grad=True)
+            p = (torch.rand(channels, generator=gen) + 0.5).requires_grad_()
+            b = a * 1.0
+            target = b[1:] if view else b
+            y = fns[name](target, p)
+
+            def step():
+                (y * y).sum().backward()
+            if compiled:
+                torch._dynamo.reset()
+                counters.clear()
+                graphs.clear()
+                with torch._dynamo.config.patch(compiled_autograd=True):
+                    torch.compile(step, backend=backend)()
+                assert counters["compiled_autograd"]["captures"] >= 1
+                assert any("compiled_autograd_ops_fastact_" in code for code in graphs), graphs
+            else:
+                step()
+            grads.append((a.grad, p.grad))
+        torch._dynamo.reset()
+        for eager, compiled in zip(*grads):
+            if eager is None:
+                assert compiled is None
+            else:
+                torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6, msg=f"{name} {shape} view={view}")
 
 
 # ---------------------------------------------------------------------------------------------------------
