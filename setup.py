@@ -91,15 +91,16 @@ here = os.path.dirname(os.path.abspath(__file__))
 # dispatcher in csrc/cpu/dispatch.cpp picks one at run time. Never -march=native: the wheel must run on any
 # x86-64 CPU.
 CPU_CAPABILITY_FLAGS = {"csrc/cpu/kernels_default.cpp": ["-DCPU_CAPABILITY=DEFAULT", "-DCPU_CAPABILITY_DEFAULT"]}
+AVX512_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c", "-mbmi", "-mbmi2",
+                "-Wno-maybe-uninitialized"]  # GCC 12 warns inside its own AVX-512 intrinsic headers
 if platform.machine().lower() in ("x86_64", "amd64"):
     CPU_CAPABILITY_FLAGS.update({
         "csrc/cpu/kernels_avx2.cpp": ["-mavx2", "-mfma", "-mf16c", "-mbmi", "-mbmi2",
                                       "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
-        "csrc/cpu/kernels_avx512.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2",
-                                        "-mfma", "-mf16c", "-mbmi", "-mbmi2",
-                                        "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512",
-                                        # GCC 12 warns inside its own AVX-512 intrinsic headers
-                                        "-Wno-maybe-uninitialized"],
+        "csrc/cpu/kernels_avx512.cpp": AVX512_FLAGS + ["-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+        # ATen's AVX-512 vectors (CPU_CAPABILITY_AVX512), with the AVX512-BF16 instructions enabled
+        "csrc/cpu/kernels_avx512_bf16.cpp": AVX512_FLAGS + ["-mavx512bf16", "-DCPU_CAPABILITY=AVX512_BF16",
+                                                            "-DCPU_CAPABILITY_AVX512"],
     })
 
 

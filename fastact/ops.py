@@ -34,8 +34,8 @@ _lib = torch.ops.fastact
 
 
 def cpu_capability() -> str:
-    """The CPU kernel build in use: 'default', 'avx2' or 'avx512' (widest this CPU runs, unless capped by
-    FASTACT_CPU_CAPABILITY or ATEN_CPU_CAPABILITY)."""
+    """The CPU kernel build in use: 'default', 'avx2', 'avx512' or 'avx512_bf16' (widest this CPU runs, unless
+    capped by FASTACT_CPU_CAPABILITY or ATEN_CPU_CAPABILITY)."""
     return _lib.cpu_capability()
 
 

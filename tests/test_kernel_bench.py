@@ -50,7 +50,7 @@ def test_json_schema(tiny_run):
     assert result["torch"] == torch.__version__
     assert result["threads"] == 1
     machine = result["machine"]
-    assert machine["fastact_cpu_capability"] in ("default", "avx2", "avx512")
+    assert machine["fastact_cpu_capability"] in ("default", "avx2", "avx512", "avx512_bf16")
     assert machine["cpu"] and machine["cpu_count"] >= 1
     for dtype in ("float32", "bfloat16"):
         copy = result["copy_gbps"]["cpu"][dtype][str(NUMEL)]

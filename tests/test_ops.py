@@ -747,7 +747,7 @@ def _assert_same_bits(a, b, where):
 
 
 # The kernel builds with lookup tables (all but the default one).
-TABLE_CAPABILITIES = ["avx2", "avx512"]
+TABLE_CAPABILITIES = ["avx2", "avx512", "avx512_bf16"]
 
 
 @contextlib.contextmanager
@@ -847,6 +847,51 @@ def test_lookup_tables_give_the_kernels_bits_with_a_beta_gradient(dtype, beta, c
                 else:
                     assert looked_up[1].view(torch.int32).equal(computed[1].view(torch.int32)), (
                         f"beta gradient, {where}: {looked_up[1].item()!r} != {computed[1].item()!r}")
+
+
+def test_avx512_bf16_build_gives_the_avx512_builds_bits():
+    """The AVX512-BF16 build differs from the AVX-512 one only in how floats are rounded to bfloat16 (and the lane
+    order that goes with it): for every bfloat16 value (subnormal results and NaNs take its integer path), in full
+    and partial blocks, per element and per channel, the computed kernels and the tables give the same bits, and
+    parameter gradients agree to float sums (whose lanes differ)."""
+    supported = fastact.supported_cpu_capabilities()
+    if "avx512_bf16" not in supported:
+        pytest.skip("this CPU does not run the avx512_bf16 build")
+    g = torch.Generator().manual_seed(10)
+    every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    every = every[torch.randperm(every.numel(), generator=g)]
+    grad = (torch.randn(every.shape, generator=g, dtype=torch.float64) * 3).to(torch.bfloat16)
+    weight = torch.linspace(-0.8, 1.6, 16)
+    layouts = {"every value": (every, grad), "offset": (every[3:], grad[3:]),
+               "channels": tuple(t.reshape(64, 16, 64) for t in (every, grad)),
+               "channels_last": tuple(t.reshape(64, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+                                      for t in (every, grad))}
+    ops = {
+        "silu": lambda x, gx: (fastact.silu(x), torch.ops.fastact.swish_backward(gx, x, 1.0)),
+        "mish": lambda x, gx: (fastact.mish(x), torch.ops.fastact.mish_backward(gx, x)),
+        "leaky": lambda x, gx: (fastact.leaky_relu(x, -0.3), torch.ops.fastact.leaky_relu_backward(gx, x, -0.3)),
+        "prelu": lambda x, gx: (fastact.prelu(x, weight[:x.shape[1]] if x.dim() > 1 else weight[:1]),
+                                *torch.ops.fastact.prelu_backward(gx, x, weight[:x.shape[1]] if x.dim() > 1
+                                                                  else weight[:1])),
+        "swish": lambda x, gx: (fastact.swish(x, weight[:x.shape[1]] if x.dim() > 1 else weight[:1]),
+                                *torch.ops.fastact.swish_param_backward(gx, x, weight[:x.shape[1]] if x.dim() > 1
+                                                                        else weight[:1])),
+    }
+    results = {}
+    for capability in ("avx512", "avx512_bf16"):
+        for lookup in (False, True):
+            with _table_kernels(capability):
+                fastact.ops.set_cpu_lookup_threshold(0 if lookup else 1 << 62)
+                results[capability, lookup] = {(op, layout): run(*inputs) for op, run in ops.items()
+                                               for layout, inputs in layouts.items()}
+    for lookup in (False, True):
+        for key, expected in results["avx512", lookup].items():
+            got = results["avx512_bf16", lookup][key]
+            where = f"{key}, tables={lookup}"
+            _assert_same_bits(got[0], expected[0], f"forward, {where}")
+            _assert_same_bits(got[1], expected[1], f"grad_input, {where}")
+            if len(got) > 2:
+                torch.testing.assert_close(got[2], expected[2], rtol=1e-5, atol=1e-5, equal_nan=True, msg=where)
 
 
 _LOOKUP_SELECTION = """

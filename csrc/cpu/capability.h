@@ -1,5 +1,5 @@
-// The CPU kernels exist once per instruction set (kernels_default.cpp, kernels_avx2.cpp,
-// kernels_avx512.cpp); dispatch.cpp picks one at run time from the CPU's features, as ATen's DispatchStub.
+// The CPU kernels exist once per instruction set (kernels_default.cpp, kernels_avx2.cpp, kernels_avx512.cpp,
+// kernels_avx512_bf16.cpp); dispatch.cpp picks one at run time from the CPU's features, as ATen's DispatchStub.
 #pragma once
 
 #include <cstdint>
@@ -36,6 +36,7 @@ namespace DEFAULT { extern const RangeKernels kRangeKernels; }
 #if defined(FASTACT_CPU_X86)
 namespace AVX2 { extern const RangeKernels kRangeKernels; }
 namespace AVX512 { extern const RangeKernels kRangeKernels; }
+namespace AVX512_BF16 { extern const RangeKernels kRangeKernels; }
 #endif
 
 }  // namespace fastact::cpu

@@ -48,6 +48,10 @@ bool has_avx512() {
   return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 }
+bool has_avx512_bf16() {
+  __builtin_cpu_init();
+  return has_avx512() && __builtin_cpu_supports("avx512bf16");
+}
 #endif
 
 // Ordered from the baseline to the widest.
@@ -56,6 +60,7 @@ const Capability kCapabilities[] = {
 #if defined(FASTACT_CPU_X86)
     {"avx2", &AVX2::kRangeKernels, &has_avx2},
     {"avx512", &AVX512::kRangeKernels, &has_avx512},
+    {"avx512_bf16", &AVX512_BF16::kRangeKernels, &has_avx512_bf16},
 #endif
 };
 

@@ -45,10 +45,28 @@ constexpr int kVecsPerBlock = 4;
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
 constexpr bool kUnorderedBFloat16 = true;
 #if defined(CPU_CAPABILITY_AVX512)
+#if defined(__AVX512BF16__)
+// The AVX512-BF16 build splits even elements from odd ones instead (a shift and a mask), the order its
+// narrowing below puts back with one permute.
+FASTACT_HOST_DEVICE void widen_bf16_unordered(__m512i v, Vectorized<float>& a, Vectorized<float>& b) {
+  a = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+  b = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+// The 16-bit values of 32 elements as the 32-bit indices of the lanes widen_bf16_unordered puts them in.
+FASTACT_HOST_DEVICE void unordered_indices(__m512i v, __m512i& a, __m512i& b) {
+  a = _mm512_and_si512(v, _mm512_set1_epi32(0xffff));
+  b = _mm512_srli_epi32(v, 16);
+}
+#else
 FASTACT_HOST_DEVICE void widen_bf16_unordered(__m512i v, Vectorized<float>& a, Vectorized<float>& b) {
   a = _mm512_castsi512_ps(_mm512_unpacklo_epi16(_mm512_setzero_si512(), v));
   b = _mm512_castsi512_ps(_mm512_unpackhi_epi16(_mm512_setzero_si512(), v));
 }
+FASTACT_HOST_DEVICE void unordered_indices(__m512i v, __m512i& a, __m512i& b) {
+  a = _mm512_unpacklo_epi16(v, _mm512_setzero_si512());
+  b = _mm512_unpackhi_epi16(v, _mm512_setzero_si512());
+}
+#endif
 // Round to nearest even, in the low 16 bits of each 32-bit lane. A NaN becomes the quiet NaN 0x7fc0
 // (rounding could carry its payload into the sign bit).
 FASTACT_HOST_DEVICE __m512i round_to_bf16_bits(__m512 f) {
@@ -58,9 +76,32 @@ FASTACT_HOST_DEVICE __m512i round_to_bf16_bits(__m512 f) {
       _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
   return _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), rounded, _mm512_set1_epi32(0x7fc0));
 }
+#if defined(__AVX512BF16__)
+// AVX512-BF16 rounds to nearest even in one instruction, but flushes subnormals to zero and keeps a NaN's
+// payload: vectors holding either (rare in data) take round_to_bf16_bits, so every build gives the same bits.
+constexpr int kBF16Special = 0x01 | 0x20 | 0x80;  // fpclass: quiet NaN, subnormal, signaling NaN
+FASTACT_HOST_DEVICE bool bf16_special(__m512 f) { return _mm512_fpclass_ps_mask(f, kBF16Special) != 0; }
+FASTACT_HOST_DEVICE __m512i narrow_bf16_unordered(const Vectorized<float>& a, const Vectorized<float>& b) {
+  if (!(bf16_special(a) | bf16_special(b))) [[likely]] {
+    // a's 16 (the even elements) in the low half, b's in the high half; the permute interleaves them.
+    const __m512i halves = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a));
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                                22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    return _mm512_permutexvar_epi16(interleave, halves);
+  }
+  return _mm512_or_si512(round_to_bf16_bits(a), _mm512_slli_epi32(round_to_bf16_bits(b), 16));
+}
+// 16 floats rounded to bfloat16, in order.
+FASTACT_HOST_DEVICE __m256i narrow_bf16_ordered(__m512 f) {
+  if (!bf16_special(f)) [[likely]] return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(f));
+  return _mm512_cvtepi32_epi16(round_to_bf16_bits(f));
+}
+#else
 FASTACT_HOST_DEVICE __m512i narrow_bf16_unordered(const Vectorized<float>& a, const Vectorized<float>& b) {
   return _mm512_packus_epi32(round_to_bf16_bits(a), round_to_bf16_bits(b));
 }
+FASTACT_HOST_DEVICE __m256i narrow_bf16_ordered(__m512 f) { return _mm512_cvtepi32_epi16(round_to_bf16_bits(f)); }
+#endif
 #else
 FASTACT_HOST_DEVICE void widen_bf16_unordered(__m256i v, Vectorized<float>& a, Vectorized<float>& b) {
   a = _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), v));
@@ -536,7 +577,7 @@ FASTACT_HOST_DEVICE __m512i scaled_lookup(const float* table, const uint16_t* x,
     const __m256i g = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grad + 16 * h));
     if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
       const __m512 g_float = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(g), 16));
-      halves[h] = _mm512_cvtepi32_epi16(round_to_bf16_bits(_mm512_mul_ps(g_float, derivative)));
+      halves[h] = narrow_bf16_ordered(_mm512_mul_ps(g_float, derivative));
     } else {
       halves[h] = _mm512_cvtps_ph(_mm512_mul_ps(_mm512_cvtph_ps(g), derivative),
                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -566,9 +607,10 @@ FASTACT_HOST_DEVICE void lookup_pairs(const float* pairs, const uint16_t* x, int
     const uint16_t* bits = x + 16 * j;
     if (count == B::kSize) {
       if constexpr (B::kUnordered) {
-        const __m512i all = _mm512_loadu_si512(bits);
-        gather(j, _mm512_unpacklo_epi16(all, _mm512_setzero_si512()));
-        gather(j + 1, _mm512_unpackhi_epi16(all, _mm512_setzero_si512()));
+        __m512i lo, hi;
+        unordered_indices(_mm512_loadu_si512(bits), lo, hi);
+        gather(j, lo);
+        gather(j + 1, hi);
       } else {
         gather(j, load_indices(bits));
         gather(j + 1, load_indices(bits + 16));
