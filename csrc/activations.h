@@ -134,7 +134,8 @@ struct MishOp {
     parts(x, e, m, den);
     const T inv_den = T(1) / den;  // one division for both terms
     const T w = fa_select_negative(x, T(1), e);
-    const T tail = T(4) * x * e * (T(1) + e) * w * (inv_den * inv_den);
+    // 4e first: for |x| near the type's max, 4x overflows while e = 0 (inf * 0 would be NaN)
+    const T tail = T(4) * e * x * (T(1) + e) * w * (inv_den * inv_den);
     gx = g * (tanh_softplus(x, m * inv_den) + fa_select(fa_abs(x) == fa_inf<T>(), T(0), tail));
     gp = T(0);
   }

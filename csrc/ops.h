@@ -103,7 +103,7 @@ void backward_out(const OpInfo& op, const at::Tensor& grad, const at::Tensor& x,
 namespace cpu {
 void forward(const ElementwiseProblem& p);
 void backward(const ElementwiseProblem& p);
-std::string capability();                             // the kernel build in use: default, avx2, avx512
+std::string capability();                             // the kernel build: default, avx2, avx512 or avx512_bf16
 std::string set_capability(const std::string& name);  // returns the previous one
 std::vector<std::string> supported_capabilities();    // the builds this CPU can run
 // Transparent huge pages for large fresh outputs (cpu/huge_pages.cpp).

@@ -127,7 +127,7 @@ TORCH_LIBRARY(fastact, m) {
 #define FASTACT_DEFINE(name, Id, Kind, param) define_schemas(m, #name, ParamKind::Kind, #param);
   FASTACT_FOR_EACH_ACTIVATION(FASTACT_DEFINE)
 #undef FASTACT_DEFINE
-  // Which CPU kernel build runs (default, avx2, avx512), and a switch used by the tests to compare them.
+  // Which CPU kernel build runs (default, avx2, avx512, avx512_bf16), and a switch used by the tests to compare them.
   m.def("cpu_capability() -> str", [] { return cpu::capability(); });
   m.def("set_cpu_capability(str name) -> str", [](const std::string& name) { return cpu::set_capability(name); });
   m.def("supported_cpu_capabilities() -> str[]", [] { return cpu::supported_capabilities(); });

@@ -53,7 +53,7 @@ def _swish_parts(x, beta):
 def swish_grad(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
     """df/dx = sigma(bx) + bx sigma(bx)(1 - sigma(bx)) (= beta f + sigma(bx)(1 - beta f))."""
     b, s, p = _swish_parts(x, beta)
-    return s + b * x * p
+    return torch.where(p == 0, s, s + b * x * p)  # (b x may overflow where p = 0: inf * 0 = NaN)
 
 
 def swish_grad_beta(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
@@ -66,13 +66,13 @@ def swish_grad_beta(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
 def swish_grad2(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
     """d2f/dx2 = beta s(1-s) (2 + bx(1 - 2s))."""
     b, s, p = _swish_parts(x, beta)
-    return b * p * (2 + b * x * (1 - 2 * s))
+    return torch.where(p == 0, 0.0, b * p * (2 + b * x * (1 - 2 * s)))
 
 
 def swish_grad_x_beta(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
     """d2f/dx dbeta = x s(1-s) (2 + bx(1 - 2s))."""
     b, s, p = _swish_parts(x, beta)
-    return (x * p) * (2 + b * x * (1 - 2 * s))
+    return torch.where(p == 0, 0.0, (x * p) * (2 + b * x * (1 - 2 * s)))
 
 
 def swish_grad2_beta(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
@@ -101,7 +101,8 @@ def mish_grad2(x: Tensor) -> Tensor:
     """f''(x) = D s (2 + x(1 - s - 2 t s)) with t = tanh(sp), D = 1 - t^2, s = sigma(x)."""
     t = torch.tanh(F.softplus(x))
     s = torch.sigmoid(x)
-    return (1 - t * t) * s * (2 + x * (1 - s - 2 * t * s))
+    ds = (1 - t * t) * s
+    return torch.where(ds == 0, 0.0, ds * (2 + x * (1 - s - 2 * t * s)))  # (x(...) may overflow where ds = 0)
 
 
 # --- Leaky family: f(x) = x for x > 0, alpha x otherwise (any real alpha) ----------------------------

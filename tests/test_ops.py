@@ -261,6 +261,27 @@ def test_edge_values(device, case, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", [c for c in CASES if not c.tensor_param], ids=lambda c: str(c))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_largest_finite_values(device, case, dtype):
+    """Near the type's largest finite value, f and f' are the float64 reference's (no product like 4x or beta x
+    overflowing to inf and meeting a zero: Mish's derivative was NaN above max / 4), and so is f''."""
+    big = torch.finfo(dtype).max
+    values = [big, big / 2, big / 3, big / 4.5, 1e4]
+    x = torch.tensor(values + [-v for v in values], dtype=torch.float64).to(dtype).to(device).requires_grad_()
+    y = case.fast(x, case.param)
+    (gx,) = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)
+    (ggx,) = torch.autograd.grad(gx, x, torch.ones_like(gx))
+    assert not y.isnan().any() and not gx.isnan().any() and not ggx.isnan().any(), (y, gx, ggx)
+    xf = x.detach()
+    y_ref, (g_ref,) = reference_grads(case, xf, case.param, torch.ones_like(xf))
+    # (a result beyond the type's range is its infinity; a term of the scale that is inf * 0 is 0)
+    assert_close_to_ref(y.detach(), y_ref.to(dtype), dtype, ulps=ULPS[dtype], what=f"{case} forward near max")
+    scale = grad_term_scale(case, xf, case.param, torch.ones_like(xf)).nan_to_num(nan=0.0)
+    assert_close_to_ref(gx.detach(), g_ref, dtype, scale=scale, ulps=ULPS[dtype] + 2, what=f"{case} grad near max")
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("zero_channel", [True, False])
