@@ -359,6 +359,24 @@ def test_leaky_slope_that_is_zero_in_float_gives_the_relu_limit(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", [c for c in CASES if not c.tensor_param], ids=lambda c: str(c))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_16bit_value_against_float64(device, case, dtype):
+    """f and f' at every finite 16-bit value (subnormals, the tails and the largest values included) are the
+    float64 reference's to within the rounding of the type: no value is singled out by an overflow, a flush or
+    a cancellation."""
+    every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    x = every[every.isfinite()].to(device).requires_grad_()
+    y = case.fast(x, case.param)
+    (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    xf = x.detach()
+    y_ref, (g_ref,) = reference_grads(case, xf, case.param, torch.ones_like(xf))
+    assert_close_to_ref(y.detach(), y_ref.to(dtype), dtype, ulps=ULPS[dtype], what=f"{case} every value forward")
+    scale = grad_term_scale(case, xf, case.param, torch.ones_like(xf)).nan_to_num(nan=0.0)
+    assert_close_to_ref(gx, g_ref, dtype, scale=scale, ulps=ULPS[dtype] + 2, what=f"{case} every value grad")
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_mish_no_overflow_at_large_magnitude(device, dtype):
     x = torch.tensor([1e4, -1e4], dtype=dtype, device=device, requires_grad=True)
