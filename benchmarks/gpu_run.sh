@@ -1,101 +1,144 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (see README "GPU"): build fastact there (its torch differs from the dev
-# machine's), time the rows-kernel layout experiment (benchmarks/gpu_experiments), run the test suite with its
-# CUDA tests, then the CUDA kernel benchmark and the experimental flat kernel (add the `compile` phase for the
-# torch.compile comparison of the learnable ops). Every phase logs under $OUT and the script goes on past a
-# failed phase, so one call always brings back what it could measure. The default phases leave 8 files, the
-# most the device tool brings back.
+# machine's), run the CUDA tests, the CUDA kernel benchmark, and the experimental flat kernel (tested, then
+# timed against the rows kernel; if it wins, the full benchmark again with it), then what time is left allows.
+# Phases run in order of priority inside a time budget (BUDGET seconds from the start, default 520): a phase
+# that would not fit is skipped and says so. Every phase goes on past a failure and logs under a work folder
+# that is packed into $OUT/gpu_results.tgz after each phase, so a call always brings back what it measured
+# (the device tool brings back at most 8 files). The console gets the short tables.
 #
-#   OUT=/tmp/out bash benchmarks/gpu_run.sh            (the device tool sets OUT)
-#   PHASES="tests bench pieces" bash benchmarks/gpu_run.sh   (a subset; the build always runs)
+#   OUT=/tmp/out bash benchmarks/gpu_run.sh                  (the device tool sets OUT)
+#   PHASES="tests bench" bash benchmarks/gpu_run.sh          (a subset; the build always runs)
 #
-# Phases (default: layouts tests bench flat): layouts (layouts.log), tests (tests.log), bench
-# (gpu_kernels.json/.png, bench.log), compile (gpu_compile.json, appended to bench.log), pieces (pieces.log:
-# the rows kernel at 1, 2 and 4 vectors per thread through FASTACT_CUDA_PIECE_VECTORS, kernel regime), flat
-# (flat.log: the CUDA tests and the kernel regime with the experimental flat kernel, FASTACT_CUDA_FLAT).
+# Phases (default: tests bench flat compile suite layouts):
+#   tests    tests.log: the CUDA tests of tests/test_ops.py and tests/test_nn.py, and the CPU build test
+#   bench    gpu_kernels.json/.png, bench.log: fastact-bench kernels --device cuda (fastact, native, eager)
+#   flat     flat_tests.log, flat_<v>.json, flat.log: the CUDA tests with FASTACT_CUDA_FLAT=1, 2, 4; the
+#            kernel regime of the ops it takes at 0 (rows kernel), 1, 2, 4; the best v (if faster than the
+#            rows kernel) picked by benchmarks/gpu_flat_pick.py; then gpu_kernels_flat.json/.png,
+#            bench_flat.log: the full benchmark with FASTACT_CUDA_FLAT=<best>
+#   suite    suite.log: the rest of the test suite under this machine's torch (pytest-xdist)
+#   compile  gpu_compile.json, compile.log: the learnable ops against torch.compile of their eager composition
+#   layouts  layouts.log: the rows-kernel layout experiment (benchmarks/gpu_experiments)
+#   pieces   pieces.log: the rows kernel at 1, 2 and 4 vectors per thread (FASTACT_CUDA_PIECE_VECTORS)
 set -u
 OUT=${OUT:-/tmp/fastact-gpu}
-mkdir -p "$OUT"
+WORK=${WORK:-/tmp/fastact-gpu-work}
+BUDGET=${BUDGET:-520}
+mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-PHASES=${PHASES:-layouts tests bench flat}
-phase() { echo "== $1 ($(date -u +%H:%M:%S))"; }
-want() { case " $PHASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+PHASES=${PHASES:-tests bench flat compile suite layouts}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}   # the in-place build, also for scripts run from elsewhere
+SECONDS=0
 
-phase environment
+pack() { tar czf "$OUT/gpu_results.tgz.tmp" -C "$WORK" . && mv "$OUT/gpu_results.tgz.tmp" "$OUT/gpu_results.tgz"; }
+# want PHASE SECONDS: the phase was asked for and its estimate fits in what is left of the budget.
+want() {
+  case " $PHASES " in *" $1 "*) fits "$@" ;; *) return 1 ;; esac
+}
+fits() {
+  if (( SECONDS + $2 > BUDGET )); then
+    echo "== $1: skipped, needs ~$2 s and $(( BUDGET - SECONDS )) s are left" | tee -a "$WORK/skipped.txt"
+    return 1
+  fi
+  echo "== $1 ($(date -u +%H:%M:%S), ${SECONDS} s in)"
+}
+# limit SECONDS: a timeout for a phase that never runs past the budget.
+limit() { local left=$(( BUDGET - SECONDS )); echo $(( $1 < left ? $1 : (left > 10 ? left : 10) )); }
+XDIST=""
+$PY -c "import xdist" 2>/dev/null && XDIST="-n 4"
+
+echo "== environment"
 {
   date -u
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
   $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
   lscpu | grep -E 'Model name|^CPU\(s\)|Flags' | cut -c1-200
-} 2>&1 | tee "$OUT/environment.txt"
+  git log -1 --format='commit %H %s' 2>/dev/null
+} 2>&1 | tee "$WORK/environment.txt"
 
-phase build
-start=$(date +%s)
-FASTACT_BUILD=cuda TORCH_CUDA_ARCH_LIST="9.0" MAX_JOBS=16 $PY setup.py build_ext --inplace >"$OUT/build.log" 2>&1
+echo "== build"
+FASTACT_BUILD=cuda TORCH_CUDA_ARCH_LIST="9.0" MAX_JOBS=16 $PY setup.py build_ext --inplace >"$WORK/build.log" 2>&1
 status=$?
-echo "build exit $status in $(( $(date +%s) - start )) s" | tee -a "$OUT/environment.txt"
-if [ $status -ne 0 ]; then grep -a -B2 -A8 "error" "$OUT/build.log" | head -80; exit 1; fi
+echo "build exit $status in $SECONDS s" | tee -a "$WORK/environment.txt"
+pack
+if [ $status -ne 0 ]; then grep -a -B2 -A8 "error" "$WORK/build.log" | head -80; exit 1; fi
 
-if want layouts; then
-phase layouts
-# Rows-kernel layouts beside torch's copy and LeakyReLU and fastact's kernel (a small library, ~10 s to build).
-NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
-{ $NVCC -O3 -std=c++17 -arch=sm_90 --expt-relaxed-constexpr -shared -Xcompiler -fPIC -o /tmp/librows_layout.so \
-    benchmarks/gpu_experiments/rows_layout.cu \
-  && timeout 120 $PY benchmarks/gpu_experiments/rows_layout.py /tmp/librows_layout.so; } >"$OUT/layouts.log" 2>&1
-tail -45 "$OUT/layouts.log"
+if want tests 60; then
+  # The CUDA tests, and the CPU kernel-build test (this host may run other CPU builds than the dev machine).
+  timeout $(limit 200) $PY -m pytest tests/test_ops.py tests/test_nn.py -q --tb=short --maxfail=15 \
+    -p no:cacheprovider $XDIST -k "cuda or capability" >"$WORK/tests.log" 2>&1
+  tail -25 "$WORK/tests.log"; pack
 fi
 
-if want tests; then
-phase tests
-# The CUDA tests, and the CPU kernel-build test (this host may run the AVX-512 build, the dev machine does not).
-timeout ${TEST_TIMEOUT:-200} $PY -m pytest tests/test_ops.py tests/test_nn.py -q --tb=short --maxfail=15 -p no:cacheprovider \
-  -k "cuda or capability" 2>&1 | tee "$OUT/tests.log" | tail -40
+if want bench 45; then
+  timeout $(limit 150) $PY -m fastact.bench kernels --device cuda --json "$WORK/gpu_kernels.json" \
+    --plot "$WORK/gpu_kernels.png" --dtypes float32,bfloat16,float16 --impls fastact,native,eager \
+    --min-run-time 0.05 --no-progress >"$WORK/bench.log" 2>&1
+  grep -a -A40 "targets" "$WORK/bench.log" | cut -c1-160 | head -45; pack
 fi
 
-if want bench; then
-phase benchmark
-timeout ${BENCH_TIMEOUT:-220} $PY -m fastact.bench kernels --device cuda --json "$OUT/gpu_kernels.json" \
-  --plot "$OUT/gpu_kernels.png" ${BENCH_ARGS:---dtypes float32,bfloat16,float16 --impls fastact,native,eager --min-run-time 0.05} 2>&1 | tee "$OUT/bench.log" | tail -60
-fi
-
-if want compile; then
-phase compile
-# torch.compile of the eager compositions for the learnable ops (compiling every row would not fit the lease).
-timeout ${COMPILE_TIMEOUT:-170} $PY -m fastact.bench kernels --device cuda --json "$OUT/gpu_compile.json" \
-  --ops swish_beta,swish_beta_pc,prelu_pc --impls fastact,eager,compile --regimes user --passes fwd,fwd+bwd \
-  --dtypes float32,bfloat16 --min-run-time 0.05 --no-progress 2>&1 | tee -a "$OUT/bench.log" | tail -30
-fi
-
-if want pieces; then
-phase pieces
-for v in 1 2 4; do
-  echo "FASTACT_CUDA_PIECE_VECTORS=$v"
-  FASTACT_CUDA_PIECE_VECTORS=$v timeout 60 $PY -m fastact.bench kernels --device cuda --regimes kernel \
-    --ops swish,swish_beta,swish_beta_pc,mish,leaky_0.5,prelu_pc --impls fastact,native --dtypes float32,bfloat16 \
-    --min-run-time 0.05 --no-progress 2>&1
-done > "$OUT/pieces.log"
-grep -a -E "FASTACT_CUDA|fraction|fastact/native|^cuda" "$OUT/pieces.log" | cut -c1-150
-fi
-if want flat; then
-phase flat
-# The flat kernel (csrc/cuda/kernels.cuh, off by default): correct at 1 and 4 vectors per thread, then timed
-# against the rows kernel (0) and native for the ops it takes (no per-channel or tensor parameter).
-{
-  for v in 1 4; do
+FLAT_OPS=swish,mish,leaky_0.5,leaky_-0.5
+if want flat 170; then
+  # The flat kernel (csrc/cuda/kernels.cuh, off by default): correct at 1, 2 and 4 vectors per thread...
+  for v in 1 2 4; do
     echo "CUDA tests, FASTACT_CUDA_FLAT=$v"
-    FASTACT_CUDA_FLAT=$v timeout 120 $PY -m pytest tests/test_ops.py tests/test_nn.py -q --tb=short --maxfail=15 \
-      -p no:cacheprovider -k cuda 2>&1 | tail -15
-  done
+    FASTACT_CUDA_FLAT=$v timeout $(limit 100) $PY -m pytest tests/test_ops.py tests/test_nn.py -q --tb=short \
+      --maxfail=15 -p no:cacheprovider $XDIST -k cuda 2>&1 | tail -15
+  done >"$WORK/flat_tests.log"
+  grep -a -E "FASTACT|passed|failed|error" "$WORK/flat_tests.log"
+  # ...then timed against the rows kernel (0) and native, kernel and user regimes, in turns of the setting.
   for v in 0 1 2 4; do
     echo "FASTACT_CUDA_FLAT=$v"
-    FASTACT_CUDA_FLAT=$v timeout 60 $PY -m fastact.bench kernels --device cuda --regimes kernel \
-      --ops swish,mish,leaky_0.5 --impls fastact,native --dtypes float32,bfloat16,float16 --min-run-time 0.05 \
-      --no-progress 2>&1
-  done
-} > "$OUT/flat.log"
-grep -a -E "FASTACT_CUDA|passed|failed|fastact/native|fraction" "$OUT/flat.log" | cut -c1-150
+    FASTACT_CUDA_FLAT=$v timeout $(limit 60) $PY -m fastact.bench kernels --device cuda --ops $FLAT_OPS \
+      --impls fastact,native --dtypes float32,bfloat16,float16 --min-run-time 0.05 --no-progress \
+      --json "$WORK/flat_$v.json" 2>&1
+  done >"$WORK/flat.log"
+  $PY benchmarks/gpu_flat_pick.py "$WORK"/flat_{0,1,2,4}.json | tee "$WORK/flat_pick.txt"
+  pack
+  best=$(tail -1 "$WORK/flat_pick.txt" | sed -n 's/^best: \([124]\)$/\1/p')
+  if [ -n "$best" ] && fits flat_bench 45; then
+    FASTACT_CUDA_FLAT=$best timeout $(limit 150) $PY -m fastact.bench kernels --device cuda \
+      --json "$WORK/gpu_kernels_flat.json" --plot "$WORK/gpu_kernels_flat.png" --dtypes float32,bfloat16,float16 \
+      --impls fastact,native,eager --min-run-time 0.05 --no-progress >"$WORK/bench_flat.log" 2>&1
+    echo "full benchmark with FASTACT_CUDA_FLAT=$best:"
+    grep -a -A40 "targets" "$WORK/bench_flat.log" | cut -c1-160 | head -45; pack
+  fi
 fi
-phase done
+
+if want suite 90; then
+  # Everything else, under this machine's torch and Python (CI runs it under the dev machine's).
+  CI=1 timeout $(limit 240) $PY -m pytest tests -q --tb=short --maxfail=15 -p no:cacheprovider \
+    ${XDIST:+-n 12} -k "not cuda" >"$WORK/suite.log" 2>&1
+  tail -15 "$WORK/suite.log"; pack
+fi
+
+if want compile 100; then
+  # torch.compile of the eager compositions for the learnable ops (compiling every row would not fit).
+  timeout $(limit 170) $PY -m fastact.bench kernels --device cuda --json "$WORK/gpu_compile.json" \
+    --ops swish_beta,swish_beta_pc,prelu_pc --impls fastact,eager,compile --regimes user --passes fwd,fwd+bwd \
+    --dtypes float32,bfloat16 --min-run-time 0.05 --no-progress >"$WORK/compile.log" 2>&1
+  tail -25 "$WORK/compile.log" | cut -c1-160; pack
+fi
+
+if want layouts 40; then
+  # Rows-kernel layouts beside torch's copy and LeakyReLU and fastact's kernel (a small library, ~10 s to build).
+  NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+  { $NVCC -O3 -std=c++17 -arch=sm_90 --expt-relaxed-constexpr -shared -Xcompiler -fPIC -o /tmp/librows_layout.so \
+      benchmarks/gpu_experiments/rows_layout.cu \
+    && timeout $(limit 120) $PY benchmarks/gpu_experiments/rows_layout.py /tmp/librows_layout.so; } >"$WORK/layouts.log" 2>&1
+  tail -30 "$WORK/layouts.log"; pack
+fi
+
+if want pieces 120; then
+  for v in 1 2 4; do
+    echo "FASTACT_CUDA_PIECE_VECTORS=$v"
+    FASTACT_CUDA_PIECE_VECTORS=$v timeout $(limit 60) $PY -m fastact.bench kernels --device cuda --regimes kernel \
+      --ops swish,swish_beta,swish_beta_pc,mish,leaky_0.5,prelu_pc --impls fastact,native --dtypes float32,bfloat16 \
+      --min-run-time 0.05 --no-progress 2>&1
+  done > "$WORK/pieces.log"
+  grep -a -E "FASTACT_CUDA|fraction|fastact/native|^cuda" "$WORK/pieces.log" | cut -c1-150; pack
+fi
+echo "== done in $SECONDS s"
+pack
