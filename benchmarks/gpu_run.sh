@@ -1,26 +1,27 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (see README "GPU"): build fastact there (its torch differs from the dev
-# machine's), run the CUDA tests, the CUDA kernel benchmark, and the experimental flat kernel (tested, then
-# timed against the rows kernel; if it wins, the full benchmark again with it), then what time is left allows.
-# Phases run in order of priority inside a time budget (BUDGET seconds from the start, default 520): a phase
-# that would not fit is skipped and says so. Every phase goes on past a failure and logs under a work folder
-# that is packed into $OUT/gpu_results.tgz after each phase, so a call always brings back what it measured
-# (the device tool brings back at most 8 files). The console gets the short tables.
+# machine's), run the CUDA tests and the CUDA kernel benchmark, time the flat kernel's settings against the
+# rows kernel, then what time is left allows. Phases run in order of priority inside a time budget (BUDGET
+# seconds from the start, default 520; the first GPU call of 2026-11-28 took 132 s to build and 130 s for the
+# tests): a phase that would not fit is skipped and says so. Every phase goes on past a failure and logs under
+# a work folder that is packed into $OUT/gpu_results.tgz after each phase, so a call always brings back what
+# it measured (the device tool brings back at most 8 files). The console gets the short tables.
 #
 #   OUT=/tmp/out bash benchmarks/gpu_run.sh                  (the device tool sets OUT)
 #   PHASES="tests bench" bash benchmarks/gpu_run.sh          (a subset; the build always runs)
 #
-# Phases (default: tests bench flat compile suite layouts):
-#   tests    tests.log: the CUDA tests of tests/test_ops.py and tests/test_nn.py, and the CPU build test
-#   bench    gpu_kernels.json/.png, bench.log: fastact-bench kernels --device cuda (fastact, native, eager)
-#   flat     flat_tests.log, flat_<v>.json, flat.log: the CUDA tests with FASTACT_CUDA_FLAT=1, 2, 4; the
-#            kernel regime of the ops it takes at 0 (rows kernel), 1, 2, 4; the best v (if faster than the
-#            rows kernel) picked by benchmarks/gpu_flat_pick.py; then gpu_kernels_flat.json/.png,
-#            bench_flat.log: the full benchmark with FASTACT_CUDA_FLAT=<best>
-#   suite    suite.log: the rest of the test suite under this machine's torch (pytest-xdist)
-#   compile  gpu_compile.json, compile.log: the learnable ops against torch.compile of their eager composition
-#   layouts  layouts.log: the rows-kernel layout experiment (benchmarks/gpu_experiments)
-#   pieces   pieces.log: the rows kernel at 1, 2 and 4 vectors per thread (FASTACT_CUDA_PIECE_VECTORS)
+# Phases (default: tests bench flat compile layouts flat_tests suite), in that order:
+#   tests       tests.log: the CUDA tests of tests/test_ops.py and tests/test_nn.py, and the CPU build test
+#   bench       gpu_kernels.json/.png, bench.log: fastact-bench kernels --device cuda (fastact, native, eager)
+#   flat        flat_<v>.json, flat.log, flat_pick.txt: SiLU, Mish and LeakyReLU with the rows kernel
+#               (FASTACT_CUDA_FLAT=0) and the flat kernel at 1, 2 and 4 vectors per thread, against native
+#               in each run (benchmarks/gpu_flat_pick.py sums them up)
+#   compile     gpu_compile.json, compile.log: the learnable ops against torch.compile of their eager composition
+#   layouts     layouts.log: the layout experiment (benchmarks/gpu_experiments)
+#   flat_tests  flat_tests.log: the CUDA tests with FASTACT_CUDA_FLAT=0 and 2 (the settings not the default)
+#   suite       suite.log: the rest of the test suite under this machine's torch (pytest-xdist)
+#   pieces      pieces.log: the rows kernel at 1, 2 and 4 vectors per thread (FASTACT_CUDA_PIECE_VECTORS);
+#               not in the default list
 set -u
 OUT=${OUT:-/tmp/fastact-gpu}
 WORK=${WORK:-/tmp/fastact-gpu-work}
@@ -28,7 +29,7 @@ BUDGET=${BUDGET:-520}
 mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-PHASES=${PHASES:-tests bench flat compile suite layouts}
+PHASES=${PHASES:-tests bench flat compile layouts flat_tests suite}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}   # the in-place build, also for scripts run from elsewhere
 SECONDS=0
 
@@ -65,11 +66,11 @@ echo "build exit $status in $SECONDS s" | tee -a "$WORK/environment.txt"
 pack
 if [ $status -ne 0 ]; then grep -a -B2 -A8 "error" "$WORK/build.log" | head -80; exit 1; fi
 
-if want tests 60; then
+if want tests 140; then
   # The CUDA tests, and the CPU kernel-build test (this host may run other CPU builds than the dev machine).
   timeout $(limit 200) $PY -m pytest tests/test_ops.py tests/test_nn.py -q --tb=short --maxfail=15 \
-    -p no:cacheprovider $XDIST -k "cuda or capability" >"$WORK/tests.log" 2>&1
-  tail -25 "$WORK/tests.log"; pack
+    -p no:cacheprovider $XDIST --durations=20 -k "cuda or capability" >"$WORK/tests.log" 2>&1
+  grep -a -E "passed|failed|error" "$WORK/tests.log" | tail -5; pack
 fi
 
 if want bench 45; then
@@ -80,41 +81,22 @@ if want bench 45; then
 fi
 
 FLAT_OPS=swish,mish,leaky_0.5,leaky_-0.5
-if want flat 170; then
-  # The flat kernel (csrc/cuda/kernels.cuh, off by default): correct at 1, 2 and 4 vectors per thread...
-  for v in 1 2 4; do
-    echo "CUDA tests, FASTACT_CUDA_FLAT=$v"
-    FASTACT_CUDA_FLAT=$v timeout $(limit 100) $PY -m pytest tests/test_ops.py tests/test_nn.py -q --tb=short \
-      --maxfail=15 -p no:cacheprovider $XDIST -k cuda 2>&1 | tail -15
-  done >"$WORK/flat_tests.log"
-  grep -a -E "FASTACT|passed|failed|error" "$WORK/flat_tests.log"
-  # ...then timed against the rows kernel (0) and native, kernel and user regimes, in turns of the setting.
+if want flat 90; then
+  # The flat kernel (the default for the ops without a tensor parameter, at flat_vectors<Op> per thread) timed
+  # against the rows kernel (FASTACT_CUDA_FLAT=0) and at 1, 2 and 4 vectors for every op, native in each run.
   for v in 0 1 2 4; do
     echo "FASTACT_CUDA_FLAT=$v"
-    FASTACT_CUDA_FLAT=$v timeout $(limit 60) $PY -m fastact.bench kernels --device cuda --ops $FLAT_OPS \
-      --impls fastact,native --dtypes float32,bfloat16,float16 --min-run-time 0.05 --no-progress \
+    FASTACT_CUDA_FLAT=$v timeout $(limit 40) $PY -m fastact.bench kernels --device cuda --ops $FLAT_OPS \
+      --impls fastact,native --dtypes float32,bfloat16,float16 --min-run-time 0.05 --no-progress --no-table \
       --json "$WORK/flat_$v.json" 2>&1
   done >"$WORK/flat.log"
-  $PY benchmarks/gpu_flat_pick.py "$WORK"/flat_{0,1,2,4}.json | tee "$WORK/flat_pick.txt"
+  $PY benchmarks/gpu_flat_pick.py "$WORK"/flat_{0,1,2,4}.json >"$WORK/flat_pick.txt"
+  grep -v "^  FLAT" "$WORK/flat_pick.txt"
+  $PY benchmarks/gpu_flat_pick.py "$WORK"/flat_{0,1,2,4}.json --markdown swish=1,leaky_0.5=1,leaky_-0.5=1,mish=4
   pack
-  best=$(tail -1 "$WORK/flat_pick.txt" | sed -n 's/^best: \([124]\)$/\1/p')
-  if [ -n "$best" ] && fits flat_bench 45; then
-    FASTACT_CUDA_FLAT=$best timeout $(limit 150) $PY -m fastact.bench kernels --device cuda \
-      --json "$WORK/gpu_kernels_flat.json" --plot "$WORK/gpu_kernels_flat.png" --dtypes float32,bfloat16,float16 \
-      --impls fastact,native,eager --min-run-time 0.05 --no-progress >"$WORK/bench_flat.log" 2>&1
-    echo "full benchmark with FASTACT_CUDA_FLAT=$best:"
-    grep -a -A40 "targets" "$WORK/bench_flat.log" | cut -c1-160 | head -45; pack
-  fi
 fi
 
-if want suite 90; then
-  # Everything else, under this machine's torch and Python (CI runs it under the dev machine's).
-  CI=1 timeout $(limit 240) $PY -m pytest tests -q --tb=short --maxfail=15 -p no:cacheprovider \
-    ${XDIST:+-n 12} -k "not cuda" >"$WORK/suite.log" 2>&1
-  tail -15 "$WORK/suite.log"; pack
-fi
-
-if want compile 100; then
+if want compile 40; then
   # torch.compile of the eager compositions for the learnable ops (compiling every row would not fit).
   timeout $(limit 170) $PY -m fastact.bench kernels --device cuda --json "$WORK/gpu_compile.json" \
     --ops swish_beta,swish_beta_pc,prelu_pc --impls fastact,eager,compile --regimes user --passes fwd,fwd+bwd \
@@ -122,13 +104,30 @@ if want compile 100; then
   tail -25 "$WORK/compile.log" | cut -c1-160; pack
 fi
 
-if want layouts 40; then
+if want layouts 30; then
   # Rows-kernel layouts beside torch's copy and LeakyReLU and fastact's kernel (a small library, ~10 s to build).
   NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
   { $NVCC -O3 -std=c++17 -arch=sm_90 --expt-relaxed-constexpr -shared -Xcompiler -fPIC -o /tmp/librows_layout.so \
       benchmarks/gpu_experiments/rows_layout.cu \
     && timeout $(limit 120) $PY benchmarks/gpu_experiments/rows_layout.py /tmp/librows_layout.so; } >"$WORK/layouts.log" 2>&1
   tail -30 "$WORK/layouts.log"; pack
+fi
+
+if want flat_tests 150; then
+  # The CUDA tests with the rows kernel in place of the flat one, and with the flat kernel at 2 vectors.
+  for v in 0 2; do
+    echo "CUDA tests, FASTACT_CUDA_FLAT=$v"
+    FASTACT_CUDA_FLAT=$v timeout $(limit 140) $PY -m pytest tests/test_ops.py tests/test_nn.py -q --tb=short \
+      --maxfail=15 -p no:cacheprovider $XDIST -k cuda 2>&1 | tail -15
+  done >"$WORK/flat_tests.log"
+  grep -a -E "FASTACT|passed|failed|error" "$WORK/flat_tests.log"; pack
+fi
+
+if want suite 120; then
+  # Everything else, under this machine's torch and Python (CI runs it under the dev machine's).
+  CI=1 timeout $(limit 240) $PY -m pytest tests -q --tb=short --maxfail=15 -p no:cacheprovider \
+    ${XDIST:+-n 12} -k "not cuda" >"$WORK/suite.log" 2>&1
+  tail -15 "$WORK/suite.log"; pack
 fi
 
 if want pieces 120; then

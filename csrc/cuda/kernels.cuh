@@ -7,6 +7,9 @@
 //  * columns (inner < kRowMin, e.g. channels_last): the tensor is a stack of slabs of channels * inner elements;
 //            a thread owns a fixed column (a vector of elements) of the slab and walks down the slabs, so its
 //            parameter and channel never change; the parameter gradient is summed per column and block.
+//  * flat    (no tensor parameter, no parameter gradient, 16-byte aligned: SiLU, Swish with a float beta, Mish,
+//            LeakyReLU): the rows shape without its generality; a block takes kThreads x flat_vectors<Op>
+//            vectors, the last block the tail.
 // A second kernel adds the partial sums of each channel in a fixed order, so the parameter gradient has the
 // same bits on every run (no atomics).
 #pragma once
@@ -14,6 +17,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include <ATen/core/Tensor.h>
@@ -210,12 +214,9 @@ rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad, s
   }
 }
 
-// An experiment, off unless FASTACT_CUDA_FLAT is set (see flat_vectors_override): the common case without
-// the rows kernel's generality. A dense run of numel elements sharing one parameter (none, or a scalar), the
-// pointers 16-byte aligned, no parameter gradient: a block takes UNROLL vectors per thread, with no row or
-// piece indexing and no head loop; the last block also does the numel % VEC tail. On an H200 a LeakyReLU in
-// this layout ran at 1.02-1.03 of copy bandwidth with 1 vector per thread, against 0.97 for the rows kernel
-// (benchmarks/results/gpu/README.md); it is measured in the extension before it becomes the default.
+// The common case without the rows kernel's generality: a dense run of numel elements sharing one parameter
+// (none, or a float), the pointers 16-byte aligned, no parameter gradient. A block takes UNROLL vectors per
+// thread, with no row or piece indexing and no head loop; the last block also does the numel % VEC tail.
 template <typename Op, Pass P, int VEC, int UNROLL, typename scalar_t, typename opmath_t>
 __global__ void __launch_bounds__(kThreads)
 flat_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad, scalar_t* __restrict__ out,
@@ -360,11 +361,29 @@ int piece_vectors_override() {
   static const int value = vectors_from_env("FASTACT_CUDA_PIECE_VECTORS");
   return value;
 }
-// FASTACT_CUDA_FLAT: the flat kernel, at that many vectors per thread (0: the rows kernel); read once.
+// FASTACT_CUDA_FLAT: the flat kernel at 1, 2 or 4 vectors per thread, or 0 for the rows kernel in its place
+// (for measuring them); unset or anything else: flat_vectors<Op>. Read once.
 int flat_vectors_override() {
-  static const int value = vectors_from_env("FASTACT_CUDA_FLAT");
+  static const int value = [] {
+    const char* env = std::getenv("FASTACT_CUDA_FLAT");
+    if (env == nullptr) return -1;
+    if (std::string(env) == "0") return 0;
+    const int vectors = vectors_from_env("FASTACT_CUDA_FLAT");
+    return vectors != 0 ? vectors : -1;
+  }();
   return value;
 }
+
+// The flat kernel's 16-byte vectors per thread. Measured on an H200 at 2^28 elements, time over torch's in
+// the same run (benchmarks/results/gpu/README.md): one vector per thread is the fastest for the short element
+// functions (LeakyReLU forward 1.00x, against 1.04x with 4 vectors or the rows kernel; SiLU float32 forward
+// 1.01x against 1.03x and 1.08x). Mish's element function is a long dependent chain: with one vector per
+// thread too little of it is in flight (bfloat16 and float16 10-13% slower), with 4 it is 0-12% faster than
+// the rows kernel.
+template <typename Op>
+constexpr int flat_vectors = 1;
+template <>
+constexpr int flat_vectors<MishOp> = 4;
 
 bool aligned16(const void* ptr) { return ptr == nullptr || reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
@@ -386,7 +405,8 @@ void launch_typed(const ElementwiseProblem& pr) {
   at::Tensor partials;
 
   if constexpr (P != Pass::BackwardParamGrad) {
-    if (flat_vectors_override() != 0 && aligned && pr.param == nullptr) {
+    const int flat = flat_vectors_override() < 0 ? flat_vectors<Op> : flat_vectors_override();
+    if (flat != 0 && aligned && pr.param == nullptr) {
       auto launch_flat = [&](auto unroll_tag) {
         constexpr int U = decltype(unroll_tag)::value;
         const int64_t per_block = int64_t(kThreads) * U;  // vectors
@@ -396,7 +416,7 @@ void launch_typed(const ElementwiseProblem& pr) {
             x, grad, out, pr.numel, param.scalar);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
-      switch (flat_vectors_override()) {
+      switch (flat) {
         case 1: return launch_flat(std::integral_constant<int, 1>{});
         case 2: return launch_flat(std::integral_constant<int, 2>{});
         default: return launch_flat(std::integral_constant<int, 4>{});
@@ -426,8 +446,8 @@ void launch_typed(const ElementwiseProblem& pr) {
     };
     // Pieces of 4 vectors per thread, or 2 where a run is shorter than that (measured on an H200: bfloat16
     // per-channel rows of 4096 elements ran at 0.76-0.86 of copy bandwidth with half-empty 4-vector pieces,
-    // 0.92-0.95 with 2; benchmarks/results/gpu/README.md). FASTACT_CUDA_PIECE_VECTORS=1|2|4 overrides the
-    // choice, for measuring it.
+    // 0.92-0.95 with 2; benchmarks/results/gpu/2026-11-27/README.md). FASTACT_CUDA_PIECE_VECTORS=1|2|4
+    // overrides the choice, for measuring it.
     switch (piece_vectors_override()) {
       case 1: return launch_rows(std::integral_constant<int, 1>{});
       case 2: return launch_rows(std::integral_constant<int, 2>{});
