@@ -19,7 +19,7 @@
 #   compile     gpu_compile.json, compile.log: the learnable ops against torch.compile of their eager composition
 #   layouts     layouts.log: the layout experiment (benchmarks/gpu_experiments)
 #   flat_tests  flat_tests.log: the CUDA tests with FASTACT_CUDA_FLAT=0 and 2 (the settings not the default)
-#   suite       suite.log: the rest of the test suite under this machine's torch (pytest-xdist)
+#   suite       suite.log: the rest of the test suite under this machine's torch (pytest-xdist, 12 workers)
 #   pieces      pieces.log: the rows kernel at 1, 2 and 4 vectors per thread (FASTACT_CUDA_PIECE_VECTORS);
 #               not in the default list
 set -u
@@ -47,8 +47,10 @@ fits() {
 }
 # limit SECONDS: a timeout for a phase that never runs past the budget.
 limit() { local left=$(( BUDGET - SECONDS )); echo $(( $1 < left ? $1 : (left > 10 ? left : 10) )); }
+# pytest-xdist only for the CPU suite: the CUDA tests ran 294 in 39 s serially (2026-11-27) and 405 in 130 s
+# with 4 workers (2026-11-28), each worker paying for its own torch import and CUDA context.
 XDIST=""
-$PY -c "import xdist" 2>/dev/null && XDIST="-n 4"
+$PY -c "import xdist" 2>/dev/null && XDIST="-n 12"
 
 echo "== environment"
 {
@@ -69,7 +71,7 @@ if [ $status -ne 0 ]; then grep -a -B2 -A8 "error" "$WORK/build.log" | head -80;
 if want tests 140; then
   # The CUDA tests, and the CPU kernel-build test (this host may run other CPU builds than the dev machine).
   timeout $(limit 200) $PY -m pytest tests/test_ops.py tests/test_nn.py -q --tb=short --maxfail=15 \
-    -p no:cacheprovider $XDIST --durations=20 -k "cuda or capability" >"$WORK/tests.log" 2>&1
+    -p no:cacheprovider --durations=20 -k "cuda or capability" >"$WORK/tests.log" 2>&1
   grep -a -E "passed|failed|error" "$WORK/tests.log" | tail -5; pack
 fi
 
@@ -118,7 +120,7 @@ if want flat_tests 150; then
   for v in 0 2; do
     echo "CUDA tests, FASTACT_CUDA_FLAT=$v"
     FASTACT_CUDA_FLAT=$v timeout $(limit 140) $PY -m pytest tests/test_ops.py tests/test_nn.py -q --tb=short \
-      --maxfail=15 -p no:cacheprovider $XDIST -k cuda 2>&1 | tail -15
+      --maxfail=15 -p no:cacheprovider -k cuda 2>&1 | tail -15
   done >"$WORK/flat_tests.log"
   grep -a -E "FASTACT|passed|failed|error" "$WORK/flat_tests.log"; pack
 fi
@@ -126,7 +128,7 @@ fi
 if want suite 120; then
   # Everything else, under this machine's torch and Python (CI runs it under the dev machine's).
   CI=1 timeout $(limit 240) $PY -m pytest tests -q --tb=short --maxfail=15 -p no:cacheprovider \
-    ${XDIST:+-n 12} -k "not cuda" >"$WORK/suite.log" 2>&1
+    $XDIST -k "not cuda" >"$WORK/suite.log" 2>&1
   tail -15 "$WORK/suite.log"; pack
 fi
 
