@@ -2,7 +2,7 @@
 # One call on a lent GPU machine (see README "GPU"): build fastact there (its torch differs from the dev
 # machine's), run the CUDA tests and the CUDA kernel benchmark, time the flat kernel's settings against the
 # rows kernel, then what time is left allows. Phases run in order of priority inside a time budget (BUDGET
-# seconds from the start, default 520; the first GPU call of 2026-11-28 took 132 s to build and 130 s for the
+# seconds from the start, default 550; the first GPU call of 2026-11-28 took 132 s to build and 130 s for the
 # tests): a phase that would not fit is skipped and says so. Every phase goes on past a failure and logs under
 # a work folder that is packed into $OUT/gpu_results.tgz after each phase, so a call always brings back what
 # it measured (the device tool brings back at most 8 files). The console gets the short tables.
@@ -10,26 +10,27 @@
 #   OUT=/tmp/out bash benchmarks/gpu_run.sh                  (the device tool sets OUT)
 #   PHASES="tests bench" bash benchmarks/gpu_run.sh          (a subset; the build always runs)
 #
-# Phases (default: tests bench flat compile layouts flat_tests suite), in that order:
+# Phases (default: tests bench flat flat_tests compile layouts suite), in that order:
 #   tests       tests.log: the CUDA tests of tests/test_ops.py and tests/test_nn.py, and the CPU build test
 #   bench       gpu_kernels.json/.png, bench.log: fastact-bench kernels --device cuda (fastact, native, eager)
 #   flat        flat_<v>.json, flat.log, flat_pick.txt: SiLU, Mish and LeakyReLU with the rows kernel
 #               (FASTACT_CUDA_FLAT=0) and the flat kernel at 1, 2 and 4 vectors per thread, against native
 #               in each run (benchmarks/gpu_flat_pick.py sums them up)
+#   flat_tests  flat_tests.log: the CUDA tests with FASTACT_CUDA_FLAT=0, 2 and 4 (the settings not the default)
 #   compile     gpu_compile.json, compile.log: the learnable ops against torch.compile of their eager composition
 #   layouts     layouts.log: the layout experiment (benchmarks/gpu_experiments)
-#   flat_tests  flat_tests.log: the CUDA tests with FASTACT_CUDA_FLAT=0 and 2 (the settings not the default)
 #   suite       suite.log: the rest of the test suite under this machine's torch (pytest-xdist, 12 workers)
 #   pieces      pieces.log: the rows kernel at 1, 2 and 4 vectors per thread (FASTACT_CUDA_PIECE_VECTORS);
 #               not in the default list
 set -u
 OUT=${OUT:-/tmp/fastact-gpu}
 WORK=${WORK:-/tmp/fastact-gpu-work}
-BUDGET=${BUDGET:-520}
+BUDGET=${BUDGET:-550}
+rm -rf "$WORK"   # a warm machine keeps /tmp between calls: pack only this call's files
 mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-PHASES=${PHASES:-tests bench flat compile layouts flat_tests suite}
+PHASES=${PHASES:-tests bench flat flat_tests compile layouts suite}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}   # the in-place build, also for scripts run from elsewhere
 SECONDS=0
 
@@ -45,7 +46,8 @@ fits() {
   fi
   echo "== $1 ($(date -u +%H:%M:%S), ${SECONDS} s in)"
 }
-# limit SECONDS: a timeout for a phase that never runs past the budget.
+# limit SECONDS: a command's timeout, cut to what is left of the budget (at least 10 s, so a phase that has
+# started may overrun the budget by that much per command; the call's limit leaves room for it).
 limit() { local left=$(( BUDGET - SECONDS )); echo $(( $1 < left ? $1 : (left > 10 ? left : 10) )); }
 # pytest-xdist only for the CPU suite: the CUDA tests ran 294 in 39 s serially (2026-11-27) and 405 in 130 s
 # with 4 workers (2026-11-28), each worker paying for its own torch import and CUDA context.
@@ -98,6 +100,17 @@ if want flat 90; then
   pack
 fi
 
+if want flat_tests 180; then
+  # The CUDA tests with the rows kernel in place of the flat one, and with the flat kernel at the sizes that
+  # are not an op's default (2, and 4 for the ops that default to 1).
+  for v in 0 2 4; do
+    echo "CUDA tests, FASTACT_CUDA_FLAT=$v"
+    FASTACT_CUDA_FLAT=$v timeout $(limit 90) $PY -m pytest tests/test_ops.py tests/test_nn.py -q --tb=short \
+      --maxfail=15 -p no:cacheprovider -k cuda 2>&1 | tail -15
+  done >"$WORK/flat_tests.log"
+  grep -a -E "FASTACT|passed|failed|error" "$WORK/flat_tests.log"; pack
+fi
+
 if want compile 40; then
   # torch.compile of the eager compositions for the learnable ops (compiling every row would not fit).
   timeout $(limit 170) $PY -m fastact.bench kernels --device cuda --json "$WORK/gpu_compile.json" \
@@ -109,20 +122,10 @@ fi
 if want layouts 30; then
   # Rows-kernel layouts beside torch's copy and LeakyReLU and fastact's kernel (a small library, ~10 s to build).
   NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
-  { $NVCC -O3 -std=c++17 -arch=sm_90 --expt-relaxed-constexpr -shared -Xcompiler -fPIC -o /tmp/librows_layout.so \
+  { timeout 60 $NVCC -O3 -std=c++17 -arch=sm_90 --expt-relaxed-constexpr -shared -Xcompiler -fPIC -o /tmp/librows_layout.so \
       benchmarks/gpu_experiments/rows_layout.cu \
     && timeout $(limit 120) $PY benchmarks/gpu_experiments/rows_layout.py /tmp/librows_layout.so; } >"$WORK/layouts.log" 2>&1
   tail -30 "$WORK/layouts.log"; pack
-fi
-
-if want flat_tests 150; then
-  # The CUDA tests with the rows kernel in place of the flat one, and with the flat kernel at 2 vectors.
-  for v in 0 2; do
-    echo "CUDA tests, FASTACT_CUDA_FLAT=$v"
-    FASTACT_CUDA_FLAT=$v timeout $(limit 140) $PY -m pytest tests/test_ops.py tests/test_nn.py -q --tb=short \
-      --maxfail=15 -p no:cacheprovider -k cuda 2>&1 | tail -15
-  done >"$WORK/flat_tests.log"
-  grep -a -E "FASTACT|passed|failed|error" "$WORK/flat_tests.log"; pack
 fi
 
 if want suite 120; then

@@ -1347,35 +1347,37 @@ def test_cuda_more_than_2_to_the_31_elements():
     torch.cuda.empty_cache()
 
 
-# Sizes around the edges of the CUDA flat kernel's blocks (256 threads x 1 or 4 vectors of 4 float32 or 8
-# 16-bit elements: 1024, 2048, 4096, 8192 elements) and of its tail (numel % vector), which the last block does.
-BLOCK_EDGE_SIZES = [1, 3, 8, 9, 1023, 1024, 1025, 2047, 2048, 2049, 4101, 8192, 8199, 3 * 8192 + 1, 2**20 + 13]
+# Sizes around the edges of the CUDA flat kernel's blocks (256 threads x 1 or 4 vectors of 2 float64, 4 float32
+# or 8 16-bit elements: 512 to 8192 elements) and of its tail (numel % vector), which the last block does.
+BLOCK_EDGE_SIZES = [1, 3, 8, 9, 511, 512, 513, 1023, 1024, 1025, 2047, 2048, 2049, 4101, 8192, 8199, 3 * 8192 + 1, 2**17 + 13]
 OUT_PARAMS = {"swish": 1.7, "mish": None, "leaky_relu": -0.5}
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(OUT_PARAMS))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_every_element_written_at_block_edges(device, name, dtype):
     """out= buffers filled with NaN first: every element of the forward and the backward must be written, and
-    right, at every size around a block's or a vector's edge."""
+    right, at every size around a block's or a vector's edge; the NaN guard past the end must stay untouched."""
     p = OUT_PARAMS[name]
     case = next(c for c in CASES if c.name == name and c.param == p)
     args = () if p is None else (p,)
     gen = torch.Generator().manual_seed(11)
+    guard = 64
     for n in BLOCK_EDGE_SIZES:
         x = (torch.randn(n, generator=gen, dtype=torch.float64) * 3).to(dtype).to(device)
         g = torch.randn(n, generator=gen, dtype=torch.float64).to(dtype).to(device)
-        y = torch.full_like(x, math.nan)
-        getattr(torch.ops.fastact, name).out(x, *args, out=y)
-        gx = torch.full_like(x, math.nan)
-        getattr(torch.ops.fastact, f"{name}_backward").out(g, x, *args, grad_input=gx)
+        y_buffer = torch.full((n + guard,), math.nan, dtype=dtype, device=device)
+        getattr(torch.ops.fastact, name).out(x, *args, out=y_buffer[:n])
+        gx_buffer = torch.full((n + guard,), math.nan, dtype=dtype, device=device)
+        getattr(torch.ops.fastact, f"{name}_backward").out(g, x, *args, grad_input=gx_buffer[:n])
+        what = f"{case} {dtype} numel {n}"
+        assert y_buffer[n:].isnan().all() and gx_buffer[n:].isnan().all(), f"{what}: written past the end"
         y_ref, (gx_ref,) = reference_grads(case, x, p, g)
         cond = condition(case, x, p)
-        what = f"{case} {dtype} numel {n}"
-        assert_close_to_ref(y, y_ref, dtype, ulps=ULPS[dtype], what=f"{what} forward", cond=cond)
-        assert_close_to_ref(gx, gx_ref, dtype, scale=grad_term_scale(case, x, p, g), ulps=ULPS[dtype] + 2,
-                            what=f"{what} backward", cond=cond)
+        assert_close_to_ref(y_buffer[:n], y_ref, dtype, ulps=ULPS[dtype], what=f"{what} forward", cond=cond)
+        assert_close_to_ref(gx_buffer[:n], gx_ref, dtype, scale=grad_term_scale(case, x, p, g),
+                            ulps=ULPS[dtype] + 2, what=f"{what} backward", cond=cond)
 
 
 @pytest.mark.cuda

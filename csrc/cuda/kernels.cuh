@@ -361,15 +361,13 @@ int piece_vectors_override() {
   static const int value = vectors_from_env("FASTACT_CUDA_PIECE_VECTORS");
   return value;
 }
-// FASTACT_CUDA_FLAT: the flat kernel at 1, 2 or 4 vectors per thread, or 0 for the rows kernel in its place
-// (for measuring them); unset or anything else: flat_vectors<Op>. Read once.
+// FASTACT_CUDA_FLAT: exactly "1", "2" or "4" forces the flat kernel's vectors per thread, "0" puts the rows
+// kernel in its place (for measuring them); unset or anything else: flat_vectors<Op> (-1). Read once.
 int flat_vectors_override() {
   static const int value = [] {
     const char* env = std::getenv("FASTACT_CUDA_FLAT");
-    if (env == nullptr) return -1;
-    if (std::string(env) == "0") return 0;
-    const int vectors = vectors_from_env("FASTACT_CUDA_FLAT");
-    return vectors != 0 ? vectors : -1;
+    const std::string setting = env != nullptr ? env : "";
+    return setting == "0" ? 0 : setting == "1" ? 1 : setting == "2" ? 2 : setting == "4" ? 4 : -1;
   }();
   return value;
 }
@@ -378,7 +376,7 @@ int flat_vectors_override() {
 // the same run (benchmarks/results/gpu/README.md): one vector per thread is the fastest for the short element
 // functions (LeakyReLU forward 1.00x, against 1.04x with 4 vectors or the rows kernel; SiLU float32 forward
 // 1.01x against 1.03x and 1.08x). Mish's element function is a long dependent chain: with one vector per
-// thread too little of it is in flight (bfloat16 and float16 10-13% slower), with 4 it is 0-12% faster than
+// thread too little of it is in flight (bfloat16 and float16 8-16% slower), with 4 it is 0-12% faster than
 // the rows kernel.
 template <typename Op>
 constexpr int flat_vectors = 1;
