@@ -431,3 +431,49 @@ if _INDUCTOR_LOWERING in sys.modules:
     _register_inductor_fallbacks(sys.modules[_INDUCTOR_LOWERING])
 else:
     sys.meta_path.insert(0, _AfterImport(_INDUCTOR_LOWERING, _register_inductor_fallbacks))
+
+
+# DTensor: the ops with a tensor parameter get explicit sharding strategies. torch 2.14 derives them from the
+# decompositions above, but torch 2.11 could not (it replicated x, an all-gather, for prelu and swish_param:
+# measured 2026-11-28); the ops with a float parameter shard through their decompositions on both. The
+# output follows x, sharded along any dimension with the parameter replicated, or along the channels with a
+# per-channel parameter sharded with them; the parameter's gradient is then a partial sum, or sharded too.
+_DTENSOR = "torch.distributed.tensor"
+
+
+def _register_dtensor_sharding(_module=None) -> None:
+    try:
+        from torch.distributed.tensor import Partial, Replicate, Shard
+        from torch.distributed.tensor.experimental import register_sharding
+    except ImportError:  # a torch without distributed: nothing to shard
+        return
+
+    def param_placement(param, dim):
+        per_channel = math.prod(param.shape) > 1
+        return (Shard(0), per_channel) if per_channel and dim == 1 else (Replicate(), False)
+
+    for name in (n for n, (kind, _) in _OPS.items() if kind == "tensor"):
+        forward, backward = getattr(_lib, name).default, getattr(_lib, f"{name}_backward").default
+
+        @register_sharding(forward)
+        def forward_sharding(x, param):
+            strategies = [([Replicate()], [Replicate(), Replicate()])]
+            for dim in range(x.ndim):
+                placement, _ = param_placement(param, dim)
+                strategies.append(([Shard(dim)], [Shard(dim), placement]))
+            return strategies
+
+        @register_sharding(backward)
+        def backward_sharding(grad, x, param):
+            strategies = [([Replicate(), Replicate()], [Replicate(), Replicate(), Replicate()])]
+            for dim in range(x.ndim):
+                placement, sharded = param_placement(param, dim)
+                grad_param = Shard(0) if sharded else Partial()
+                strategies.append(([Shard(dim), grad_param], [Shard(dim), Shard(dim), placement]))
+            return strategies
+
+
+if _DTENSOR in sys.modules:
+    _register_dtensor_sharding()
+else:
+    sys.meta_path.insert(0, _AfterImport(_DTENSOR, _register_dtensor_sharding))

@@ -1496,6 +1496,26 @@ def _dtensor_worker(rank: int, world_size: int, port: int, out_path: str) -> Non
         dist.destroy_process_group()
 
 
+def test_dtensor_sharding_rules_registered_whichever_is_imported_first():
+    """fastact registers DTensor sharding rules for its ops with a tensor parameter when torch.distributed.tensor
+    is imported, before or after fastact (torch 2.11 could not derive them from the decompositions)."""
+    code = """
+import sys, torch
+if sys.argv[1] == "dtensor-first":
+    import torch.distributed.tensor
+import fastact
+from torch.distributed.tensor import DTensor
+rules = DTensor._op_dispatcher.sharding_propagator.op_strategy_funcs
+ops = [getattr(torch.ops.fastact, n).default for n in ("prelu", "prelu_backward", "swish_param", "swish_param_backward")]
+assert all(op in rules for op in ops), [op in rules for op in ops]
+"""
+    root = Path(fastact.__file__).parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    for order in ("dtensor-first", "fastact-first"):
+        r = subprocess.run([sys.executable, "-c", code, order], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, (order, r.stderr[-3000:])
+
+
 def test_dtensor_two_processes_shard_every_op():
     """DTensor (tensor parallelism): every op and its backward runs on the local shards of x sharded along any
     dimension (a per-channel parameter sharded with the channels) or replicated, without gathering: the output
