@@ -19,8 +19,11 @@ Two regimes, labelled in every row:
 
 Bandwidth counts the minimal traffic: forward reads x and writes y (2 tensors), backward reads x and dy and
 writes dx (3 tensors), forward+backward the sum (5); the parameter is negligible. copy_fraction is a row's
-GB/s over the copy GB/s of the same device, dtype and size (the better of two copy measurements, before
-and after that size's rows). saved_bytes is what one forward keeps for backward (unique storages seen by
+GB/s over the GB/s of y.copy_(x) into a preallocated y (same device, dtype and size):
+  kernel regime  the copy is timed in turns with the row's implementations (its own copy_gbps in the row), so
+                 a busy moment of a shared host slows both sides of the ratio alike
+  user regime    the size's copy_gbps (the better of two measurements, before and after that size's rows)
+saved_bytes is what one forward keeps for backward (unique storages seen by
 torch.autograd.graph.saved_tensors_hooks); user regime rows only, null in kernel rows (the out= calls keep
 nothing for backward).
 
@@ -691,6 +694,7 @@ def run_benchmark(cfg: Config, progress: bool = True) -> dict:
                     if bar is not None:
                         bar.set_description(f"{device} {dtype_name} {numel}: copy")
                     copies = [measure_copy_gbps(x, device, cfg.threads, cfg.min_run_time)]
+                    copy_out = torch.empty_like(x)  # the kernel regime's paired copy writes here
                     first_row = len(rows)
                     if "compile" in cfg.impls:
                         compiled.reset()
@@ -703,7 +707,8 @@ def run_benchmark(cfg: Config, progress: bool = True) -> dict:
                             if bar is not None:
                                 bar.set_description(f"{device} {dtype_name} {numel}: {op} {regime}")
                             rows.extend(_measure_regime(cfg, spec, impls, regime, x, p, dy, device, dtype_name,
-                                                        numel, shape, saved_by_impl, compiled, bar))
+                                                        numel, shape, saved_by_impl, compiled, bar,
+                                                        copy_out))
                         del p
                     # copy bandwidth again after the rows; the best of the two is the reference (a busy
                     # moment during one copy measurement would otherwise inflate every copy_fraction)
@@ -712,9 +717,9 @@ def run_benchmark(cfg: Config, progress: bool = True) -> dict:
                     copy_gbps.setdefault(device, {}).setdefault(dtype_name, {})[str(numel)] = copy
                     copy_samples.setdefault(device, {}).setdefault(dtype_name, {})[str(numel)] = copies
                     for row in rows[first_row:]:
-                        if row["gbps"] is not None:
+                        if row["gbps"] is not None and row["copy_fraction"] is None:
                             row["copy_fraction"] = row["gbps"] / copy
-                    del x, dy
+                    del x, dy, copy_out
                     gc.collect()
                     if device == "cuda":
                         torch.cuda.empty_cache()
@@ -761,15 +766,25 @@ def _build_impl(cfg, spec, impl, regime, x, p, dy, saved_by_impl, compiled):
     return fns, notes, None
 
 
+# the key of the kernel regime's paired copy among the timed functions (not an implementation name)
+_PAIRED_COPY = "y.copy_(x)"
+
+
 def _measure_regime(cfg, spec, impls, regime, x, p, dy, device, dtype_name, numel, shape,
-                    saved_by_impl, compiled, bar) -> list[dict]:
+                    saved_by_impl, compiled, bar, copy_out: Tensor) -> list[dict]:
     """One row per implementation and pass; the implementations of a pass are timed in turns
-    (time_interleaved), so that their ratios compare like with like."""
+    (time_interleaved), so that their ratios compare like with like. In the kernel regime y.copy_(x) into
+    copy_out takes its turn with them: each row's copy_fraction is then a ratio of the same moments."""
     built = {impl: _build_impl(cfg, spec, impl, regime, x, p, dy, saved_by_impl, compiled) for impl in impls}
     out = []
     for ps in cfg.passes:
-        timed = time_interleaved({impl: fns[ps] for impl, (fns, _, error) in built.items() if error is None},
-                                 device, cfg.threads, cfg.min_run_time)
+        to_time = {impl: fns[ps] for impl, (fns, _, error) in built.items() if error is None}
+        if regime == "kernel" and to_time:
+            to_time[_PAIRED_COPY] = lambda: copy_out.copy_(x)
+        timed = time_interleaved(to_time, device, cfg.threads, cfg.min_run_time)
+        copy_t = timed.get(_PAIRED_COPY)
+        copy_gbps = (_gbps(numel, x.element_size(), 2, copy_t["median_s"])
+                     if isinstance(copy_t, dict) else None)
         for impl, (fns, notes, error) in built.items():
             row = {"op": spec.name, "impl": impl, "regime": regime, "dtype": dtype_name, "device": device,
                    "numel": numel, "shape": list(shape), "pass": ps, "median_ms": None, "iqr_ms": None,
@@ -786,6 +801,8 @@ def _measure_regime(cfg, spec, impls, regime, x, p, dy, device, dtype_name, nume
             else:
                 gbps = _gbps(numel, x.element_size(), TENSORS_MOVED[ps], t["median_s"])
                 row.update(median_ms=t["median_s"] * 1e3, iqr_ms=t["iqr_s"] * 1e3, runs=t["runs"], gbps=gbps)
+                if copy_gbps is not None:
+                    row.update(copy_gbps=copy_gbps, copy_fraction=gbps / copy_gbps)
             out.append(row)
             if bar is not None:
                 bar.update(1)
@@ -957,7 +974,8 @@ def print_results(result: dict, console=None) -> None:
             cells.append(saved)
             body.append(cells)
         title = (f"{device} {dtype} numel={numel} ({_size_label(numel)}), {result['threads']} threads; "
-                 f"copy {copy:.1f} GB/s. user = fresh outputs per call; kernel = preallocated out= buffers")
+                 f"copy {copy:.1f} GB/s. user = fresh outputs per call; kernel = preallocated out= buffers, "
+                 "x copy against a copy timed in turns with the row")
         _print_table(title, header, body, console)
     missing = [r for r in rows if r.get("median_ms") is None]
     if missing:

@@ -135,8 +135,9 @@ const Capability*& active() {
 // table of all of them instead of computing it: built by the kernels themselves from every value (so a call
 // gives the same bits either way) and read with scalar loads (AVX2) or gathers (AVX-512). On AVX2 (Zen 3), per
 // 8 bfloat16 in L1, the forward takes ~8 cycles against ~14-17 computed, the backward ~7-9 against ~18-20, and
-// the backward with a parameter gradient ~11 against ~21; on AVX-512 (Sapphire Rapids class) 2.2-2.4x, 2.1-2.4x
-// and 1.6x less time than computed (benchmarks/cpu_cycles, kernels.h). Used for calls with one parameter value (none, a
+// the backward with a parameter gradient ~11 against ~21; on AVX2 (Zen 1, whose division is slow) ~8 against
+// ~29, ~9 against ~34 and ~15 against ~39; on AVX-512 (Sapphire Rapids class) 2.2-2.4x, 2.1-2.4x and 1.6x less
+// time than computed (benchmarks/cpu_cycles, kernels.h). Used for calls with one parameter value (none, a
 // float, or a one-element tensor) of at least lookup_threshold() elements whose table is kept, and of 4x that
 // where one must be built first (65536 evaluations, ~60-140 us: a learnable beta changes every step). The
 // tables of the last kMaxTables (op, dtype, parameter, direction, parameter gradient) are kept: 128 KiB for a
