@@ -450,7 +450,7 @@ void backward_range(const ElementwiseProblem& p, int64_t begin, int64_t end, voi
 // scaled_lookup, lookup_pairs, interleave_pairs, store_bits); the loops around them are shared.
 #if defined(CPU_CAPABILITY_AVX2)
 // The tables are read with scalar loads, 16 entries collected in a vector: on Zen 3 that takes 1.1-1.5x less
-// time than AVX2 gathers, on Zen 1 (EPYC 7001) 2.0x less at 2^24 on 2 threads (benchmarks/cpu_cycles), and
+// time than AVX2 gathers, on Zen 1 (EPYC 7001) 1.7-2.1x less at 2^24 on 2 threads (benchmarks/cpu_cycles), and
 // gathers are slow on many Intel cores too since the GDS microcode mitigation. The vector lets outputs past
 // the cache be streamed.
 using FloatRegister = __m256;
