@@ -18,6 +18,7 @@
 #include <cmath>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include "math_primitives.h"
 
@@ -31,20 +32,19 @@ namespace {
 struct SwishOp {
   // sigmoid(z), sigmoid(z) * (1 - sigmoid(z)) from a single exp(-|z|), without overflow. With
   // q = sigmoid(-|z|) = e / (1 + e) <= 1/2, sigmoid(z) is 1 - q for z >= 0 and q otherwise.
+  // e = exp(-|z|).
   template <typename T>
-  FASTACT_HOST_DEVICE static void sigmoid_parts(T z, T& s, T& ds) {
-    const T e = fa_exp_nonpositive(fa_neg_abs(z));
+  FASTACT_HOST_DEVICE static void sigmoid_parts(T z, T e, T& s, T& ds) {
     const T q = e / (T(1) + e);
     const T one_minus_q = T(1) - q;
     s = fa_select_negative(z, q, one_minus_q);  // at z = +-0, q = 1 - q = 1/2
     ds = q * one_minus_q;
   }
 
-  // sigmoid(z) alone (the forward's need): 1 / (1 + e) for z >= 0, e / (1 + e) otherwise. Picking the
-  // numerator before the division leaves the division last in the chain, with one rounding after it.
+  // sigmoid(z) alone (the forward's need), from e = exp(-|z|): 1 / (1 + e) for z >= 0, e / (1 + e) otherwise.
+  // Picking the numerator before the division leaves the division last in the chain, with one rounding after.
   template <typename T>
-  FASTACT_HOST_DEVICE static T sigmoid(T z) {
-    const T e = fa_exp_nonpositive(fa_neg_abs(z));
+  FASTACT_HOST_DEVICE static T sigmoid(T z, T e) {
     return fa_select_negative(z, e, T(1)) / (T(1) + e);  // at z = +-0, e = 1
   }
 
@@ -57,8 +57,19 @@ struct SwishOp {
   // f from x and z = beta x.
   template <typename T>
   FASTACT_HOST_DEVICE static T forward_scaled(T x, T z) {
+    const T u = fa_neg_abs(z);
+    if constexpr (fa_is_float_pack<T>::value) {
+      // |z| <= 87 in every lane: z is finite, so nothing to guard
+      if (fa_exp_is_moderate(u)) return x * sigmoid(z, fa_exp_moderate(u));
+      return fa_call_cold([x, z] { return forward_scaled_general(x, z, fa_neg_abs(z)); });
+    } else {
+      return forward_scaled_general(x, z, u);
+    }
+  }
+  template <typename T>
+  FASTACT_HOST_DEVICE static T forward_scaled_general(T x, T z, T u) {
     // z = -inf: x * 0 would be NaN for x = +-inf; the limit is 0.
-    return fa_select(z == fa_neg(fa_inf<T>()), T(0), x * sigmoid(z));
+    return fa_select(z == fa_neg(fa_inf<T>()), T(0), x * sigmoid(z, fa_exp_nonpositive(u)));
   }
 
   template <typename T>
@@ -84,15 +95,46 @@ struct SwishOp {
     backward_scaled(g, x, scaled_input(x, beta), gx, gbeta);
   }
 
-  // The gradients from g, x and z = beta x.
+  // The gradients from g, x and z = beta x: df/dx = s + z s (1 - s); df/dbeta = x^2 s (1 - s), written
+  // x * (x * ds) so that x^2 cannot overflow.
   template <typename T>
   FASTACT_HOST_DEVICE static void backward_scaled(T g, T x, T z, T& gx, T& gbeta) {
-    T s, ds;
-    sigmoid_parts(z, s, ds);
+    const T u = fa_neg_abs(z);
+    if constexpr (fa_is_float_pack<T>::value) {
+      if (fa_exp_is_moderate(u)) {  // z finite in every lane
+        T s;
+        backward_terms(g, x, z, fa_exp_moderate(u), gx, gbeta, s);
+        return;
+      }
+      // by value both ways: a reference to gx would keep it in memory in the hot path too
+      const auto [cold_gx, cold_gbeta] = fa_call_cold([g, x, z] {
+        T gx_, gbeta_;
+        backward_scaled_general(g, x, z, fa_neg_abs(z), gx_, gbeta_);
+        return std::pair<T, T>(gx_, gbeta_);
+      });
+      gx = cold_gx;
+      gbeta = cold_gbeta;
+    } else {
+      backward_scaled_general(g, x, z, u, gx, gbeta);
+    }
+  }
+  // The same expressions in both paths, so that a finite lane gets the same bits (and the same FMA
+  // contraction) whichever path its pack takes; the general path then fixes the infinite lanes.
+  template <typename T>
+  FASTACT_HOST_DEVICE static void backward_terms(T g, T x, T z, T e, T& gx, T& gbeta, T& s) {
+    T ds;
+    sigmoid_parts(z, e, s, ds);
+    gx = g * (s + z * ds);
+    gbeta = g * (x * (x * ds));
+  }
+  template <typename T>
+  FASTACT_HOST_DEVICE static void backward_scaled_general(T g, T x, T z, T u, T& gx, T& gbeta) {
+    T s;
+    backward_terms(g, x, z, fa_exp_nonpositive(u), gx, gbeta, s);
+    // z = +-inf: z s (1 - s) and x^2 s (1 - s) are inf * 0 there; their limit is 0
     const auto z_inf = fa_abs(z) == fa_inf<T>();
-    // df/dx = s + z s (1 - s); df/dbeta = x^2 s (1 - s), written x * (x * ds) so x^2 cannot overflow.
-    gx = g * (s + fa_select(z_inf, T(0), z * ds));
-    gbeta = g * fa_select(z_inf, T(0), x * (x * ds));
+    gx = fa_select(z_inf, g * s, gx);
+    gbeta = fa_select(z_inf, g * T(0), gbeta);
   }
 };
 
@@ -103,9 +145,9 @@ struct SwishOp {
 // e = 0); the derivative's second term, x sigmoid(x) sech^2(softplus(x)) = 4 x e (1 + e) w / den^2 with
 // w = (x >= 0 ? e : 1), is exact too.
 struct MishOp {
+  // e = exp(-|x|).
   template <typename T>
-  FASTACT_HOST_DEVICE static void parts(T x, T& e, T& m, T& den) {
-    e = fa_exp_nonpositive(fa_neg_abs(x));
+  FASTACT_HOST_DEVICE static void parts(T x, T e, T& m, T& den) {
     const T e2 = e * e;
     m = fa_select_negative(x, e2 + T(2) * e, T(2) * e2);
     den = fa_select_negative(x, e2 + T(2) * e + T(2), T(1) + T(2) * e + T(2) * e2);
@@ -121,23 +163,63 @@ struct MishOp {
   // division ends the chain instead of being followed by 1 - m / den.
   template <typename T>
   FASTACT_HOST_DEVICE static T forward(T x, T /*unused*/) {
-    const T e = fa_exp_nonpositive(fa_neg_abs(x));
+    const T u = fa_neg_abs(x);
+    if constexpr (fa_is_float_pack<T>::value) {
+      if (fa_exp_is_moderate(u)) return x * tanh_softplus_from(x, fa_exp_moderate(u));  // x finite
+      return fa_call_cold([x] { return forward_general(x, fa_neg_abs(x)); });
+    } else {
+      return forward_general(x, u);
+    }
+  }
+  template <typename T>
+  FASTACT_HOST_DEVICE static T forward_general(T x, T u) {
+    return fa_select(x == fa_neg(fa_inf<T>()), T(0), x * tanh_softplus_from(x, fa_exp_nonpositive(u)));
+  }
+  template <typename T>
+  FASTACT_HOST_DEVICE static T tanh_softplus_from(T x, T e) {
     const T e2 = e * e;
     const T num = fa_select_negative(x, e2, T(1)) + T(2) * e;  // at x = +-0 (e = 1) both forms are 3 / 5
     const T den = num + fa_select_negative(x, T(2), T(2) * e2);
-    return fa_select(x == fa_neg(fa_inf<T>()), T(0), x * (num / den));
+    return num / den;
   }
 
   template <typename T>
   FASTACT_HOST_DEVICE static void backward(T g, T x, T /*unused*/, T& gx, T& gp) {
-    T e, m, den;
+    gp = T(0);
+    const T u = fa_neg_abs(x);
+    if constexpr (fa_is_float_pack<T>::value) {
+      if (fa_exp_is_moderate(u)) {  // x finite in every lane
+        T term;
+        backward_terms(g, x, fa_exp_moderate(u), gx, term);
+        return;
+      }
+      gx = fa_call_cold([g, x] {  // by value: a reference to gx would keep it in memory in the hot path too
+        T gx_;
+        backward_general(g, x, fa_neg_abs(x), gx_);
+        return gx_;
+      });
+    } else {
+      backward_general(g, x, u, gx);
+    }
+  }
+  // f' = tanh(softplus(x)) + tail, from e = exp(-|x|); gx = g f'. The same expressions in both paths (see
+  // SwishOp::backward_terms).
+  template <typename T>
+  FASTACT_HOST_DEVICE static void backward_terms(T g, T x, T e, T& gx, T& term) {
+    T m, den;
     parts(x, e, m, den);
     const T inv_den = T(1) / den;  // one division for both terms
     const T w = fa_select_negative(x, T(1), e);
     // 4e first: for |x| near the type's max, 4x overflows while e = 0 (inf * 0 would be NaN)
     const T tail = T(4) * e * x * (T(1) + e) * w * (inv_den * inv_den);
-    gx = g * (tanh_softplus(x, m * inv_den) + fa_select(fa_abs(x) == fa_inf<T>(), T(0), tail));
-    gp = T(0);
+    term = tanh_softplus(x, m * inv_den);
+    gx = g * (term + tail);
+  }
+  template <typename T>
+  FASTACT_HOST_DEVICE static void backward_general(T g, T x, T u, T& gx) {
+    T term;
+    backward_terms(g, x, fa_exp_nonpositive(u), gx, term);
+    gx = fa_select(fa_abs(x) == fa_inf<T>(), g * term, gx);  // the tail is inf * 0 there; its limit is 0
   }
 };
 

@@ -49,6 +49,19 @@ FASTACT_HOST_DEVICE double fa_exp(double x) {
 FASTACT_HOST_DEVICE float fa_exp_nonpositive(float x) { return fa_exp(x); }
 FASTACT_HOST_DEVICE double fa_exp_nonpositive(double x) { return fa_exp(x); }
 
+// Whether T is a pack of float vectors: the one compute type whose exp has a fast path for arguments in
+// [-87, 0] (fa_exp_moderate). The functors' forms for it skip what only the far tails need (exp's range
+// check, the guards against inf * 0: a fifth of a SiLU forward's instructions) when every lane is in range,
+// and run their general form out of line (fa_call_cold) otherwise.
+template <typename T>
+struct fa_is_float_pack : std::false_type {};
+
+// Runs f() out of line, away from the hot loop it is called from.
+template <typename F>
+[[gnu::noinline, gnu::cold]] auto fa_call_cold(const F& f) {
+  return f();
+}
+
 FASTACT_HOST_DEVICE float fa_abs(float x) { return ::fabsf(x); }
 FASTACT_HOST_DEVICE double fa_abs(double x) { return ::fabs(x); }
 FASTACT_HOST_DEVICE float fa_neg(float x) { return -x; }
@@ -198,7 +211,15 @@ FASTACT_HOST_DEVICE VecPack<S, N> fa_select(const VecPack<S, N>& mask, const Vec
 template <typename S, int N>
 FASTACT_HOST_DEVICE bool fa_any(const VecPack<S, N>& mask) {
   auto any = mask.v[0];
-  fa_static_for<N>([&](auto i) FASTACT_HOST_DEVICE_LAMBDA { any = any | mask.v[i]; });
+  fa_static_for<N - 1>([&](auto i) FASTACT_HOST_DEVICE_LAMBDA { any = any | mask.v[i + 1]; });
+#if defined(CPU_CAPABILITY_AVX2)
+  // The lanes' sign bits, without zero_mask's comparison against zero.
+  if constexpr (std::is_same_v<S, float>) {
+    return _mm256_movemask_ps(any) != 0;
+  } else {
+    return _mm256_movemask_pd(any) != 0;
+  }
+#endif
   return any.zero_mask() != (1 << at::vec::Vectorized<S>::size()) - 1;
 }
 #endif
@@ -251,7 +272,9 @@ FASTACT_HOST_DEVICE at::vec::Vectorized<float> fa_pow2(const at::vec::Vectorized
   return at::vec::cast<float>(at::vec::convert_to_int_of_same_size(bits));
 }
 
-// exp(r) for |r| <= ln2/2: Cephes' expf polynomial (degree 6), about 1 ulp.
+// exp(r) for |r| <= ln2/2: Cephes' expf polynomial (degree 7), about 1 ulp, by Horner's rule to the end. Cephes
+// adds r^2 p(r) to r + 1, one operation more; with float32 SiLU over 4M random inputs, Horner's measured
+// mean error 0.42 ulp against 0.45 and worst 2.9 against 3.6 (AVX2 build).
 template <typename T>
 FASTACT_HOST_DEVICE T fa_exp_reduced(const T& r) {
   T p = fa_fma(T(1.9875691500e-4f), r, T(1.3981999507e-3f));
@@ -259,7 +282,8 @@ FASTACT_HOST_DEVICE T fa_exp_reduced(const T& r) {
   p = fa_fma(p, r, T(4.1665795894e-2f));
   p = fa_fma(p, r, T(1.6666665459e-1f));
   p = fa_fma(p, r, T(5.0000001201e-1f));
-  return fa_fma(p, r * r, r + T(1.0f));
+  p = fa_fma(p, r, T(1.0f));
+  return fa_fma(p, r, T(1.0f));
 }
 // r = x - n ln2, with ln2 split in two (Cody-Waite) so that r is exact.
 template <typename T>
@@ -285,23 +309,39 @@ template <int N>
   });
 }
 
-// exp(x) for x <= 0 (all the functors need: they take exp(-|z|), so nothing overflows), inlined: Sleef's call
-// (what Vectorized::exp runs) costs more than all the rest of an activation. When every lane is >= -87, 2^n
-// is a normal float: n is rounded by adding a magic constant, whose low mantissa bits then hold n + 127, so
-// 2^n is one shift of those bits.
+// exp(x) for x in [-87, 0], inlined: Sleef's call (what Vectorized::exp runs) costs more than all the rest of
+// an activation. 2^n is a normal float there: n is rounded by adding a magic constant, whose low mantissa
+// bits then hold n + 127, so 2^n is one shift of those bits.
 template <int N>
-FASTACT_HOST_DEVICE VecPack<float, N> fa_exp_nonpositive(const VecPack<float, N>& x) {
+FASTACT_HOST_DEVICE VecPack<float, N> fa_exp_moderate(const VecPack<float, N>& x) {
   using P = VecPack<float, N>;
-  if (fa_any(x < P(-87.0f))) {
-    return fa_exp_nonpositive_tail(x);
-  }
   // 1.5 * 2^23 + 127: adding it rounds x log2(e) to an integer n and leaves n + 127 in the low bits.
   const P magic(12583039.0f);
   const P shifted = fa_fma(x, P(1.44269504088896341f), magic);
+  // A shift by an immediate: Vectorized's operator<< shifts by a vector (vpsllvd), which on Zen 1 issues once
+  // per 3.9 cycles against 1.9.
   const P pow2 = P::generate([&](int i) FASTACT_HOST_DEVICE_LAMBDA {
+#if defined(CPU_CAPABILITY_AVX512)
+    return at::vec::Vectorized<float>(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(shifted.v[i]), 23)));
+#elif defined(CPU_CAPABILITY_AVX2)
+    return at::vec::Vectorized<float>(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(shifted.v[i]), 23)));
+#else
     return at::vec::cast<float>(at::vec::cast<int32_t>(shifted.v[i]) << at::vec::Vectorized<int32_t>(23));
+#endif
   });
   return fa_exp_reduced(fa_exp_remainder(shifted - magic, x)) * pow2;
+}
+template <int N>
+struct fa_is_float_pack<VecPack<float, N>> : std::true_type {};
+// Whether every lane of u (an exp argument: -|z|, or NaN) is in fa_exp_moderate's range, [-87, 0].
+template <int N>
+FASTACT_HOST_DEVICE bool fa_exp_is_moderate(const VecPack<float, N>& u) {
+  return __builtin_expect(!fa_any(u < VecPack<float, N>(-87.0f)), 1);
+}
+// exp(x) for any x <= 0 (all the functors need: they take exp(-|z|), so nothing overflows).
+template <int N>
+FASTACT_HOST_DEVICE VecPack<float, N> fa_exp_nonpositive(const VecPack<float, N>& x) {
+  return fa_exp_is_moderate(x) ? fa_exp_moderate(x) : fa_exp_nonpositive_tail(x);
 }
 template <int N>
 FASTACT_HOST_DEVICE VecPack<double, N> fa_exp_nonpositive(const VecPack<double, N>& x) {

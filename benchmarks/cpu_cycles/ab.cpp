@@ -1,0 +1,61 @@
+// A/B of two source trees' AVX2 CPU kernels in one process, on a cache-resident buffer: base (a git revision,
+// compiled into namespace fastact::cpu::AVX512, AVX2 code all the same) against new (the working tree, in
+// AVX2). Build and run: bash benchmarks/cpu_cycles/ab.sh [REV] && /tmp/fastact_ab
+//
+// Separate runs of cycles.cpp drift by up to 17% on a shared VM (two states that last minutes), more than the
+// changes they should show; here base and new alternate 40 times per row, each the minimum of 30 timed
+// blocks, so both see the same state. The leaky rows (kernels a math change does not touch) are the control:
+// new/base 1.000 +- 0.002.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <vector>
+#include "cpu/capability.h"
+using fastact::ActivationId;
+using fastact::ElementwiseProblem;
+using fastact::cpu::RangeKernels;
+template <typename T>
+double time_once(const RangeKernels& k, ElementwiseProblem& p, bool backward, bool param_grad, float* acc) {
+  double best = 1e30;
+  for (int block = 0; block < 30; ++block) {
+    const auto start = std::chrono::steady_clock::now();
+    for (int it = 0; it < 5; ++it) backward ? k.backward(p, 0, p.numel, param_grad ? acc : nullptr, 0) : k.forward(p, 0, p.numel);
+    const std::chrono::duration<double> e = std::chrono::steady_clock::now() - start;
+    best = std::min(best, e.count() / 5 / p.numel);
+  }
+  return best;
+}
+template <typename T>
+void row(const char* name, ActivationId id, c10::ScalarType dtype, double param, bool backward, bool param_grad = false) {
+  constexpr int64_t n = 1 << 14;
+  std::vector<T> x(n), g(n), y(n);
+  std::mt19937 rng(0);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (int64_t i = 0; i < n; ++i) { x[i] = T(normal(rng)); g[i] = T(normal(rng)); }
+  ElementwiseProblem p{};
+  p.activation = id; p.dtype = dtype; p.numel = n; p.channels = 1; p.inner = n;
+  p.x = x.data(); p.grad = g.data(); p.out = y.data(); p.param_scalar = param; p.params_nonzero = param != 0;
+  float acc = 0; if (param_grad) p.param_grad = &acc;
+  double a = 1e30, b = 1e30;
+  for (int r = 0; r < 40; ++r) {
+    a = std::min(a, time_once<T>(fastact::cpu::AVX512::kRangeKernels, p, backward, param_grad, &acc));
+    b = std::min(b, time_once<T>(fastact::cpu::AVX2::kRangeKernels, p, backward, param_grad, &acc));
+  }
+  std::printf("%-12s %-9s %-3s base %6.3f new %6.3f ns/element  new/base %.3f\n", name,
+              dtype == c10::ScalarType::Float ? "float32" : "bfloat16", backward ? "bwd" : "fwd", a * 1e9, b * 1e9, b / a);
+}
+int main() {
+  for (bool bwd : {false, true}) {
+    row<float>("silu", ActivationId::Swish, c10::ScalarType::Float, 1.0, bwd);
+    row<float>("swish1.3", ActivationId::Swish, c10::ScalarType::Float, 1.3, bwd);
+    row<float>("mish", ActivationId::Mish, c10::ScalarType::Float, 0.0, bwd);
+    row<c10::BFloat16>("silu", ActivationId::Swish, c10::ScalarType::BFloat16, 1.0, bwd);
+    row<c10::BFloat16>("mish", ActivationId::Mish, c10::ScalarType::BFloat16, 0.0, bwd);
+    row<float>("leaky", ActivationId::Leaky, c10::ScalarType::Float, 0.5, bwd);
+    if (bwd) {
+      row<float>("swish+dbeta", ActivationId::Swish, c10::ScalarType::Float, 1.3, true, true);
+      row<c10::BFloat16>("swish+dbeta", ActivationId::Swish, c10::ScalarType::BFloat16, 1.3, true, true);
+    }
+  }
+}
