@@ -1,6 +1,6 @@
 // A/B of two source trees' AVX2 CPU kernels in one process, on a cache-resident buffer: base (a git revision,
 // compiled into namespace fastact::cpu::AVX512, AVX2 code all the same) against new (the working tree, in
-// AVX2). Build and run: bash benchmarks/cpu_cycles/ab.sh [REV] && /tmp/fastact_ab
+// AVX2). Build and run: bash benchmarks/cpu_cycles/ab.sh [REV] && /tmp/fastact_ab [--big]
 //
 // Separate runs of cycles.cpp drift by up to 17% on a shared VM (two states that last minutes), more than the
 // changes they should show; here base and new alternate 40 times per row, each the minimum of 30 timed
@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <random>
+#include <thread>
 #include <vector>
 #include "cpu/capability.h"
 using fastact::ActivationId;
@@ -45,7 +47,60 @@ void row(const char* name, ActivationId id, c10::ScalarType dtype, double param,
   std::printf("%-12s %-9s %-3s base %6.3f new %6.3f ns/element  new/base %.3f\n", name,
               dtype == c10::ScalarType::Float ? "float32" : "bfloat16", backward ? "bwd" : "fwd", a * 1e9, b * 1e9, b / a);
 }
-int main() {
+// The same at 2^24 elements on two threads (each half of the range, as the extension splits it), outputs
+// streamed as the extension streams outputs of that size: the memory-bound regime, beside a two-thread
+// memcpy of the forward's bytes.
+template <typename T>
+double time_big(const RangeKernels& k, ElementwiseProblem& p, bool backward) {
+  double best = 1e30;
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto start = std::chrono::steady_clock::now();
+    std::thread other([&] { backward ? k.backward(p, p.numel / 2, p.numel, nullptr, 0) : k.forward(p, p.numel / 2, p.numel); });
+    backward ? k.backward(p, 0, p.numel / 2, nullptr, 0) : k.forward(p, 0, p.numel / 2);
+    other.join();
+    const std::chrono::duration<double> e = std::chrono::steady_clock::now() - start;
+    best = std::min(best, e.count());
+  }
+  return best;
+}
+template <typename T>
+void row_big(const char* name, ActivationId id, c10::ScalarType dtype, double param, bool backward) {
+  constexpr int64_t n = 1 << 24;
+  std::vector<T> x(n), g(n), y(n), copy(n);
+  std::mt19937 rng(0);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (int64_t i = 0; i < n; ++i) { x[i] = T(normal(rng)); g[i] = T(normal(rng)); }
+  ElementwiseProblem p{};
+  p.activation = id; p.dtype = dtype; p.numel = n; p.channels = 1; p.inner = n;
+  p.x = x.data(); p.grad = g.data(); p.out = y.data(); p.param_scalar = param; p.params_nonzero = param != 0;
+  p.stream_out = true;
+  double a = 1e30, b = 1e30, c = 1e30;
+  for (int r = 0; r < 8; ++r) {
+    a = std::min(a, time_big<T>(fastact::cpu::AVX512::kRangeKernels, p, backward));
+    b = std::min(b, time_big<T>(fastact::cpu::AVX2::kRangeKernels, p, backward));
+    const auto start = std::chrono::steady_clock::now();
+    std::thread other([&] { std::memcpy(copy.data() + n / 2, x.data() + n / 2, n / 2 * sizeof(T)); });
+    std::memcpy(copy.data(), x.data(), n / 2 * sizeof(T));
+    other.join();
+    c = std::min(c, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  const double traffic = backward ? 1.5 : 1.0;  // backward moves 3 tensors, a copy 2
+  std::printf("%-12s %-9s %-3s 2^24 x2 threads: base %6.2f new %6.2f ms  new/base %.3f  x copy: base %.2f new %.2f\n",
+              name, dtype == c10::ScalarType::Float ? "float32" : "bfloat16", backward ? "bwd" : "fwd", a * 1e3,
+              b * 1e3, b / a, c * traffic / a, c * traffic / b);
+}
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--big") == 0) {
+    for (bool bwd : {false, true}) {
+      row_big<float>("silu", ActivationId::Swish, c10::ScalarType::Float, 1.0, bwd);
+      row_big<float>("swish1.3", ActivationId::Swish, c10::ScalarType::Float, 1.3, bwd);
+      row_big<float>("mish", ActivationId::Mish, c10::ScalarType::Float, 0.0, bwd);
+      row_big<c10::BFloat16>("mish", ActivationId::Mish, c10::ScalarType::BFloat16, 0.0, bwd);
+      row_big<float>("leaky", ActivationId::Leaky, c10::ScalarType::Float, 0.5, bwd);
+    }
+    return 0;
+  }
   for (bool bwd : {false, true}) {
     row<float>("silu", ActivationId::Swish, c10::ScalarType::Float, 1.0, bwd);
     row<float>("swish1.3", ActivationId::Swish, c10::ScalarType::Float, 1.3, bwd);
