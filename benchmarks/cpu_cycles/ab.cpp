@@ -98,6 +98,7 @@ int main(int argc, char** argv) {
       row_big<float>("mish", ActivationId::Mish, c10::ScalarType::Float, 0.0, bwd);
       row_big<c10::BFloat16>("mish", ActivationId::Mish, c10::ScalarType::BFloat16, 0.0, bwd);
       row_big<float>("leaky", ActivationId::Leaky, c10::ScalarType::Float, 0.5, bwd);
+      row_big<c10::BFloat16>("leaky", ActivationId::Leaky, c10::ScalarType::BFloat16, 0.5, bwd);
     }
     return 0;
   }
@@ -108,6 +109,7 @@ int main(int argc, char** argv) {
     row<c10::BFloat16>("silu", ActivationId::Swish, c10::ScalarType::BFloat16, 1.0, bwd);
     row<c10::BFloat16>("mish", ActivationId::Mish, c10::ScalarType::BFloat16, 0.0, bwd);
     row<float>("leaky", ActivationId::Leaky, c10::ScalarType::Float, 0.5, bwd);
+    row<c10::BFloat16>("leaky", ActivationId::Leaky, c10::ScalarType::BFloat16, 0.5, bwd);
     if (bwd) {
       row<float>("swish+dbeta", ActivationId::Swish, c10::ScalarType::Float, 1.3, true, true);
       row<c10::BFloat16>("swish+dbeta", ActivationId::Swish, c10::ScalarType::BFloat16, 1.3, true, true);
