@@ -17,6 +17,30 @@
 using fastact::ActivationId;
 using fastact::ElementwiseProblem;
 using fastact::cpu::RangeKernels;
+// x and the incoming gradient (normal, sigma 3), an output, and the problem over them.
+template <typename T>
+struct Inputs {
+  std::vector<T> x, g, y;
+  ElementwiseProblem p{};
+  Inputs(int64_t n, ActivationId id, c10::ScalarType dtype, double param) : x(n), g(n), y(n) {
+    std::mt19937 rng(0);
+    std::normal_distribution<float> normal(0.0f, 3.0f);
+    for (int64_t i = 0; i < n; ++i) {
+      x[i] = T(normal(rng));
+      g[i] = T(normal(rng));
+    }
+    p.activation = id;
+    p.dtype = dtype;
+    p.numel = p.inner = n;
+    p.channels = 1;
+    p.x = x.data();
+    p.grad = g.data();
+    p.out = y.data();
+    p.param_scalar = param;
+    p.params_nonzero = param != 0;  // as cpu::forward sets it
+  }
+};
+
 template <typename T>
 double time_once(const RangeKernels& k, ElementwiseProblem& p, bool backward, bool param_grad, float* acc) {
   double best = 1e30;
@@ -30,15 +54,10 @@ double time_once(const RangeKernels& k, ElementwiseProblem& p, bool backward, bo
 }
 template <typename T>
 void row(const char* name, ActivationId id, c10::ScalarType dtype, double param, bool backward, bool param_grad = false) {
-  constexpr int64_t n = 1 << 14;
-  std::vector<T> x(n), g(n), y(n);
-  std::mt19937 rng(0);
-  std::normal_distribution<float> normal(0.0f, 3.0f);
-  for (int64_t i = 0; i < n; ++i) { x[i] = T(normal(rng)); g[i] = T(normal(rng)); }
-  ElementwiseProblem p{};
-  p.activation = id; p.dtype = dtype; p.numel = n; p.channels = 1; p.inner = n;
-  p.x = x.data(); p.grad = g.data(); p.out = y.data(); p.param_scalar = param; p.params_nonzero = param != 0;
-  float acc = 0; if (param_grad) p.param_grad = &acc;
+  Inputs<T> in(1 << 14, id, dtype, param);
+  ElementwiseProblem& p = in.p;
+  float acc = 0;
+  if (param_grad) p.param_grad = &acc;
   double a = 1e30, b = 1e30;
   for (int r = 0; r < 40; ++r) {
     a = std::min(a, time_once<T>(fastact::cpu::AVX512::kRangeKernels, p, backward, param_grad, &acc));
@@ -66,14 +85,11 @@ double time_big(const RangeKernels& k, ElementwiseProblem& p, bool backward) {
 template <typename T>
 void row_big(const char* name, ActivationId id, c10::ScalarType dtype, double param, bool backward) {
   constexpr int64_t n = 1 << 24;
-  std::vector<T> x(n), g(n), y(n), copy(n);
-  std::mt19937 rng(0);
-  std::normal_distribution<float> normal(0.0f, 3.0f);
-  for (int64_t i = 0; i < n; ++i) { x[i] = T(normal(rng)); g[i] = T(normal(rng)); }
-  ElementwiseProblem p{};
-  p.activation = id; p.dtype = dtype; p.numel = n; p.channels = 1; p.inner = n;
-  p.x = x.data(); p.grad = g.data(); p.out = y.data(); p.param_scalar = param; p.params_nonzero = param != 0;
+  Inputs<T> in(n, id, dtype, param);
+  ElementwiseProblem& p = in.p;
   p.stream_out = true;
+  const std::vector<T>& x = in.x;
+  std::vector<T> copy(n);
   double a = 1e30, b = 1e30, c = 1e30;
   for (int r = 0; r < 8; ++r) {
     a = std::min(a, time_big<T>(fastact::cpu::AVX512::kRangeKernels, p, backward));
