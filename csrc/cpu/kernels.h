@@ -103,19 +103,37 @@ FASTACT_HOST_DEVICE __m512i narrow_bf16_unordered(const Vectorized<float>& a, co
 FASTACT_HOST_DEVICE __m256i narrow_bf16_ordered(__m512 f) { return _mm512_cvtepi32_epi16(round_to_bf16_bits(f)); }
 #endif
 #else
+// AVX2 splits even elements from odd ones (a byte shuffle and a mask), and the narrowing puts them back with
+// one 16-bit blend. Moving 16 bits within a lane is done by byte shifts and shuffles, not bit shifts: Zen 1
+// runs 256-bit bit shifts on one pipe only, at one per two cycles, and they bounded these conversions.
 FASTACT_HOST_DEVICE void widen_bf16_unordered(__m256i v, Vectorized<float>& a, Vectorized<float>& b) {
-  a = _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), v));
-  b = _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), v));
+  const __m256i low_to_high = _mm256_setr_epi8(-1, -1, 0, 1, -1, -1, 4, 5, -1, -1, 8, 9, -1, -1, 12, 13,
+                                               -1, -1, 0, 1, -1, -1, 4, 5, -1, -1, 8, 9, -1, -1, 12, 13);
+  a = _mm256_castsi256_ps(_mm256_shuffle_epi8(v, low_to_high));
+  b = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
 }
-FASTACT_HOST_DEVICE __m256i round_to_bf16_bits(__m256 f) {
+// f's bits plus the bias that rounds its high 16 bits to nearest even. Right for every non-NaN float, and for
+// NaNs whose low 16 bits are zero (a payload there could carry into the sign, or leave an infinity).
+FASTACT_HOST_DEVICE __m256i add_bf16_rounding(__m256 f) {
   const __m256i bits = _mm256_castps_si256(f);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-  const __m256i rounded =
-      _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
-  return _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7fc0), _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)));
+  // Bit 0 of each lane after a 2-byte shift of the 128-bit lane is bit 16 of the lane: the low bit kept.
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_si256(bits, 2), _mm256_set1_epi32(1));
+  return _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
 }
-FASTACT_HOST_DEVICE __m256i narrow_bf16_unordered(const Vectorized<float>& a, const Vectorized<float>& b) {
-  return _mm256_packus_epi32(round_to_bf16_bits(a), round_to_bf16_bits(b));
+// NaN lanes become the quiet NaN 0x7fc00000, which add_bf16_rounding keeps a NaN.
+FASTACT_HOST_DEVICE __m256 quiet_nans(__m256 f) {
+  return _mm256_blendv_ps(f, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000)), _mm256_cmp_ps(f, f, _CMP_UNORD_Q));
+}
+// Rounds to nearest even, the inverse of widen_bf16_unordered; a NaN becomes the quiet NaN 0x7fc0. NaNs are
+// rare in data, so one compare tests both vectors for them and the blends run only then.
+FASTACT_HOST_DEVICE __m256i narrow_bf16_unordered(Vectorized<float> a, Vectorized<float> b) {
+  const __m256 unordered = _mm256_cmp_ps(a, b, _CMP_UNORD_Q);  // a[k] or b[k] is a NaN
+  if (!_mm256_testz_ps(unordered, unordered)) [[unlikely]] {
+    a = quiet_nans(a);
+    b = quiet_nans(b);
+  }
+  // The high halves: a's moved down by a byte shift (its lanes' high halves, now garbage, are b's).
+  return _mm256_blend_epi16(_mm256_srli_si256(add_bf16_rounding(a), 2), add_bf16_rounding(b), 0xaa);
 }
 #endif
 #else
@@ -485,18 +503,16 @@ template <typename scalar_t>
 FASTACT_HOST_DEVICE __m256i scaled_lookup(const float* table, const uint16_t* x, const scalar_t* grad) {
   alignas(32) float derivative[16];
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    // grad is widened by in-lane interleaving, so its float vectors hold elements (0-3, 8-11) and
-    // (4-7, 12-15); the derivatives are laid out the same way, and the pack restores the order.
+    // grad is widened as widen_bf16_unordered widens it (even elements, then odd); the derivatives are laid
+    // out the same way, and the narrowing restores the order.
     fa_static_for<16>([&](auto k) FASTACT_ALWAYS_INLINE_LAMBDA {
-      constexpr int element = (k & 3) | ((k & 4) << 1) | ((k & 8) >> 1);
+      constexpr int element = ((k & 7) << 1) | ((k & 8) >> 3);
       derivative[k] = table[x[element]];
     });
-    const __m256i g = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grad));
-    const __m256i zero = _mm256_setzero_si256();
-    const __m256 g_lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, g));
-    const __m256 g_hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, g));
-    return _mm256_packus_epi32(round_to_bf16_bits(_mm256_mul_ps(g_lo, _mm256_load_ps(derivative))),
-                               round_to_bf16_bits(_mm256_mul_ps(g_hi, _mm256_load_ps(derivative + 8))));
+    Vectorized<float> g_even, g_odd;
+    widen_bf16_unordered(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grad)), g_even, g_odd);
+    return narrow_bf16_unordered(_mm256_mul_ps(g_even, _mm256_load_ps(derivative)),
+                                 _mm256_mul_ps(g_odd, _mm256_load_ps(derivative + 8)));
   } else {  // Half: F16C converts 8 in order
     fa_static_for<16>([&](auto k) FASTACT_ALWAYS_INLINE_LAMBDA { derivative[k] = table[x[k]]; });
     __m128i halves[2];
@@ -511,10 +527,10 @@ FASTACT_HOST_DEVICE __m256i scaled_lookup(const float* table, const uint16_t* x,
 // Slot t of a block's derivative pairs feeds lane pair_lane(t): shuffle_ps(a, b, 0x88) of two vectors of 4
 // pairs gives their first members (a0 a1 b0 b1 | a2 a3 b2 b3), 0xdd their second.
 constexpr int pair_lane(int t) { return (t & ~7) | (t & 1) | ((t & 2) << 1) | ((t & 4) >> 1); }
-// The element in lane k of a block: a full bfloat16 block is widened by in-lane interleaving, so the two
-// vectors of each 16 elements hold elements (0-3, 8-11) and (4-7, 12-15); otherwise in order.
+// The element in lane k of a block: a full bfloat16 block is widened as widen_bf16_unordered widens it, so
+// the two vectors of each 16 elements hold the even and the odd elements; otherwise in order.
 constexpr int block_element(int k, bool unordered) {
-  return unordered ? (k & ~15) | (k & 3) | ((k & 4) << 1) | ((k & 8) >> 1) : k;
+  return unordered ? (k & ~15) | ((k & 7) << 1) | ((k & 8) >> 3) : k;
 }
 
 // df/dx and df/dparam of the block at x (count elements) in the block's lanes, read as one 64-bit pair per
