@@ -57,19 +57,31 @@ struct SwishOp {
   // f from x and z = beta x.
   template <typename T>
   FASTACT_HOST_DEVICE static T forward_scaled(T x, T z) {
-    const T u = fa_neg_abs(z);
     if constexpr (fa_is_float_pack<T>::value) {
-      // |z| <= 87 in every lane: z is finite, so nothing to guard
-      if (fa_exp_is_moderate(u)) return x * sigmoid(z, fa_exp_moderate(u));
-      return fa_call_cold([x, z] { return forward_scaled_general(x, z, fa_neg_abs(z)); });
+      if (fa_exp_is_moderate(fa_neg_abs(z))) return forward_moderate(x, z);
+      return fa_call_cold([x, z] { return forward_scaled_general(x, z); });
     } else {
-      return forward_scaled_general(x, z, u);
+      return forward_scaled_general(x, z);
     }
   }
   template <typename T>
-  FASTACT_HOST_DEVICE static T forward_scaled_general(T x, T z, T u) {
+  FASTACT_HOST_DEVICE static T forward_scaled_general(T x, T z) {
     // z = -inf: x * 0 would be NaN for x = +-inf; the limit is 0.
-    return fa_select(z == fa_neg(fa_inf<T>()), T(0), x * sigmoid(z, fa_exp_nonpositive(u)));
+    const T f = fa_select(z == fa_neg(fa_inf<T>()), T(0), x * sigmoid(z, fa_exp_nonpositive(fa_neg_abs(z))));
+    if constexpr (fa_is_float_pack<T>::value) {  // the lanes the fast path covers get its bits
+      return fa_select(fa_abs(z) <= T(87), forward_moderate(x, fa_clamp(z, -87.0f, 87.0f)), f);
+    }
+    return f;
+  }
+
+  // The CPU forward's fast path, float packs with |z| <= 87 in every lane (all data but the far tails): there
+  // E = exp(-z) cannot overflow, and f = x / (1 + E) is one division, with no select on z's sign, where
+  // x * sigmoid(z) is a division and a product. forward_scaled_general gives a pack's lanes in that range these
+  // same bits, so that no lane depends on its neighbours. (The backward keeps sigmoid_parts: s (1 - s) from
+  // 1 / (1 + E) measured 0.1-0.2 ulp worse on average, for 5% less time.)
+  template <typename T>
+  FASTACT_HOST_DEVICE static T forward_moderate(T x, T z) {
+    return x / (T(1) + fa_exp_moderate_signed<-1>(z));
   }
 
   template <typename T>
@@ -163,17 +175,32 @@ struct MishOp {
   // division ends the chain instead of being followed by 1 - m / den.
   template <typename T>
   FASTACT_HOST_DEVICE static T forward(T x, T /*unused*/) {
-    const T u = fa_neg_abs(x);
     if constexpr (fa_is_float_pack<T>::value) {
-      if (fa_exp_is_moderate(u)) return x * tanh_softplus_from(x, fa_exp_moderate(u));  // x finite
-      return fa_call_cold([x] { return forward_general(x, fa_neg_abs(x)); });
+      if (!fa_any(fa_abs(x) > T(kModerate))) return forward_moderate(x);
+      return fa_call_cold([x] { return forward_general(x); });
     } else {
-      return forward_general(x, u);
+      return forward_general(x);
     }
   }
   template <typename T>
-  FASTACT_HOST_DEVICE static T forward_general(T x, T u) {
-    return fa_select(x == fa_neg(fa_inf<T>()), T(0), x * tanh_softplus_from(x, fa_exp_nonpositive(u)));
+  FASTACT_HOST_DEVICE static T forward_general(T x) {
+    const T f = fa_select(x == fa_neg(fa_inf<T>()), T(0), x * tanh_softplus_from(x, fa_exp_nonpositive(fa_neg_abs(x))));
+    if constexpr (fa_is_float_pack<T>::value) {  // the lanes the fast path covers get its bits
+      return fa_select(fa_abs(x) <= T(kModerate), forward_moderate(fa_clamp(x, -kModerate, kModerate)), f);
+    }
+    return f;
+  }
+  // The CPU forward's fast path, float packs with |x| <= 44 in every lane (all data but the far tails): there
+  // E = exp(-x) and E^2 cannot overflow, and tanh(softplus(x)) = (1 + 2E) / (1 + 2E + 2E^2) for either sign of
+  // x, with no selects (as accurate as the forms above: a sum of positive terms over another). forward_general
+  // gives a pack's lanes in that range these same bits, so that no lane depends on its neighbours.
+  static constexpr float kModerate = 44.0f;
+  template <typename T>
+  FASTACT_HOST_DEVICE static T forward_moderate(T x) {
+    const T e = fa_exp_moderate_signed<-1>(x);
+    const T two_e = T(2) * e;
+    const T num = two_e + T(1);
+    return x * (num / (two_e * e + num));
   }
   template <typename T>
   FASTACT_HOST_DEVICE static T tanh_softplus_from(T x, T e) {

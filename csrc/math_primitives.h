@@ -251,6 +251,17 @@ template <typename S, int N>
 FASTACT_HOST_DEVICE VecPack<S, N> fa_fma(const VecPack<S, N>& a, const VecPack<S, N>& b, const VecPack<S, N>& c) {
   return VecPack<S, N>::generate([&](int i) FASTACT_HOST_DEVICE_LAMBDA { return at::vec::fmadd(a.v[i], b.v[i], c.v[i]); });
 }
+// x clamped into [lo, hi] (NaN stays NaN).
+template <typename S, int N>
+FASTACT_HOST_DEVICE VecPack<S, N> fa_clamp(const VecPack<S, N>& x, S lo, S hi) {
+  using V = at::vec::Vectorized<S>;
+  return VecPack<S, N>::generate([&](int i) FASTACT_HOST_DEVICE_LAMBDA { return at::vec::clamp(x.v[i], V(lo), V(hi)); });
+}
+// a b - c
+template <typename S, int N>
+FASTACT_HOST_DEVICE VecPack<S, N> fa_fmsub(const VecPack<S, N>& a, const VecPack<S, N>& b, const VecPack<S, N>& c) {
+  return VecPack<S, N>::generate([&](int i) FASTACT_HOST_DEVICE_LAMBDA { return at::vec::fmsub(a.v[i], b.v[i], c.v[i]); });
+}
 template <typename S, int N>
 FASTACT_HOST_DEVICE VecPack<S, N> fa_abs(const VecPack<S, N>& x) {
   return VecPack<S, N>::generate([&](int i) FASTACT_HOST_DEVICE_LAMBDA { return x.v[i].abs(); });
@@ -309,15 +320,16 @@ template <int N>
   });
 }
 
-// exp(x) for x in [-87, 0], inlined: Sleef's call (what Vectorized::exp runs) costs more than all the rest of
-// an activation. 2^n is a normal float there: n is rounded by adding a magic constant, whose low mantissa
-// bits then hold n + 127, so 2^n is one shift of those bits.
-template <int N>
-FASTACT_HOST_DEVICE VecPack<float, N> fa_exp_moderate(const VecPack<float, N>& x) {
+// exp(kSign x) for kSign x in [-87, 87], inlined: Sleef's call (what Vectorized::exp runs) costs more than all
+// the rest of an activation. 2^n is a normal float there: n is rounded by adding a magic constant, whose low
+// mantissa bits then hold n + 127, so 2^n is one shift of those bits. The sign is folded into the constants.
+template <int kSign, int N>
+FASTACT_HOST_DEVICE VecPack<float, N> fa_exp_moderate_signed(const VecPack<float, N>& x) {
+  static_assert(kSign == 1 || kSign == -1);
   using P = VecPack<float, N>;
   // 1.5 * 2^23 + 127: adding it rounds x log2(e) to an integer n and leaves n + 127 in the low bits.
   const P magic(12583039.0f);
-  const P shifted = fa_fma(x, P(1.44269504088896341f), magic);
+  const P shifted = fa_fma(x, P(kSign * 1.44269504088896341f), magic);
   // A shift by an immediate: Vectorized's operator<< shifts by a vector (vpsllvd), which on Zen 1 issues once
   // per 3.9 cycles against 1.9.
   const P pow2 = P::generate([&](int i) FASTACT_HOST_DEVICE_LAMBDA {
@@ -329,7 +341,16 @@ FASTACT_HOST_DEVICE VecPack<float, N> fa_exp_moderate(const VecPack<float, N>& x
     return at::vec::cast<float>(at::vec::cast<int32_t>(shifted.v[i]) << at::vec::Vectorized<int32_t>(23));
 #endif
   });
-  return fa_exp_reduced(fa_exp_remainder(shifted - magic, x)) * pow2;
+  const P n = shifted - magic;
+  if constexpr (kSign == 1) {
+    return fa_exp_reduced(fa_exp_remainder(n, x)) * pow2;
+  } else {  // r = -x - n ln2, as fa_exp_remainder
+    return fa_exp_reduced(fa_fma(n, P(2.12194440e-4f), fa_fmsub(n, P(-0.693359375f), x))) * pow2;
+  }
+}
+template <int N>
+FASTACT_HOST_DEVICE VecPack<float, N> fa_exp_moderate(const VecPack<float, N>& x) {
+  return fa_exp_moderate_signed<1>(x);
 }
 template <int N>
 struct fa_is_float_pack<VecPack<float, N>> : std::true_type {};
