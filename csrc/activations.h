@@ -263,6 +263,17 @@ struct LeakyOp {
     }
   };
 
+  // The forward where every alpha is nonzero and at most 1 (the usual slopes: 0.01, 0.2, 0.25, and every
+  // negative one), which the CPU kernels switch to. There x > alpha x exactly where x > 0 or alpha x == x, and
+  // alpha x is the value wherever the comparison is false (x <= 0, NaN), so f is x86's max(x, alpha x): one
+  // instruction where the select takes two (on Zen 1, bfloat16 in cache: 0.385 -> 0.322 ns per element).
+  struct UnitParam {
+    template <typename T>
+    FASTACT_HOST_DEVICE static T forward(T x, T alpha) {
+      return fa_greater_or_second(x, alpha * x);
+    }
+  };
+
   template <typename T>
   FASTACT_HOST_DEVICE static T forward(T x, T alpha) {
     // alpha = 0 at x = -inf: the limit is 0, not 0 * -inf = NaN.
@@ -287,6 +298,16 @@ struct NonzeroParamForward {
 template <typename Op>
 struct NonzeroParamForward<Op, std::void_t<decltype(&Op::NonzeroParam::template forward<float>)>> {
   using type = typename Op::NonzeroParam;
+};
+// Op's forward for calls whose parameters are all nonzero and at most 1: Op::UnitParam where it has one, else
+// the nonzero form.
+template <typename Op, typename = void>
+struct UnitParamForward {
+  using type = typename NonzeroParamForward<Op>::type;
+};
+template <typename Op>
+struct UnitParamForward<Op, std::void_t<decltype(&Op::UnitParam::template forward<float>)>> {
+  using type = typename Op::UnitParam;
 };
 template <typename Op, typename = void>
 struct NonzeroParamBackward {

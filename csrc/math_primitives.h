@@ -30,6 +30,12 @@ template <typename T>
 FASTACT_HOST_DEVICE T fa_select_negative(T v, T if_negative, T otherwise) {
   return v >= T(0) ? otherwise : if_negative;
 }
+// a > b ? a : b, NaN and signed zeros included (b where the comparison is false): what x86's max
+// instructions compute, in one.
+template <typename T>
+FASTACT_HOST_DEVICE T fa_greater_or_second(T a, T b) {
+  return a > b ? a : b;
+}
 
 FASTACT_HOST_DEVICE float fa_exp(float x) {
 #if defined(__CUDA_ARCH__)
@@ -244,6 +250,20 @@ FASTACT_HOST_DEVICE VecPack<S, N> fa_select_negative(const VecPack<S, N>& v, con
 #else
     using V = at::vec::Vectorized<S>;
     return V::blendv(otherwise.v[i], if_negative.v[i], v.v[i] < V(S(0)));
+#endif
+  });
+}
+template <typename S, int N>
+FASTACT_HOST_DEVICE VecPack<S, N> fa_greater_or_second(const VecPack<S, N>& a, const VecPack<S, N>& b) {
+  return VecPack<S, N>::generate([&](int i) FASTACT_HOST_DEVICE_LAMBDA {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<S, float>) return at::vec::Vectorized<S>(_mm512_max_ps(a.v[i], b.v[i]));
+    else return at::vec::Vectorized<S>(_mm512_max_pd(a.v[i], b.v[i]));
+#elif defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<S, float>) return at::vec::Vectorized<S>(_mm256_max_ps(a.v[i], b.v[i]));
+    else return at::vec::Vectorized<S>(_mm256_max_pd(a.v[i], b.v[i]));
+#else
+    return at::vec::Vectorized<S>::blendv(b.v[i], a.v[i], a.v[i] > b.v[i]);
 #endif
   });
 }

@@ -103,6 +103,7 @@ Prepared prepare(const OpInfo& op, const at::Tensor& x, const ParamArg& param) {
   pr.param_grad = nullptr;
   pr.stream_out = false;
   pr.params_nonzero = false;
+  pr.params_at_most_one = false;
   return p;
 }
 

@@ -56,6 +56,8 @@ struct ElementwiseProblem {
   // CPU: no parameter value is zero (set by cpu::forward and cpu::backward), so an op's cheaper form for that
   // case applies (LeakyOp::NonzeroParam, SwishOp::NonzeroParam).
   bool params_nonzero;
+  // CPU: every parameter value is at most 1 (none is NaN), set by cpu::forward (LeakyOp::UnitParam).
+  bool params_at_most_one;
 };
 
 // Whether a scalar parameter (param == nullptr) is nonzero as the kernels see it, in the compute type: a double

@@ -302,6 +302,32 @@ def test_prelu_limits_with_and_without_a_zero_weight(device, dtype, layout, zero
     assert torch.equal(y[finite], want[finite].to(dtype).double()), f"values, weight {weight.tolist()}"
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("slope", [0.01, 0.5, -0.5, 1.0, -3.0, 2.0, 0.0])
+def test_leaky_family_gives_natives_bits(device, dtype, slope):
+    """Every slope class the CPU kernels tell apart (zero; nonzero and at most 1, LeakyOp::UnitParam's max(x,
+    alpha x); above 1) gives PyTorch's bits, signed zeros included, at edge values and random ones; NaN stays
+    NaN. PReLU with per-channel weights of each class as well. The one deliberate difference: slope 0 at
+    x = -inf gives the limit +0, where PyTorch computes 0 * -inf = NaN."""
+    edge = [0.0, -0.0, 1e-45, -1e-45, 1e-30, -1e-30, 1.0, -1.0, 3e38, -3e38, INF, -INF, math.nan, -math.nan]
+    x = torch.cat([torch.tensor(edge, dtype=torch.float64).to(dtype),
+                   torch.randn(4 * 257, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(dtype)])
+    x = x.to(device)
+    weights = torch.tensor([slope, slope / 2, -abs(slope)], dtype=torch.float64).to(dtype).to(device)
+    xc = x[: 3 * (x.numel() // 3)].view(1, 3, -1)
+    for got, want, x_in, alpha in ((fastact.leaky_relu(x, slope), F.leaky_relu(x, slope), x, torch.tensor(slope)),
+                                   (fastact.prelu(xc, weights), F.prelu(xc, weights), xc, weights.view(1, 3, 1))):
+        want = torch.where((x_in == -INF) & (alpha == 0), torch.zeros_like(want), want)
+        assert torch.equal(got.isnan(), want.isnan()), f"NaN pattern, slope {slope}"
+        keep = ~want.isnan()
+        assert torch.equal(_bits(got[keep]), _bits(want[keep])), f"bits, slope {slope}, {dtype}"
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

@@ -37,7 +37,8 @@ struct Inputs {
     p.grad = g.data();
     p.out = y.data();
     p.param_scalar = param;
-    p.params_nonzero = param != 0;  // as cpu::forward sets it
+    p.params_nonzero = param != 0;  // as cpu::forward sets these
+    p.params_at_most_one = param <= 1;
   }
 };
 

@@ -42,7 +42,7 @@ int main() {
                  Case{"mish", ActivationId::Mish, 0.0}}) {
     fastact::ElementwiseProblem p{};
     p.activation = c.id; p.dtype = c10::ScalarType::Float; p.numel = n; p.channels = 1; p.inner = n;
-    p.x = x.data(); p.grad = g.data(); p.out = y.data(); p.param_scalar = c.beta; p.params_nonzero = c.beta != 0;
+    p.x = x.data(); p.grad = g.data(); p.out = y.data(); p.param_scalar = c.beta; p.params_nonzero = c.beta != 0; p.params_at_most_one = c.beta <= 1;
     for (bool bwd : {false, true}) {
       bwd ? kernels.backward(p, 0, n, nullptr, 0) : kernels.forward(p, 0, n);
       double worst = 0, sum = 0; float at = 0; int64_t cnt = 0;

@@ -42,7 +42,8 @@ void run(const char* name, ActivationId id, c10::ScalarType dtype, double param,
   p.grad = g.data();
   p.out = y.data();
   p.param_scalar = param;
-  p.params_nonzero = param != 0;  // as cpu::forward sets it
+  p.params_nonzero = param != 0;  // as cpu::forward sets these
+  p.params_at_most_one = param <= 1;
   const auto& kernels = fastact::cpu::CPU_CAPABILITY::kRangeKernels;
   float acc = 0;  // the parameter gradient's partial sum, when the backward computes one
   if (param_grad) p.param_grad = &acc;

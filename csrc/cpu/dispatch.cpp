@@ -125,6 +125,18 @@ bool params_nonzero(const ElementwiseProblem& p) {
   return none_zero(static_cast<const float*>(p.param));
 }
 
+// Whether every parameter value is at most 1 (so none is NaN), as the kernels see it: O(channels).
+bool params_at_most_one(const ElementwiseProblem& p) {
+  auto all_at_most_one = [&](auto* values) {
+    return std::all_of(values, values + p.channels, [](auto v) { return v <= 1; });
+  };
+  if (p.param == nullptr) {
+    return p.dtype == c10::ScalarType::Double ? p.param_scalar <= 1 : static_cast<float>(p.param_scalar) <= 1;
+  }
+  if (p.dtype == c10::ScalarType::Double) return all_at_most_one(static_cast<const double*>(p.param));
+  return all_at_most_one(static_cast<const float*>(p.param));
+}
+
 const Capability*& active() {
   static const Capability* capability = detect();
   return capability;
@@ -359,6 +371,7 @@ void forward(const ElementwiseProblem& problem) {
   ElementwiseProblem p = problem;
   p.stream_out = should_stream(p, 2);
   p.params_nonzero = params_nonzero(p);
+  p.params_at_most_one = params_at_most_one(p);
   const RangeKernels& k = *active()->kernels;
   if (const auto table = lookup_table(p, k, /*backward=*/false)) {
     at::parallel_for(0, p.numel, kGrain, [&](int64_t begin, int64_t end) {

@@ -376,7 +376,11 @@ void for_each_run(const ElementwiseProblem& p, int64_t begin, int64_t end, Fn&& 
 
 template <typename Op, typename scalar_t>
 void forward_range_typed(const ElementwiseProblem& p, int64_t begin, int64_t end) {
+  using UnitOp = typename UnitParamForward<Op>::type;
   using NonzeroOp = typename NonzeroParamForward<Op>::type;
+  if constexpr (!std::is_same_v<UnitOp, NonzeroOp>) {
+    if (p.params_nonzero && p.params_at_most_one) return forward_range_typed<UnitOp, scalar_t>(p, begin, end);
+  }
   if constexpr (!std::is_same_v<NonzeroOp, Op>) {
     if (p.params_nonzero) return forward_range_typed<NonzeroOp, scalar_t>(p, begin, end);
   }
