@@ -303,16 +303,16 @@ FASTACT_HOST_DEVICE at::vec::Vectorized<float> fa_pow2(const at::vec::Vectorized
   return at::vec::cast<float>(at::vec::convert_to_int_of_same_size(bits));
 }
 
-// exp(r) for |r| <= ln2/2: Cephes' expf polynomial (degree 7), about 1 ulp, by Horner's rule to the end. Cephes
-// adds r^2 p(r) to r + 1, one operation more; with float32 SiLU over 4M random inputs, Horner's measured
-// mean error 0.42 ulp against 0.45 and worst 2.9 against 3.6 (AVX2 build).
+// exp(r) for |r| <= ln2/2: 1 + r + r^2 q(r), q of degree 4 fitted for least relative error on that interval
+// (truncation error 3e-9, a twentieth of an ulp), by Horner's rule to the end: six FMAs where Cephes' expf
+// polynomial of degree 7 takes seven. Horner's rounding errors dominate both: in float32 over 4M uniform r,
+// worst 0.721 / mean 0.2538 ulp against Cephes' 0.720 / 0.2535.
 template <typename T>
 FASTACT_HOST_DEVICE T fa_exp_reduced(const T& r) {
-  T p = fa_fma(T(1.9875691500e-4f), r, T(1.3981999507e-3f));
-  p = fa_fma(p, r, T(8.3334519073e-3f));
-  p = fa_fma(p, r, T(4.1665795894e-2f));
-  p = fa_fma(p, r, T(1.6666665459e-1f));
-  p = fa_fma(p, r, T(5.0000001201e-1f));
+  T p = fa_fma(T(1.381461276e-3f), r, T(8.368710056e-3f));
+  p = fa_fma(p, r, T(4.166838899e-2f));
+  p = fa_fma(p, r, T(1.666652113e-1f));
+  p = fa_fma(p, r, T(4.999999404e-1f));
   p = fa_fma(p, r, T(1.0f));
   return fa_fma(p, r, T(1.0f));
 }
@@ -374,7 +374,8 @@ FASTACT_HOST_DEVICE VecPack<float, N> fa_exp_moderate(const VecPack<float, N>& x
 }
 template <int N>
 struct fa_is_float_pack<VecPack<float, N>> : std::true_type {};
-// Whether every lane of u (an exp argument: -|z|, or NaN) is in fa_exp_moderate's range, [-87, 0].
+// Whether every lane of u (an exp argument: -|z|, or NaN) is in fa_exp_moderate's range, [-87, 0]. (A NaN
+// lane may go either way: both of the functors' paths give it a NaN.)
 template <int N>
 FASTACT_HOST_DEVICE bool fa_exp_is_moderate(const VecPack<float, N>& u) {
   return __builtin_expect(!fa_any(u < VecPack<float, N>(-87.0f)), 1);

@@ -124,6 +124,7 @@ int main(int argc, char** argv) {
     row<float>("swish1.3", ActivationId::Swish, c10::ScalarType::Float, 1.3, bwd);
     row<float>("mish", ActivationId::Mish, c10::ScalarType::Float, 0.0, bwd);
     row<c10::BFloat16>("silu", ActivationId::Swish, c10::ScalarType::BFloat16, 1.0, bwd);
+    row<c10::BFloat16>("swish1.3", ActivationId::Swish, c10::ScalarType::BFloat16, 1.3, bwd);
     row<c10::BFloat16>("mish", ActivationId::Mish, c10::ScalarType::BFloat16, 0.0, bwd);
     row<float>("leaky", ActivationId::Leaky, c10::ScalarType::Float, 0.5, bwd);
     row<c10::BFloat16>("leaky", ActivationId::Leaky, c10::ScalarType::BFloat16, 0.5, bwd);

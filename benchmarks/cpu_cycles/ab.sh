@@ -1,6 +1,7 @@
 #!/bin/bash
 # Builds benchmarks/cpu_cycles/ab.cpp into /tmp/fastact_ab: the AVX2 CPU kernels of a git revision (default
 # HEAD) against those of the working tree, in one binary (see ab.cpp). Needs torch in the active Python.
+# AB_NEW_FLAGS adds compiler flags to the working tree's build only (e.g. -DNDEBUG).
 #   bash benchmarks/cpu_cycles/ab.sh [REV] && /tmp/fastact_ab
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -15,7 +16,7 @@ flags=(-O3 -std=c++20 -mavx2 -mfma -mf16c -mbmi -mbmi2 -DCPU_CAPABILITY_AVX2 -I"
 echo '#include "cpu/kernels.h"' > "$work/kernels.cpp"
 # The same AVX2 code under two namespace names (CPU_CAPABILITY), so that both trees link into one program.
 g++ "${flags[@]}" -DCPU_CAPABILITY=AVX512 -I"$work/csrc" -c "$work/kernels.cpp" -o "$work/base.o" &
-g++ "${flags[@]}" -DCPU_CAPABILITY=AVX2 -I"$root/csrc" -c "$work/kernels.cpp" -o "$work/new.o"
+g++ "${flags[@]}" ${AB_NEW_FLAGS:-} -DCPU_CAPABILITY=AVX2 -I"$root/csrc" -c "$work/kernels.cpp" -o "$work/new.o"
 wait %1
 g++ "${flags[@]}" -DCPU_CAPABILITY=AVX2 -I"$root/csrc" "$here/ab.cpp" "$work/base.o" "$work/new.o" -o /tmp/fastact_ab \
   -L"$torch_dir/lib" -lc10 -ltorch_cpu -Wl,-rpath,"$torch_dir/lib"
