@@ -213,21 +213,39 @@ struct MishOp {
   template <typename T>
   FASTACT_HOST_DEVICE static void backward(T g, T x, T /*unused*/, T& gx, T& gp) {
     gp = T(0);
-    const T u = fa_neg_abs(x);
     if constexpr (fa_is_float_pack<T>::value) {
-      if (fa_exp_is_moderate(u)) {  // x finite in every lane
-        T term;
-        backward_terms(g, x, fa_exp_moderate(u), gx, term);
+      if (!fa_any(fa_abs(x) > T(kModerateBackward))) [[likely]] {
+        gx = backward_moderate(g, x);
         return;
       }
       gx = fa_call_cold([g, x] {  // by value: a reference to gx would keep it in memory in the hot path too
         T gx_;
         backward_general(g, x, fa_neg_abs(x), gx_);
-        return gx_;
+        return fa_select(fa_abs(x) <= T(kModerateBackward),
+                         backward_moderate(g, fa_clamp(x, -kModerateBackward, kModerateBackward)), gx_);
       });
     } else {
-      backward_general(g, x, u, gx);
+      backward_general(g, x, fa_neg_abs(x), gx);
     }
+  }
+  // The CPU backward's fast path, float packs with |x| <= 42 in every lane. With E = exp(-x) (either sign of
+  // x, no select), N = 1 + 2E and D = N + 2E^2 as in forward_moderate, t = N / D = 1 - 2E^2 / D and
+  // sigmoid(x) sech^2(softplus(x)) = 4 E^2 (1 + E) / D^2, so with a = E^2 / D (at most 1/2):
+  //   f' = (N + 4x a (1 + E)) / D            for x < 0,
+  //   f' = 1 + (4x a (1 + E) - 2E^2) / D     for x >= 0 (near 1, where N / D would round twice),
+  // each one FMA into c and one FMA by 1 / D (a normal float for |x| <= 42). Against backward_terms' form
+  // (float32, accuracy.cpp, 4M inputs): worst 6.93 -> 6.05 ulps, mean 0.428 -> 0.451; 11-12% less time on Zen 1.
+  static constexpr float kModerateBackward = 42.0f;
+  template <typename T>
+  FASTACT_HOST_DEVICE static T backward_moderate(T g, T x) {
+    const T e = fa_exp_moderate_signed<-1>(x);
+    const T e2 = e * e;
+    const T two_e2 = e2 + e2;
+    const T num = fa_fma(T(2), e, T(1));
+    const T inv_den = T(1) / (num + two_e2);
+    const T four_x_a = (T(4) * x) * (e2 * inv_den);
+    const T c = fa_fma(four_x_a, T(1) + e, fa_select_negative(x, num, fa_neg(two_e2)));
+    return g * fa_fma(c, inv_den, fa_select_negative(x, T(0), T(1)));
   }
   // f' = tanh(softplus(x)) + tail, from e = exp(-|x|); gx = g f'. The same expressions in both paths (see
   // SwishOp::backward_terms).
