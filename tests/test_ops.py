@@ -875,6 +875,28 @@ def test_lookup_tables_give_the_kernels_bits(op, dtype, capability):
         _assert_same_bits(out, fastact.mish(every), "out=")
 
 
+@pytest.mark.parametrize("capability", ["default"] + TABLE_CAPABILITIES)
+@pytest.mark.parametrize("op", list(LOOKUP_OPS))
+def test_float32_lanes_do_not_depend_on_their_neighbours(op, capability):
+    """The CPU kernels take a fast path for a block whose every lane is moderate (|z| <= 87, Mish |x| <= 44
+    forward and 42 backward) and a general form otherwise, which must give the moderate lanes the same bits. So
+    float32 inputs, half of them past those bounds (and some infinite or NaN), in one order and in a shuffled
+    one: each element's forward and grad_input are the same bits in both."""
+    forward, backward = LOOKUP_OPS[op]
+    g = torch.Generator().manual_seed(10)
+    x = torch.cat([torch.randn(2048, generator=g) * 4, torch.rand(2048, generator=g) * 220 - 110,
+                   torch.tensor([math.inf, -math.inf, math.nan, 0.0, -0.0, 42.0, -42.0, 44.0, -44.0, 87.0, -87.0])])
+    grad = torch.randn(x.shape, generator=g) * 3
+    order = torch.randperm(x.numel(), generator=g)
+    with _table_kernels(capability):
+        in_order = forward(x), backward(grad, x)
+        shuffled = forward(x[order]), backward(grad[order], x[order])
+    for name, a, b in zip(["forward", "grad_input"], in_order, shuffled):
+        a = a[order]
+        same = (a.view(torch.int32) == b.view(torch.int32)) | (a.isnan() & b.isnan())
+        assert bool(same.all()), f"{op} {name}: {int((~same).sum())} of {same.numel()} differ, at x = {x[order][~same][:5]}"
+
+
 @pytest.mark.parametrize("capability", TABLE_CAPABILITIES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("beta", [-0.6, 1.0, 0.0])
