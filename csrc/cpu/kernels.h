@@ -35,7 +35,8 @@ using at::vec::Vectorized;
 
 // Vectors of the compute type per block: enough independent chains to hide the latency of the math (see
 // VecPack). Measured on Zen 3 (AVX2) with benchmarks/cpu_cycles, cycles per 8 floats, silu forward: 19.1 with
-// 1, 12.5 with 4 (benchmarks/results/cpu/zen3/README.md).
+// 1, 12.5 with 4 (benchmarks/results/cpu/zen3/README.md). On Zen 1 (ab.cpp) 6 and 8 took up to 1.4x the time
+// of 4 in the backwards (16 vector registers: the chains spill), and 2 up to 1.4x in bfloat16.
 constexpr int kVecsPerBlock = 4;
 
 // bfloat16 <-> float where the lane order inside a block does not matter as long as the store undoes the
