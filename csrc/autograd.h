@@ -498,6 +498,9 @@ c10::TypedOperatorHandle<Signature> find_out_op(const std::string& name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(("fastact::" + name).c_str(), "out").typed<Signature>();
 }
 
+// The written tensor's name in error messages: x itself for an in-place call (which passes out=x).
+inline const char* out_name(const Tensor& out, const Tensor& x) { return out.is_same(x) ? "x (written in place)" : "out"; }
+
 template <ParamKind K, typename Info, typename Layer>
 struct OutKernels;
 
@@ -505,7 +508,7 @@ template <typename Info, typename Layer>
 struct OutKernels<ParamKind::None, Info, Layer> {
   static Tensor& forward(const Tensor& x, Tensor& out) {
     static const auto op = find_out_op<Tensor&(const Tensor&, Tensor&)>(Info::get().name);
-    Layer::before(Info::get().name, {{"x", &x}}, {{"out", &out}});
+    Layer::before(Info::get().name, {{"x", &x}}, {{out_name(out, x), &out}});
     {
       typename Layer::Below below;
       op.call(x, out);
@@ -530,7 +533,7 @@ template <typename Info, typename Layer>
 struct OutKernels<ParamKind::Scalar, Info, Layer> {
   static Tensor& forward(const Tensor& x, double param, Tensor& out) {
     static const auto op = find_out_op<Tensor&(const Tensor&, double, Tensor&)>(Info::get().name);
-    Layer::before(Info::get().name, {{"x", &x}}, {{"out", &out}});
+    Layer::before(Info::get().name, {{"x", &x}}, {{out_name(out, x), &out}});
     {
       typename Layer::Below below;
       op.call(x, param, out);
@@ -555,7 +558,7 @@ template <typename Info, typename Layer>
 struct OutKernels<ParamKind::Tensor, Info, Layer> {
   static Tensor& forward(const Tensor& x, const Tensor& param, Tensor& out) {
     static const auto op = find_out_op<Tensor&(const Tensor&, const Tensor&, Tensor&)>(Info::get().name);
-    Layer::before(Info::get().name, {{"x", &x}, {Info::get().param_name, &param}}, {{"out", &out}});
+    Layer::before(Info::get().name, {{"x", &x}, {Info::get().param_name, &param}}, {{out_name(out, x), &out}});
     {
       typename Layer::Below below;
       op.call(x, param, out);

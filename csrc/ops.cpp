@@ -146,8 +146,9 @@ at::Tensor forward(const OpInfo& op, const at::Tensor& x, const ParamArg& param)
 
 at::Tensor& forward_out(const OpInfo& op, const at::Tensor& x, const ParamArg& param, at::Tensor& out) {
   Prepared p = prepare(op, x, param);
-  check_like(op, "out", out, x);
-  check_writable(op, "out", out, {{"x", &x}});
+  const char* out_name = out.is_same(x) ? "x (written in place)" : "out";  // in place: out=x
+  check_like(op, out_name, out, x);
+  check_writable(op, out_name, out, {{"x", &x}});
   if (out.strides() == p.x.strides()) {
     // Same layout (out may even be x: each element is read before it is written).
     p.problem.out = out.data_ptr();

@@ -510,12 +510,32 @@ def _unique(values: list) -> list:
     return list(dict.fromkeys(values))
 
 
+MAX_SIZE_EXPONENT = 40
+
+
 def parse_size(token: str) -> int:
+    """k or 2^k (also 2**k): 2**k for 0 <= k <= 40; a larger integer is the count itself. Anything else (1.5,
+    2^100, -3) raises ValueError."""
     t = token.strip().lower().replace("**", "^")
     if t.startswith("2^"):
-        return 2 ** int(t[2:])
-    v = int(float(t))
-    return 2 ** v if v <= 40 else v
+        k = int(t[2:])
+        if not 0 <= k <= MAX_SIZE_EXPONENT:
+            raise ValueError(f"2^{k}: the exponent must be 0..{MAX_SIZE_EXPONENT}")
+        return 2 ** k
+    v = int(t)  # not int(float(t)): 1.5 is an error, not 2^1
+    if v < 0:
+        raise ValueError(f"{v}: a size must be positive")
+    return 2 ** v if v <= MAX_SIZE_EXPONENT else v
+
+
+def _device_memory_bytes(device: str) -> int | None:
+    """Total memory of the device (physical memory for cpu), or None if unknown."""
+    try:
+        if device == "cuda":
+            return int(torch.cuda.get_device_properties(0).total_memory)
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError, RuntimeError, AssertionError):
+        return None
 
 
 @dataclasses.dataclass
@@ -570,11 +590,17 @@ def resolve_config(args: argparse.Namespace) -> Config:
         try:
             sizes[d] = _unique([parse_size(s) for s in _split(args.sizes)] if args.sizes else (
                 [2 ** 20] if args.quick else list(DEFAULT_SIZES[d])))  # after parsing: 20 and 2^20 are one size
-        except ValueError:
-            fail(f"bad --sizes {args.sizes!r}")
+        except ValueError as e:
+            fail(f"bad --sizes {args.sizes!r} ({e})")
+        memory = _device_memory_bytes(d)
         for n in sizes[d]:
             if n < 1:
                 fail(f"bad size {n}")
+            # x, dy, the outputs and a copy's buffer are alive at once: about 6 tensors of the widest dtype
+            need = 6 * n * max(DTYPES[dt].itemsize for dt in dtypes[d])
+            if memory is not None and need > memory:
+                fail(f"size {n} needs about {need / 2**30:.0f} GiB of {d} memory; this machine has "
+                     f"{memory / 2**30:.0f} GiB")
             if n % args.channels and any(OPS[o].per_channel for o in ops):
                 fail(f"size {n} is not a multiple of --channels {args.channels} (needed by the per-channel ops)")
     threads = args.threads or torch.get_num_threads()

@@ -5,12 +5,24 @@ State-dict keys match torch's modules (PReLU's parameter is `weight`), so checkp
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor, nn
 
 from . import functional as F
 
 __all__ = ["Swish", "SiLU", "Mish", "LeakyReLU", "PReLU", "convert", "ACTIVATIONS"]
+
+
+def _count(module: str, num_parameters) -> int:
+    """num_parameters as an int >= 1 (torch.nn.PReLU would take 0 and fail at the first call, and report a
+    negative or fractional count as a tensor-size error)."""
+    if isinstance(num_parameters, bool) or not isinstance(num_parameters, numbers.Integral):
+        raise TypeError(f"fastact.nn.{module}: num_parameters must be an int, got {type(num_parameters).__name__}")
+    if num_parameters < 1:
+        raise ValueError(f"fastact.nn.{module}: num_parameters must be >= 1, got {num_parameters}")
+    return int(num_parameters)
 
 
 class Swish(nn.Module):
@@ -20,8 +32,8 @@ class Swish(nn.Module):
     def __init__(self, beta: float = 1.0, learnable: bool = False, num_parameters: int = 1,
                  device=None, dtype=None) -> None:
         super().__init__()
-        if num_parameters < 1:
-            raise ValueError(f"fastact.nn.Swish: num_parameters must be >= 1, got {num_parameters}")
+        num_parameters = _count("Swish", num_parameters)
+        beta = F._check_number("nn.Swish", "beta", beta)
         if not learnable and num_parameters != 1:
             raise ValueError("fastact.nn.Swish: num_parameters > 1 needs learnable=True")
         self.learnable = learnable
@@ -89,7 +101,7 @@ class LeakyReLU(nn.Module):
 
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
         super().__init__()
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = F._check_number("nn.LeakyReLU", "negative_slope", negative_slope)
         self.inplace = inplace
 
     def forward(self, input: Tensor) -> Tensor:
@@ -105,9 +117,10 @@ class PReLU(nn.Module):
 
     def __init__(self, num_parameters: int = 1, init: float = 0.25, device=None, dtype=None) -> None:
         super().__init__()
-        self.num_parameters = num_parameters
+        self.num_parameters = _count("PReLU", num_parameters)
+        F._check_number("nn.PReLU", "init", init)
         self.init = init
-        self.weight = nn.Parameter(torch.empty(num_parameters, device=device, dtype=dtype))
+        self.weight = nn.Parameter(torch.empty(self.num_parameters, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -14,6 +14,7 @@ import importlib.abc
 import importlib.util
 import logging
 import math
+import operator
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -59,7 +60,27 @@ def cpu_huge_pages() -> bool:
 def set_cpu_huge_pages(enabled: bool) -> bool:
     """Turn huge pages for large CPU outputs on or off; returns the previous setting. Turning them on where
     the system does not hand them out on request leaves them off."""
-    return bool(_lib.set_cpu_huge_pages(bool(enabled)))
+    if not isinstance(enabled, bool):  # bool("no") is True: a string must not turn them on
+        raise TypeError(f"fastact.set_cpu_huge_pages: enabled must be True or False, got {type(enabled).__name__}")
+    return bool(_lib.set_cpu_huge_pages(enabled))
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _threshold(fn: str, arg: str, value) -> int:
+    """A threshold argument as the C++ side takes it (int64): an int, huge ones and math.inf saturated (they
+    mean "never")."""
+    if value == math.inf and isinstance(value, float):
+        return _INT64_MAX
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)  # ints, numpy integers; not floats
+    except TypeError:
+        raise TypeError(f"fastact.ops.{fn}: {arg} must be a non-negative int (or math.inf), "
+                        f"got {type(value).__name__}") from None
+    return min(value, _INT64_MAX)  # a negative value is refused by the C++ side
 
 
 def cpu_streaming_threshold() -> int:
@@ -71,21 +92,21 @@ def cpu_streaming_threshold() -> int:
 
 def set_cpu_streaming_threshold(nbytes: int) -> int:
     """Set the streaming threshold in bytes (0: always stream); returns the previous one."""
-    return int(_lib.set_cpu_streaming_threshold(int(nbytes)))
+    return int(_lib.set_cpu_streaming_threshold(_threshold("set_cpu_streaming_threshold", "nbytes", nbytes)))
 
 
 def cpu_lookup_threshold() -> int:
-    """bfloat16/float16 swish and mish on CPU with one parameter value (and, backward, no parameter gradient)
-    and at least this many elements (default 2^18; 4x that where the table must be built first) read f, or f'
-    for the backward, from a table of all 65536 inputs built with the kernel itself (same bits), in the AVX2
-    kernel build."""
+    """bfloat16/float16 swish and mish on CPU with one parameter value (a float, or a one-element tensor,
+    learnable or not) and at least this many elements (default 2^18; 4x that where the table must be built
+    first) read f, f', or f' with df/dbeta (a learnable beta's backward) from a table of all 65536 inputs built
+    with the kernel itself (same bits), in the AVX2 and AVX-512 kernel builds."""
     return int(_lib.cpu_lookup_threshold())
 
 
 def set_cpu_lookup_threshold(numel: int) -> int:
-    """Set the lookup-table threshold in elements (0: always, for tests; a huge value: never); returns the
-    previous one."""
-    return int(_lib.set_cpu_lookup_threshold(int(numel)))
+    """Set the lookup-table threshold in elements (0: always, for tests; math.inf or any value past 2^63 - 1:
+    never); returns the previous one."""
+    return int(_lib.set_cpu_lookup_threshold(_threshold("set_cpu_lookup_threshold", "numel", numel)))
 
 
 def cpu_lookup_tables_cached() -> int:

@@ -179,6 +179,10 @@ def test_sizes_and_shapes():
     assert kb.parse_size("2^24") == 2 ** 24
     assert kb.parse_size("2**10") == 1024
     assert kb.parse_size("5000") == 5000
+    assert kb.parse_size("0") == 1 and kb.parse_size("2^40") == 2 ** 40
+    for bad in ("1.5", "2^100", "2^-1", "-3", "2^x", ""):
+        with pytest.raises(ValueError):
+            kb.parse_size(bad)
     for numel in (2 ** 12, 2 ** 20, 2 ** 24, 2 ** 28, 64 * 3 * 7):
         shape = kb.make_shape(numel, 64)
         assert len(shape) == 4 and shape[1] == 64 and math.prod(shape) == numel
@@ -275,6 +279,9 @@ def test_regimes_both(capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--ops", "bogus"], "unknown op 'bogus'"),
     (["--sizes", "x"], "bad --sizes 'x'"),
+    (["--sizes", "2^100"], "bad --sizes '2^100' (2^100: the exponent must be 0..40)"),
+    (["--sizes", "1.5"], "bad --sizes '1.5'"),
+    (["--sizes", "2^40", "--channels", "1"], "size 1099511627776 needs about 24576 GiB of cpu memory"),
     (["--dtypes", "int8"], "unknown dtype 'int8'"),
 ])
 def test_bad_selections_are_usage_errors(argv, message, capsys, no_run):

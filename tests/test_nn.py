@@ -1617,6 +1617,27 @@ def test_swish_constructor_errors():
         fnn.Swish(learnable=True, num_parameters=0)
 
 
+@pytest.mark.parametrize("make, error, pattern", [
+    (lambda: fnn.PReLU(0), ValueError, r"fastact\.nn\.PReLU: num_parameters must be >= 1, got 0"),
+    (lambda: fnn.PReLU(-1), ValueError, r"fastact\.nn\.PReLU: num_parameters must be >= 1, got -1"),
+    (lambda: fnn.PReLU(2.5), TypeError, r"fastact\.nn\.PReLU: num_parameters must be an int, got float"),
+    (lambda: fnn.PReLU(init="a"), TypeError, r"fastact\.nn\.PReLU: init must be a real number, got str"),
+    (lambda: fnn.Swish(learnable=True, num_parameters=True), TypeError, r"fastact\.nn\.Swish: num_parameters"),
+    (lambda: fnn.Swish(beta="a"), TypeError, r"fastact\.nn\.Swish: beta must be a real number, got str"),
+    (lambda: fnn.LeakyReLU("a"), TypeError, r"fastact\.nn\.LeakyReLU: negative_slope must be a real number"),
+], ids=["prelu-0", "prelu-negative", "prelu-float", "prelu-init", "swish-bool", "swish-beta", "leaky-slope"])
+def test_module_constructor_errors_name_module_and_argument(make, error, pattern):
+    with pytest.raises(error, match=pattern):
+        make()
+
+
+def test_module_constructors_take_numpy_and_tensor_numbers():
+    import numpy as np
+    assert fnn.PReLU(np.int64(3)).weight.shape == (3,)
+    assert fnn.Swish(np.float32(1.5)).beta == 1.5
+    assert fnn.LeakyReLU(torch.tensor(0.2)).negative_slope == pytest.approx(0.2)
+
+
 X8 = lambda: torch.randn(2, 8, 4)  # noqa: E731
 
 

@@ -1022,6 +1022,34 @@ def test_lookup_threshold_rejects_negative():
         fastact.ops.set_cpu_lookup_threshold(-1)
 
 
+@pytest.mark.parametrize("name", ["set_cpu_lookup_threshold", "set_cpu_streaming_threshold"])
+def test_thresholds_saturate_huge_values_and_refuse_non_integers(name):
+    setter, getter = getattr(fastact.ops, name), getattr(fastact.ops, name.replace("set_", ""))
+    previous = setter(2 ** 64)  # "a huge value: never", past int64
+    try:
+        assert getter() == 2 ** 63 - 1
+        setter(5)
+        setter(math.inf)
+        assert getter() == 2 ** 63 - 1
+        for bad in (1.5, "8", True, None):
+            with pytest.raises(TypeError, match=rf"fastact\.ops\.{name}: \w+ must be a non-negative int"):
+                setter(bad)
+        assert getter() == 2 ** 63 - 1  # a refused call changes nothing
+    finally:
+        setter(previous)
+
+
+def test_set_cpu_huge_pages_takes_only_a_bool():
+    previous = fastact.set_cpu_huge_pages(False)
+    try:
+        for bad in ("no", "False", 1, None):
+            with pytest.raises(TypeError, match="fastact.set_cpu_huge_pages: enabled must be True or False"):
+                fastact.set_cpu_huge_pages(bad)
+        assert fastact.cpu_huge_pages() is False  # bool("no") would have turned them on
+    finally:
+        fastact.set_cpu_huge_pages(previous)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Transparent huge pages for large CPU outputs
 # --------------------------------------------------------------------------------------------------------
@@ -1080,15 +1108,35 @@ def test_outputs_under_32_mib_are_not_advised():
         fastact.set_cpu_huge_pages(previous)
 
 
+def _in_subprocess(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-W", "always", "-c", code], env={**os.environ, **env},
+                          capture_output=True, text=True, check=True, timeout=120)
+
+
 def test_huge_pages_switch_off_from_the_environment():
-    import os
-    import subprocess
-    import sys
     code = "import fastact; print(fastact.cpu_huge_pages())"
-    for env in ({"FASTACT_HUGE_PAGES": "0"}, {"THP_MEM_ALLOC_ENABLE": "1"}):
-        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
-                             text=True, check=True).stdout.split()
+    for env in ({"FASTACT_HUGE_PAGES": "0"}, {"FASTACT_HUGE_PAGES": "false"}, {"FASTACT_HUGE_PAGES": "Off"},
+                {"FASTACT_HUGE_PAGES": "NO"}, {"THP_MEM_ALLOC_ENABLE": "1"}):
+        out = _in_subprocess(code, env).stdout.split()
         assert out[-1] == "False", (env, out)
+
+
+@pytest.mark.skipif("[madvise]" not in _thp_mode(), reason="transparent huge pages are not in madvise mode")
+def test_an_unknown_huge_pages_value_warns_and_keeps_the_default():
+    result = _in_subprocess("import fastact; print(fastact.cpu_huge_pages())", {"FASTACT_HUGE_PAGES": "maybe"})
+    assert result.stdout.split()[-1] == "True"
+    assert "FASTACT_HUGE_PAGES=maybe is not one of 0/false/off/no or 1/true/on/yes" in result.stderr
+
+
+def test_an_unknown_cpu_capability_warns_and_is_ignored():
+    code = "import fastact; print(fastact.cpu_capability(), fastact.supported_cpu_capabilities()[-1])"
+    result = _in_subprocess(code, {"FASTACT_CPU_CAPABILITY": "sse9"})
+    picked, widest = result.stdout.split()[-2:]
+    assert picked == widest
+    assert "FASTACT_CPU_CAPABILITY=sse9 is not one of default, " in result.stderr
+    # names are read case-insensitively: DEFAULT caps the build as default does, without a warning
+    result = _in_subprocess(code, {"FASTACT_CPU_CAPABILITY": "DEFAULT"})
+    assert result.stdout.split()[-2] == "default" and "FASTACT_CPU_CAPABILITY" not in result.stderr
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -1212,7 +1260,7 @@ def test_out_variants_bump_versions_inside_inference_mode_and_refuse_inference_t
         frozen = torch.randn(3, 4)
         out_call(name, frozen, out=frozen)  # an inference tensor inside inference_mode: fine
     before = frozen.clone()
-    with pytest.raises(RuntimeError, match=rf"fastact\.{name}: out is an inference tensor"):
+    with pytest.raises(RuntimeError, match=rf"fastact\.{name}: x \(written in place\) is an inference tensor"):
         out_call(name, frozen, out=frozen)
     assert torch.equal(frozen, before)  # refused before anything was written
     # a call the kernel refuses writes nothing, and (as torch's ops) leaves the version as it was
@@ -1222,8 +1270,22 @@ def test_out_variants_bump_versions_inside_inference_mode_and_refuse_inference_t
     assert out._version == version
 
 
-@pytest.mark.parametrize("fn", [lambda t: fastact.silu(t, inplace=True), lambda t: fastact.mish(t, inplace=True),
-                                lambda t: fastact.leaky_relu(t, 0.2, inplace=True)], ids=["silu", "mish", "leaky"])
+INPLACE_CALLS = {"swish": lambda t: fastact.silu(t, inplace=True), "mish": lambda t: fastact.mish(t, inplace=True),
+                 "leaky_relu": lambda t: fastact.leaky_relu(t, 0.2, inplace=True)}
+
+
+@pytest.mark.parametrize("op", list(INPLACE_CALLS))
+def test_inplace_errors_name_x_not_out(op):
+    """An in-place call writes x through the out= form; its errors name x, which the caller passed."""
+    with torch.inference_mode():
+        frozen = torch.randn(3, 4)
+    with pytest.raises(RuntimeError, match=rf"fastact\.{op}: x \(written in place\) is an inference tensor"):
+        INPLACE_CALLS[op](frozen)
+    with pytest.raises(RuntimeError, match=rf"fastact\.{op}: x \(written in place\) has elements that share"):
+        INPLACE_CALLS[op](torch.randn(1, 3).expand(4, 3))
+
+
+@pytest.mark.parametrize("fn", list(INPLACE_CALLS.values()), ids=["silu", "mish", "leaky"])
 def test_inplace_under_inference_mode_invalidates_a_saved_tensor(fn):
     w = torch.randn(1, requires_grad=True)
     h = torch.randn(6)

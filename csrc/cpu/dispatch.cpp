@@ -6,6 +6,7 @@
 // parameter gradient therefore has the same bits on every run and for any number of threads.
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -80,8 +81,18 @@ const Capability* detect() {
   for (const char* var : {"FASTACT_CPU_CAPABILITY", "ATEN_CPU_CAPABILITY"}) {
     const char* env = std::getenv(var);
     if (env == nullptr || *env == '\0') continue;
-    const Capability* wanted = find(env);
+    std::string name(env);
+    for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    const Capability* wanted = find(name);
     if (wanted != nullptr && wanted->supported() && wanted <= best) return wanted;
+    if (std::strcmp(var, "FASTACT_CPU_CAPABILITY") == 0) {  // ATen's variable keeps ATen's meaning, unwarned
+      std::string names;
+      for (const auto& c : kCapabilities) names += std::string(names.empty() ? "" : ", ") + c.name;
+      TORCH_WARN("fastact: FASTACT_CPU_CAPABILITY=", env,
+                 wanted == nullptr ? std::string(" is not one of ") + names
+                                   : std::string(" is a build this CPU does not run"),
+                 "; the variable is ignored");
+    }
   }
   return best;
 }

@@ -10,11 +10,14 @@
 // system call cost 2-7% of a 4 MB LeakyReLU (measured, benchmarks/results/cpu/zen3/README.md).
 // Off with FASTACT_HUGE_PAGES=0 or fastact.set_cpu_huge_pages(False).
 #include <atomic>
+#include <cctype>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <string>
+
+#include <c10/util/Exception.h>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -48,7 +51,15 @@ std::size_t huge_page_size() {
 
 bool env_enabled() {
   const char* env = std::getenv("FASTACT_HUGE_PAGES");
-  if (env != nullptr && (std::strcmp(env, "0") == 0 || std::strcmp(env, "false") == 0)) return false;
+  if (env != nullptr) {
+    std::string value(env);
+    for (char& c : value) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (value == "0" || value == "false" || value == "off" || value == "no") return false;
+    if (!value.empty() && value != "1" && value != "true" && value != "on" && value != "yes") {
+      TORCH_WARN("fastact: FASTACT_HUGE_PAGES=", env, " is not one of 0/false/off/no or 1/true/on/yes; "
+                 "huge pages stay at their default (on where the system hands them out)");
+    }
+  }
   const char* torch_thp = std::getenv("THP_MEM_ALLOC_ENABLE");  // PyTorch's allocator already advises
   if (torch_thp != nullptr && std::strcmp(torch_thp, "1") == 0) return false;
   return huge_page_size() != 0;
