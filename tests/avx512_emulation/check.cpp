@@ -322,6 +322,20 @@ void check_case(ActivationId id, const char* op, double param, bool per_channel,
   }
 }
 
+// A problem over n elements with one parameter value, as dispatch.cpp makes them for the lookup tables.
+template <typename T>
+ElementwiseProblem one_param_problem(ActivationId id, double param, int64_t n) {
+  ElementwiseProblem p{};
+  p.activation = id;
+  p.dtype = dtype_of<T>();
+  p.numel = p.inner = n;
+  p.channels = 1;
+  p.param_scalar = param;
+  p.params_nonzero = static_cast<float>(param) != 0;
+  p.params_at_most_one = static_cast<float>(param) <= 1;
+  return p;
+}
+
 // The 16-bit lookup tables: built by each build from every value as dispatch.cpp builds them, compared
 // bitwise, and the emulated build's lookup kernels against its computed kernels on data.
 template <typename T>
@@ -342,14 +356,7 @@ void check_tables(ActivationId id, const char* op, double param) {
   std::vector<float> derivatives[2], pairs[2];
   for (int side = 0; side < 2; ++side) {
     const RangeKernels& k = side ? *g_test : *g_base;
-    ElementwiseProblem p{};
-    p.activation = id;
-    p.dtype = dtype_of<T>();
-    p.numel = p.inner = kTable;
-    p.channels = 1;
-    p.param_scalar = param;
-    p.params_nonzero = static_cast<float>(param) != 0;
-    p.params_at_most_one = static_cast<float>(param) <= 1;
+    ElementwiseProblem p = one_param_problem<T>(id, param, kTable);
     p.x = every.data();
     values[side].assign(kTable + 1, T(0));
     p.out = values[side].data();
@@ -376,14 +383,7 @@ void check_tables(ActivationId id, const char* op, double param) {
       const auto x = make_input<T>(n, 4.0);
       auto g = make_input<T>(n, 2.0);
       for (auto& v : g) if (!std::isfinite(static_cast<double>(v))) v = T(0.75);
-      ElementwiseProblem p{};
-      p.activation = id;
-      p.dtype = dtype_of<T>();
-      p.numel = p.inner = n;
-      p.channels = 1;
-      p.param_scalar = param;
-      p.params_nonzero = static_cast<float>(param) != 0;
-      p.params_at_most_one = static_cast<float>(param) <= 1;
+      ElementwiseProblem p = one_param_problem<T>(id, param, n);
       p.x = x.data();
       p.grad = g.data();
       p.stream_out = stream;
