@@ -66,8 +66,10 @@ struct SwishOp {
   }
   template <typename T>
   FASTACT_HOST_DEVICE static T forward_scaled_general(T x, T z) {
+    // where e = exp(z) is subnormal, f = x e (math_primitives.h)
+    T f = fa_select_exp_tail(z, T(1), x, T(1), x * sigmoid(z, fa_exp_nonpositive(fa_neg_abs(z))));
     // z = -inf: x * 0 would be NaN for x = +-inf; the limit is 0.
-    const T f = fa_select(z == fa_neg(fa_inf<T>()), T(0), x * sigmoid(z, fa_exp_nonpositive(fa_neg_abs(z))));
+    f = fa_select(z == fa_neg(fa_inf<T>()), T(0), f);
     if constexpr (fa_is_float_pack<T>::value) {  // the lanes the fast path covers get its bits
       return fa_select(fa_abs(z) <= T(87), forward_moderate(x, fa_clamp(z, -87.0f, 87.0f)), f);
     }
@@ -143,6 +145,9 @@ struct SwishOp {
   FASTACT_HOST_DEVICE static void backward_scaled_general(T g, T x, T z, T u, T& gx, T& gbeta) {
     T s;
     backward_terms(g, x, z, fa_exp_nonpositive(u), gx, gbeta, s);
+    // where e = exp(z) is subnormal, df/dx = (1 + z) e and df/dbeta = x^2 e (math_primitives.h)
+    gx = fa_select_exp_tail(z, g, T(1), T(1) + z, gx);
+    gbeta = fa_select_exp_tail(z, g, x, x, gbeta);
     // z = +-inf: z s (1 - s) and x^2 s (1 - s) are inf * 0 there; their limit is 0
     const auto z_inf = fa_abs(z) == fa_inf<T>();
     gx = fa_select(z_inf, g * s, gx);
@@ -184,7 +189,9 @@ struct MishOp {
   }
   template <typename T>
   FASTACT_HOST_DEVICE static T forward_general(T x) {
-    const T f = fa_select(x == fa_neg(fa_inf<T>()), T(0), x * tanh_softplus_from(x, fa_exp_nonpositive(fa_neg_abs(x))));
+    // where e = exp(x) is subnormal, f = x e (math_primitives.h)
+    T f = fa_select_exp_tail(x, T(1), x, T(1), x * tanh_softplus_from(x, fa_exp_nonpositive(fa_neg_abs(x))));
+    f = fa_select(x == fa_neg(fa_inf<T>()), T(0), f);
     if constexpr (fa_is_float_pack<T>::value) {  // the lanes the fast path covers get its bits
       return fa_select(fa_abs(x) <= T(kModerate), forward_moderate(fa_clamp(x, -kModerate, kModerate)), f);
     }
@@ -264,6 +271,7 @@ struct MishOp {
   FASTACT_HOST_DEVICE static void backward_general(T g, T x, T u, T& gx) {
     T term;
     backward_terms(g, x, fa_exp_nonpositive(u), gx, term);
+    gx = fa_select_exp_tail(x, g, T(1), T(1) + x, gx);  // where e = exp(x) is subnormal, f' = (1 + x) e (math_primitives.h)
     gx = fa_select(fa_abs(x) == fa_inf<T>(), g * term, gx);  // the tail is inf * 0 there; its limit is 0
   }
 };

@@ -23,6 +23,7 @@ template <typename T>
 FASTACT_HOST_DEVICE T fa_select(bool mask, T a, T b) {
   return mask ? a : b;
 }
+FASTACT_HOST_DEVICE bool fa_any(bool mask) { return mask; }
 
 // if_negative where v < 0, otherwise where v > 0; at v = +-0 and NaN it may take either, so callers use it
 // only where both give the same there. On x86 the blend reads v's sign bit itself: no comparison.
@@ -54,6 +55,33 @@ FASTACT_HOST_DEVICE double fa_exp(double x) {
 // exp(x) for x <= 0, which is all the functors need (they take exp(-|z|), so nothing overflows).
 FASTACT_HOST_DEVICE float fa_exp_nonpositive(float x) { return fa_exp(x); }
 FASTACT_HOST_DEVICE double fa_exp_nonpositive(double x) { return fa_exp(x); }
+
+// The element type of T: T itself, or S for a VecPack<S, N>.
+template <typename T>
+struct fa_scalar_type {
+  using type = T;
+};
+
+// Where exp(u) is below the normal numbers (u < -87 in float, whose smallest normal is exp(-87.34); u < -708 in
+// double), it carries few significant bits (at u = -90 in float, 1 part in 600 000), and a result c e (the
+// functors' leading term in that tail, c = x, 1 + x or x^2: |c| near |u| or larger) would keep that error, some
+// 50 ulps of a result that is itself still normal.
+template <typename T>
+FASTACT_HOST_DEVICE auto fa_exp_is_subnormal(T u) {
+  constexpr double kBound = std::is_same_v<typename fa_scalar_type<T>::type, double> ? -708.0 : -87.0;
+  return T(kBound) > u;
+}
+// otherwise, with its lanes where exp(u) is subnormal replaced by a c b exp(u), computed as (a (c h)) (b h) with
+// h = exp(u / 2) (a normal number): a few ulps, rounded once into the subnormals. With a the incoming gradient and
+// c, b the rest, no product overflows where the result does not (a c alone may: a large gradient times x^2's x),
+// and where h underflows to 0 the result is 0. A pack without such a lane costs a comparison.
+template <typename T>
+FASTACT_HOST_DEVICE T fa_select_exp_tail(T u, T a, T c, T b, T otherwise) {
+  const auto tail = fa_exp_is_subnormal(u);
+  if (!fa_any(tail)) [[likely]] return otherwise;
+  const T h = fa_exp_nonpositive(u * T(0.5));
+  return fa_select(tail, (a * (c * h)) * (b * h), otherwise);
+}
 
 // Whether T is a pack of float vectors: the one compute type whose exp has a fast path for arguments in
 // [-87, 0] (fa_exp_moderate). The functors' forms for it skip what only the far tails need (exp's range
@@ -119,6 +147,10 @@ struct VecPack {
   static constexpr auto kIndices = std::make_integer_sequence<int, N>{};
   template <typename F, int... I>
   FASTACT_HOST_DEVICE VecPack(const F& f, std::integer_sequence<int, I...>) : v{f(std::integral_constant<int, I>{})...} {}
+};
+template <typename S, int N>
+struct fa_scalar_type<VecPack<S, N>> {
+  using type = S;
 };
 
 #define FASTACT_PACK_BINARY_OP(op)                                                                   \

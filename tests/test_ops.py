@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -412,27 +413,185 @@ def test_mish_no_overflow_at_large_magnitude(device, dtype):
     assert g.tolist() == [1.0, 0.0]
 
 
+def ulp_errors(got, want, dtype):
+    """|got - want| in ulps of want in dtype: eps |want| for a normal want, the subnormals' spacing below."""
+    info = torch.finfo(dtype)
+    got, want = got.detach().double().cpu(), want.detach().double().cpu()
+    ulp = torch.where(want.abs() < info.smallest_normal, info.smallest_normal * info.eps, info.eps * want.abs())
+    return (got - want).abs() / ulp, want.abs() < info.smallest_normal
+
+
+def assert_few_ulps(got, want, dtype, what, keep=None):
+    """Within 4 ulps of a normal reference, and within 2 of the subnormals' spacing of a subnormal one."""
+    err, subnormal = ulp_errors(got, want, dtype)
+    keep = torch.ones_like(subnormal) if keep is None else keep.cpu()
+    for part, limit, where in ((keep & ~subnormal, 4.0, "normal"), (keep & subnormal, 2.0, "subnormal")):
+        if part.any():
+            worst = err[part].max().item()
+            assert worst <= limit, f"{what} ({where} results): max error {worst:.2f} ulps"
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", ["mish", "silu"])
+@pytest.mark.parametrize("name", ["mish", "silu", "swish_param"])
 def test_tails_accurate_to_few_ulps_in_float32(device, name):
     """Deep in the tails (where torch's CPU mish gradient at -100 has the wrong sign) f and f' stay within a
-    few float32 ulps of float64 wherever the true value is a normal float."""
-    x = torch.linspace(-87.0, 25.0, 20001, dtype=torch.float32, device=device).requires_grad_()
-    fast = fastact.mish if name == "mish" else fastact.silu
-    ref = R.mish if name == "mish" else (lambda t: R.swish(t, 1.0))
-    y = fast(x)
-    (g,) = torch.autograd.grad(y.sum(), x)
-    xr = x.detach().double().requires_grad_()
-    yr = ref(xr)
-    (gr,) = torch.autograd.grad(yr.sum(), xr)
-    tiny = torch.finfo(torch.float32).smallest_normal
-    for got, want, what in ((y, yr, "f"), (g, gr, "f'")):
-        got, want = got.detach().double().cpu(), want.detach().cpu()
-        far_from_root = (xr.detach().cpu() < -4) | (xr.detach().cpu() > 0)  # f' has a root near -1.2
-        keep = (want.abs() > tiny) & (far_from_root if what == "f'" else True)
-        ulp = torch.finfo(torch.float32).eps * want.abs()
-        assert ((got - want).abs()[keep] <= 4 * ulp[keep]).all(), \
-            f"{name} {what}: max error {((got - want).abs()[keep] / ulp[keep]).max().item():.2f} ulps"
+    few float32 ulps of float64, also below exp's normal range: for z < -87 exp(z) is subnormal, while x e^z
+    stays normal down to -91.7 (and x^2 e^z, beta's gradient, much further with a small beta). swish_param
+    takes beta = 0.25 per channel, one channel per element, so that beta x is exact and df/dbeta is checked
+    element by element."""
+    if name == "swish_param":
+        x = torch.linspace(-440.0, 100.0, 27001, dtype=torch.float32, device=device).reshape(1, -1)
+        beta = torch.full((x.shape[1],), 0.25, device=device, requires_grad=True)
+        x.requires_grad_()
+        y = fastact.swish(x, beta)
+        g, g_beta = torch.autograd.grad(y.sum(), (x, beta))
+        xd, z = x.detach().double(), 0.25 * x.detach().double()
+        wants = [(y, R.swish(xd, 0.25), "f"), (g, R.swish_grad(xd, 0.25), "f'"),
+                 (g_beta, R.swish_grad_beta(xd, 0.25).reshape(-1), "df/dbeta")]
+    else:
+        x = torch.linspace(-110.0, 25.0, 27001, dtype=torch.float32, device=device).requires_grad_()
+        y = (fastact.mish if name == "mish" else fastact.silu)(x)
+        (g,) = torch.autograd.grad(y.sum(), x)
+        xd = z = x.detach().double()
+        wants = [(y, R.mish(xd) if name == "mish" else R.swish(xd), "f"),
+                 (g, R.mish_grad(xd) if name == "mish" else R.swish_grad(xd), "f'")]
+    far_from_root = ((z < -4) | (z > 0)).cpu()  # f' has a root near z = -1.2
+    for got, want, what in wants:
+        keep = far_from_root.reshape(-1) if what == "f'" else None
+        assert_few_ulps(got.reshape(-1), want.reshape(-1), torch.float32, f"{name} {what}", keep)
+
+
+def mp_references(op, beta, xs):
+    """f, df/dx and df/dbeta (0 for mish) at each x in xs, from 40-digit arithmetic (mpmath), rounded to
+    float64: three float64 tensors."""
+    mpmath = pytest.importorskip("mpmath")
+    rows = []
+    with mpmath.workdps(40):
+        for v in xs.tolist():
+            v = mpmath.mpf(v)
+            if op == "mish":
+                t = mpmath.tanh(mpmath.log1p(mpmath.exp(v)))
+                rows.append((v * t, t + v / (1 + mpmath.exp(-v)) * (1 - t * t), 0))
+            else:
+                z = v * beta
+                s = 1 / (1 + mpmath.exp(-z))
+                rows.append((v * s, s + z * s * (1 - s), v * v * s * (1 - s)))
+    return torch.tensor([[float(r) for r in row] for row in rows], dtype=torch.float64).T
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float64_tails_below_exps_normal_range_against_mpmath(device):
+    """Float64's exp(z) is subnormal for z < -708: f, f' and df/dbeta there against 40-digit references."""
+    x = torch.linspace(-745.5, -700.0, 183, dtype=torch.float64)
+    for name, xs, beta in (("silu", x, 1.0), ("mish", x, None), ("swish_param", 4 * x, 0.25)):
+        xs = xs.to(device).reshape(1, -1).requires_grad_()
+        if name == "swish_param":  # one channel per element: df/dbeta element by element
+            b = torch.full((xs.shape[1],), beta, dtype=torch.float64, device=device, requires_grad=True)
+            y = fastact.swish(xs, b)
+            outs = (y, *torch.autograd.grad(y.sum(), (xs, b)))
+        else:
+            y = fastact.mish(xs) if name == "mish" else fastact.silu(xs)
+            outs = (y, *torch.autograd.grad(y.sum(), xs))
+        wants = mp_references("mish" if name == "mish" else "swish", beta, xs.detach().reshape(-1).cpu())
+        for got, want, what in zip(outs, wants, ("f", "f'", "df/dbeta")):
+            assert_few_ulps(got.reshape(-1), want, torch.float64, f"{name} {what}")
+
+
+SCALAR_FUNCTORS = Path(__file__).parent / "scalar_functors" / "functors.cpp"
+
+
+@pytest.fixture(scope="module")
+def scalar_functors(tmp_path_factory):
+    """tests/scalar_functors/functors.cpp built for the host: the functors on float and double scalars."""
+    compiler = next((c for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c and shutil.which(c)), None)
+    if compiler is None:
+        pytest.skip("no C++ compiler for the scalar functors' check")
+    exe = tmp_path_factory.mktemp("scalar_functors") / "functors"
+    csrc = Path(__file__).parents[1] / "csrc"
+    subprocess.run([compiler, "-O2", "-std=c++20", f"-I{csrc}", str(SCALAR_FUNCTORS), "-o", str(exe)],
+                   check=True, capture_output=True, text=True)
+    return exe
+
+
+SCALAR_FUNCTOR_CASES = [c for c in CASES if c.name in ("silu", "swish", "mish", "leaky_relu")]
+SCALAR_FUNCTOR_CASES += [Case("swish", lambda x, p: fastact.swish(x, p), R.swish, 0.25)]
+
+
+def run_scalar_functors(exe, op, dtype, param, x, g):
+    """f, g df/dx and g df/dparam from the scalar functors, elementwise."""
+    lines = "".join(f"{float(a).hex()} {float(b).hex()}\n" for a, b in zip(x.tolist(), g.tolist()))
+    result = subprocess.run([str(exe), op, "float" if dtype == torch.float32 else "double", repr(float(param))],
+                            input=lines, capture_output=True, text=True, check=True)
+    out = torch.tensor([[float.fromhex(v) for v in line.split()] for line in result.stdout.splitlines()],
+                       dtype=torch.float64)
+    assert out.shape == (x.numel(), 3)
+    return tuple(out[:, k].to(dtype) for k in range(3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", SCALAR_FUNCTOR_CASES, ids=[str(c) for c in SCALAR_FUNCTOR_CASES])
+def test_scalar_functors_the_cuda_kernels_run_match_float64(scalar_functors, case, dtype):
+    """The CUDA kernels compute each element with the functors on float or double scalars, a path the CPU
+    kernels (packs, with their own fast paths) never take. Checked here on the host: against the same float64
+    references and tolerances as the ops on random, small and large values; in the far tails, where exp(x) is
+    subnormal, to within a few ulps (of the subnormals' spacing for subnormal results) against float64 (for
+    float32) or 40-digit references; at +-0, +-inf and NaN, against the CPU ops (the limits test_edge_values
+    checks)."""
+    op, p = {"silu": ("swish", 1.0), "swish": ("swish", case.param), "mish": ("mish", 1.0),
+             "leaky_relu": ("leaky", case.param)}[case.name]
+    gen = torch.Generator().manual_seed(7)
+    info = torch.finfo(dtype)
+    largest = info.max / 4  # (so that beta x, a slope times x and the tolerances stay finite)
+    values = [info.tiny, -info.tiny, info.smallest_normal * info.eps, 1e-30, -1e-30, 1.0, -1.0, largest, -largest]
+    x = torch.cat([torch.randn(3000, generator=gen, dtype=torch.float64) * torch.tensor([0.5, 3.0, 30.0]).repeat(1000),
+                   torch.tensor(values, dtype=torch.float64)]).to(dtype)
+    g = torch.rand(x.shape, generator=gen, dtype=torch.float64) * 2 - 1  # |g| <= 1 (g x cannot overflow) ...
+    if op == "swish":  # ... but at the largest x, where g x overflows and g x^2 exp(beta x) need not
+        g[x.abs() == largest] = 4.5  # (torch's float64 mish gradient, the reference, is NaN there)
+    g = g.to(dtype)
+    y, gx, gp = run_scalar_functors(scalar_functors, op, dtype, p, x, g)
+    y_ref, (g_ref,) = reference_grads(case, x, p, g)
+    cond = condition(case, x, p)
+    assert_close_to_ref(y, y_ref, dtype, ulps=ULPS[dtype], what=f"{case} {dtype} scalar forward", cond=cond)
+    assert_close_to_ref(gx, g_ref, dtype, scale=grad_term_scale(case, x, p, g), ulps=ULPS[dtype] + 2,
+                        what=f"{case} {dtype} scalar grad x", cond=cond)
+    xd, gd = x.double(), g.double()
+    gp_ref = {"swish": lambda: gd * R.swish_grad_beta(xd, p), "leaky": lambda: torch.where(xd > 0, 0.0, gd * xd),
+              "mish": lambda: torch.zeros_like(xd)}[op]()
+    gp_ref = torch.where(gp_ref.abs() > info.max, gp_ref * INF, gp_ref)  # (beta = 0: x^2 / 4 overflows at the largest x)
+    assert_close_to_ref(gp, gp_ref, dtype, ulps=ULPS[dtype] + 2, what=f"{case} {dtype} scalar grad param", cond=cond)
+
+    if op != "leaky" and p in (1.0, 0.5, 0.25):  # the tail where exp(beta x) is subnormal (beta x exact)
+        z = torch.linspace(-110.0, -80.0, 601) if dtype == torch.float32 else torch.linspace(-750.0, -700.0, 601)
+        x = (z.double() / p).to(dtype)
+        y, gx, gp = run_scalar_functors(scalar_functors, op, dtype, p, x, torch.ones_like(x))
+        if dtype == torch.float32:
+            xd = x.double()
+            wants = (R.mish(xd), R.mish_grad(xd), None) if op == "mish" else \
+                (R.swish(xd, p), R.swish_grad(xd, p), R.swish_grad_beta(xd, p))
+        else:  # (torch's float64 sigmoid underflows to 0 from -709.8 on)
+            wants = mp_references(op, p, x)
+        for got, want, what in zip((y, gx, gp), wants, ("f", "f'", "df/dbeta")):
+            if want is not None:
+                assert_few_ulps(got, want, dtype, f"{case} {dtype} scalar {what} in the tail")
+
+    edges = torch.tensor([0.0, -0.0, INF, -INF, math.nan], dtype=dtype).requires_grad_()
+    g_edges = torch.tensor([0.5, -1.0, 0.75, 1.0, 1.0], dtype=dtype)
+    y_cpu = case.fast(edges, p)
+    (gx_cpu,) = torch.autograd.grad(y_cpu, edges, g_edges)
+    edges = edges.detach()
+    if op == "leaky":
+        gp_cpu = torch.where(edges > 0, 0.0, g_edges * edges)
+    elif op == "swish" and p == 0:  # x^2 / 4
+        gp_cpu = g_edges * edges * edges / 4
+    elif op == "swish":  # (x^2 s (1 - s) -> 0 at +-inf)
+        gp_cpu = torch.where(edges.isnan(), math.nan, torch.zeros_like(edges))
+    else:
+        gp_cpu = torch.zeros_like(edges)
+    got = run_scalar_functors(scalar_functors, op, dtype, p, edges, g_edges)
+    for a, b, what in zip(got, (y_cpu.detach(), gx_cpu, gp_cpu), ("f", "g df/dx", "g df/dparam")):
+        torch.testing.assert_close(a, b, rtol=4 * info.eps, atol=0, equal_nan=True,
+                                   msg=f"{case} {dtype} scalar {what} at {edges.tolist()}: {a.tolist()}, the CPU op's {b.tolist()}")
 
 
 def test_torch_cpu_mish_gradient_is_wrong_in_the_tail_but_ours_is_not():
