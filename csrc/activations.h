@@ -145,9 +145,10 @@ struct SwishOp {
   FASTACT_HOST_DEVICE static void backward_scaled_general(T g, T x, T z, T u, T& gx, T& gbeta) {
     T s;
     backward_terms(g, x, z, fa_exp_nonpositive(u), gx, gbeta, s);
-    // where e = exp(z) is subnormal, df/dx = (1 + z) e and df/dbeta = x^2 e (math_primitives.h)
+    // where e = exp(u) = exp(-|z|) is subnormal, df/dbeta = x^2 e for either sign of z, and for z < 0
+    // df/dx = (1 + z) e (math_primitives.h; for z > 0, df/dx = 1 + (z - 1) e rounds to 1 there)
     gx = fa_select_exp_tail(z, g, T(1), T(1) + z, gx);
-    gbeta = fa_select_exp_tail(z, g, x, x, gbeta);
+    gbeta = fa_select_exp_tail(u, g, x, x, gbeta);
     // z = +-inf: z s (1 - s) and x^2 s (1 - s) are inf * 0 there; their limit is 0
     const auto z_inf = fa_abs(z) == fa_inf<T>();
     gx = fa_select(z_inf, g * s, gx);

@@ -436,11 +436,11 @@ def assert_few_ulps(got, want, dtype, what, keep=None):
 def test_tails_accurate_to_few_ulps_in_float32(device, name):
     """Deep in the tails (where torch's CPU mish gradient at -100 has the wrong sign) f and f' stay within a
     few float32 ulps of float64, also below exp's normal range: for z < -87 exp(z) is subnormal, while x e^z
-    stays normal down to -91.7 (and x^2 e^z, beta's gradient, much further with a small beta). swish_param
-    takes beta = 0.25 per channel, one channel per element, so that beta x is exact and df/dbeta is checked
-    element by element."""
+    stays normal down to -91.7 (and x^2 e^-|z|, beta's gradient, much further on either side with a small
+    beta). swish_param takes beta = 0.25 per channel, one channel per element, so that beta x is exact and
+    df/dbeta is checked element by element."""
     if name == "swish_param":
-        x = torch.linspace(-440.0, 100.0, 27001, dtype=torch.float32, device=device).reshape(1, -1)
+        x = torch.linspace(-440.0, 440.0, 44001, dtype=torch.float32, device=device).reshape(1, -1)
         beta = torch.full((x.shape[1],), 0.25, device=device, requires_grad=True)
         x.requires_grad_()
         y = fastact.swish(x, beta)
@@ -474,16 +474,18 @@ def mp_references(op, beta, xs):
                 rows.append((v * t, t + v / (1 + mpmath.exp(-v)) * (1 - t * t), 0))
             else:
                 z = v * beta
-                s = 1 / (1 + mpmath.exp(-z))
-                rows.append((v * s, s + z * s * (1 - s), v * v * s * (1 - s)))
+                e = mpmath.exp(-abs(z))  # (1 - s would cancel to 0 for large z even in 40 digits)
+                s, ds = (1 if z >= 0 else e) / (1 + e), e / (1 + e) ** 2
+                rows.append((v * s, s + z * ds, v * v * ds))
     return torch.tensor([[float(r) for r in row] for row in rows], dtype=torch.float64).T
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_float64_tails_below_exps_normal_range_against_mpmath(device):
-    """Float64's exp(z) is subnormal for z < -708: f, f' and df/dbeta there against 40-digit references."""
+    """Float64's exp(-|z|) is subnormal for |z| > 708: f, f' and df/dbeta (on both sides) there against 40-digit
+    references."""
     x = torch.linspace(-745.5, -700.0, 183, dtype=torch.float64)
-    for name, xs, beta in (("silu", x, 1.0), ("mish", x, None), ("swish_param", 4 * x, 0.25)):
+    for name, xs, beta in (("silu", x, 1.0), ("mish", x, None), ("swish_param", torch.cat([4 * x, -4 * x]), 0.25)):
         xs = xs.to(device).reshape(1, -1).requires_grad_()
         if name == "swish_param":  # one channel per element: df/dbeta element by element
             b = torch.full((xs.shape[1],), beta, dtype=torch.float64, device=device, requires_grad=True)
@@ -561,8 +563,9 @@ def test_scalar_functors_the_cuda_kernels_run_match_float64(scalar_functors, cas
     gp_ref = torch.where(gp_ref.abs() > info.max, gp_ref * INF, gp_ref)  # (beta = 0: x^2 / 4 overflows at the largest x)
     assert_close_to_ref(gp, gp_ref, dtype, ulps=ULPS[dtype] + 2, what=f"{case} {dtype} scalar grad param", cond=cond)
 
-    if op != "leaky" and p in (1.0, 0.5, 0.25):  # the tail where exp(beta x) is subnormal (beta x exact)
-        z = torch.linspace(-110.0, -80.0, 601) if dtype == torch.float32 else torch.linspace(-750.0, -700.0, 601)
+    if op != "leaky" and p in (1.0, 0.5, 0.25):  # the tails where exp(-|beta x|) is subnormal (beta x exact)
+        z = torch.linspace(80.0, 110.0, 601) if dtype == torch.float32 else torch.linspace(700.0, 750.0, 601)
+        z = torch.cat([-z, z])
         x = (z.double() / p).to(dtype)
         y, gx, gp = run_scalar_functors(scalar_functors, op, dtype, p, x, torch.ones_like(x))
         if dtype == torch.float32:
