@@ -78,7 +78,15 @@ def import_installed_torch():
             f"(pip install torch), then fastact (pip install .). Import error: {error}") from error
 
 
+# The oldest torch the test suite has passed on (2.9.1, 2026-12-06; also 2.11, 2.13, 2.14, 2.15). Checked here as
+# well as required below: pip builds against the torch installed before it resolves the requirement, so a build
+# against an older torch would link against the wrong libtorch once pip had upgraded it.
+MIN_TORCH = (2, 9)
+
 torch = import_installed_torch()
+if tuple(int(v) for v in re.match(r"(\d+)\.(\d+)", torch.__version__).groups()) < MIN_TORCH:
+    raise SystemExit(f"fastact needs torch >= {'.'.join(map(str, MIN_TORCH))}, found {torch.__version__} "
+                     f"({torch.__file__}): upgrade torch first (pip install -U torch), then install fastact")
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 with_cuda = build_kind == "cuda" or (build_kind == "auto" and torch.version.cuda is not None and cuda_home)
@@ -135,6 +143,24 @@ class BuildExtensionPerCapability(BuildExtension):
             pool.shutdown(wait=True)
 
 
+def wheel_only_cuda_headers(toolkit_home):
+    """A folder of links to the headers that torch's CUDA headers include (cuBLAS, cuSPARSE, ...) and that the
+    toolkit lacks, taken from the nvidia-* wheels installed beside torch; [] if none is missing. Only those:
+    the wheels also carry the CUDA runtime's own headers, for the CUDA version torch was built with, and these
+    must not shadow the toolkit's (nvcc 13.0 refuses CUDA 13.2's headers, which torch 2.15's wheels carry)."""
+    nvidia = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia")
+    toolkit = os.path.join(toolkit_home, "include")
+    links = os.path.join(here, "build", "cuda_headers_from_wheels")
+    shutil.rmtree(links, ignore_errors=True)
+    # nvidia/cu13/include (CUDA 13 wheels), nvidia/<library>/include (CUDA 12 wheels)
+    for wheel_include in sorted(glob.glob(os.path.join(nvidia, "*", "include"))):
+        for name in sorted(os.listdir(wheel_include)):
+            if not (os.path.exists(os.path.join(toolkit, name)) or os.path.lexists(os.path.join(links, name))):
+                os.makedirs(links, exist_ok=True)
+                os.symlink(os.path.join(wheel_include, name), os.path.join(links, name))
+    return [links] if os.path.isdir(links) else []
+
+
 sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
 sources = [s for s in sources if not os.path.basename(s).startswith("kernels_")]
 cxx_flags = ["-O3", "-fopenmp"]
@@ -146,9 +172,7 @@ if with_cuda:
     extension = CUDAExtension
     sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     define_macros.append(("FASTACT_WITH_CUDA", None))
-    # Headers torch's CUDA headers pull in (cuBLAS, cuSPARSE) may live in the nvidia-* wheels.
-    nvidia = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia")
-    include_dirs += sorted(glob.glob(os.path.join(nvidia, "cu*", "include")))
+    include_dirs += wheel_only_cuda_headers(cuda_home)
 if platform.system() == "Darwin":
     cxx_flags.remove("-fopenmp")
 
@@ -169,7 +193,7 @@ setup(
     ],
     cmdclass={"build_ext": BuildExtensionPerCapability},
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy", "matplotlib", "tqdm", "rich"],
+    install_requires=[f"torch>={'.'.join(map(str, MIN_TORCH))}", "numpy", "matplotlib", "tqdm", "rich"],
     entry_points={"console_scripts": ["fastact-bench = fastact.cli:main"]},
     zip_safe=False,
 )
