@@ -454,11 +454,12 @@ else:
     sys.meta_path.insert(0, _AfterImport(_INDUCTOR_LOWERING, _register_inductor_fallbacks))
 
 
-# DTensor: the ops with a tensor parameter get explicit sharding strategies. torch 2.14 derives them from the
-# decompositions above, but torch 2.11 could not (it replicated x, an all-gather, for prelu and swish_param:
-# measured 2026-11-28); the ops with a float parameter shard through their decompositions on both. The
+# DTensor: every op gets explicit sharding strategies. torch 2.14 can derive them from the decompositions above,
+# but torch 2.11 could not for the ops with a tensor parameter (it replicated x, an all-gather, for prelu and
+# swish_param: measured 2026-11-28), and torch 2.9 not even for those with a float one (it refused them). The
 # output follows x, sharded along any dimension with the parameter replicated, or along the channels with a
-# per-channel parameter sharded with them; the parameter's gradient is then a partial sum, or sharded too.
+# per-channel parameter sharded with them; a tensor parameter's gradient is then a partial sum, or sharded too.
+# A float parameter is not a tensor: its placement is None.
 _DTENSOR = "torch.distributed.tensor"
 
 
@@ -470,27 +471,38 @@ def _register_dtensor_sharding(_module=None) -> None:
         return
 
     def param_placement(param, dim):
+        if param is None:  # no parameter
+            return [], False
+        if not hasattr(param, "shape"):  # a float
+            return [None], False
         per_channel = math.prod(param.shape) > 1
-        return (Shard(0), per_channel) if per_channel and dim == 1 else (Replicate(), False)
+        return ([Shard(0)], True) if per_channel and dim == 1 else ([Replicate()], False)
 
-    for name in (n for n, (kind, _) in _OPS.items() if kind == "tensor"):
+    def placements(x, param):
+        """(x's placement, the parameter's (a list of none or one), whether the parameter is sharded) per dim."""
+        yield Replicate(), param_placement(param, None)[0], False
+        for dim in range(x.ndim):
+            yield (Shard(dim), *param_placement(param, dim))
+
+    for name, (kind, _) in _OPS.items():
         forward, backward = getattr(_lib, name).default, getattr(_lib, f"{name}_backward").default
+        has_tensor_param = kind == "tensor"
 
         @register_sharding(forward)
-        def forward_sharding(x, param):
-            strategies = [([Replicate()], [Replicate(), Replicate()])]
-            for dim in range(x.ndim):
-                placement, _ = param_placement(param, dim)
-                strategies.append(([Shard(dim)], [Shard(dim), placement]))
-            return strategies
+        def forward_sharding(x, param=None):
+            return [([x_placement], [x_placement, *p]) for x_placement, p, _ in placements(x, param)]
 
         @register_sharding(backward)
-        def backward_sharding(grad, x, param):
-            strategies = [([Replicate(), Replicate()], [Replicate(), Replicate(), Replicate()])]
-            for dim in range(x.ndim):
-                placement, sharded = param_placement(param, dim)
-                grad_param = Shard(0) if sharded else Partial()
-                strategies.append(([Shard(dim), grad_param], [Shard(dim), Shard(dim), placement]))
+        def backward_sharding(grad, x, param=None, has_tensor_param=has_tensor_param):
+            strategies = []
+            for x_placement, p, sharded in placements(x, param):
+                if not has_tensor_param:
+                    outputs = [x_placement]
+                elif x_placement == Replicate():
+                    outputs = [Replicate(), Replicate()]
+                else:
+                    outputs = [x_placement, Shard(0) if sharded else Partial()]
+                strategies.append((outputs, [x_placement, x_placement, *p]))
             return strategies
 
 

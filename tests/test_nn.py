@@ -1497,8 +1497,9 @@ def _dtensor_worker(rank: int, world_size: int, port: int, out_path: str) -> Non
 
 
 def test_dtensor_sharding_rules_registered_whichever_is_imported_first():
-    """fastact registers DTensor sharding rules for its ops with a tensor parameter when torch.distributed.tensor
-    is imported, before or after fastact (torch 2.11 could not derive them from the decompositions)."""
+    """fastact registers DTensor sharding rules for every op and its backward when torch.distributed.tensor is
+    imported, before or after fastact (torch 2.11 could not derive those of the ops with a tensor parameter from
+    the decompositions, torch 2.9 not even those with a float one)."""
     code = """
 import sys, torch
 if sys.argv[1] == "dtensor-first":
@@ -1506,7 +1507,8 @@ if sys.argv[1] == "dtensor-first":
 import fastact
 from torch.distributed.tensor import DTensor
 rules = DTensor._op_dispatcher.sharding_propagator.op_strategy_funcs
-ops = [getattr(torch.ops.fastact, n).default for n in ("prelu", "prelu_backward", "swish_param", "swish_param_backward")]
+names = [n + s for n in ("swish", "swish_param", "mish", "leaky_relu", "prelu") for s in ("", "_backward")]
+ops = [getattr(torch.ops.fastact, n).default for n in names]
 assert all(op in rules for op in ops), [op in rules for op in ops]
 """
     root = Path(fastact.__file__).parent.parent
