@@ -205,9 +205,7 @@ def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = Fals
         y = _eager.leaky_relu_(input, negative_slope)
         if y is not NotImplemented:
             return y
-    # (torch.export takes the functional form below: torch 2.9's export with a dynamic batch fails on the
-    # autograd.Function inside its fake-tensor cache.)
-    if inplace and negative_slope >= 0 and _records_gradient_only(input) and not torch.compiler.is_exporting():
+    if inplace and negative_slope >= 0 and _records_gradient_only(input):
         if _may_write_in_place(input):
             return _LeakyReLUInPlace.apply(input, negative_slope)
         # Under torch.compile, a mark_dirty Function traced on a graph input gets wrong gradients (torch 2.14):
