@@ -109,6 +109,15 @@ struct SwishOp {
     backward_scaled(g, x, scaled_input(x, beta), gx, gbeta);
   }
 
+  // Where g df/dx (input) and g df/dbeta (param) take their exp tails (fa_select_exp_tail, which puts g inside
+  // its product), they are not g times their values at g = 1: the 16-bit lookup tables of derivatives leave
+  // those x to the computed kernel (cpu/dispatch.cpp). z < -87 and |z| > 87 in float.
+  template <typename T>
+  FASTACT_HOST_DEVICE static bool exp_tail(T x, T beta, bool param) {
+    const T z = scaled_input(x, beta);
+    return fa_exp_is_subnormal(param ? fa_neg_abs(z) : z);
+  }
+
   // The gradients from g, x and z = beta x: df/dx = s + z s (1 - s); df/dbeta = x^2 s (1 - s), written
   // x * (x * ds) so that x^2 cannot overflow.
   template <typename T>
@@ -163,6 +172,12 @@ struct SwishOp {
 // e = 0); the derivative's second term, x sigmoid(x) sech^2(softplus(x)) = 4 x e (1 + e) w / den^2 with
 // w = (x >= 0 ? e : 1), is exact too.
 struct MishOp {
+  // As SwishOp::exp_tail: g df/dx takes its tail where x < -87.
+  template <typename T>
+  FASTACT_HOST_DEVICE static bool exp_tail(T x, T /*unused*/, bool /*param: none*/) {
+    return fa_exp_is_subnormal(x);
+  }
+
   // e = exp(-|x|).
   template <typename T>
   FASTACT_HOST_DEVICE static void parts(T x, T e, T& m, T& den) {

@@ -3,6 +3,9 @@
 // and hands an ElementwiseProblem to the device's kernels.
 #include "ops.h"
 
+#include <cmath>
+#include <limits>
+
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
 #include <c10/core/DeviceGuard.h>
@@ -59,9 +62,10 @@ int64_t check_param(const OpInfo& op, const at::Tensor& x, const at::Tensor& par
 }
 
 // A layout the kernels can walk in memory order: the input itself if it is dense, else a copy in the layout
-// that empty_like(x) gives (so outputs match the fake kernels' empty_like).
+// that empty_like(x) gives, which keeps x's order of strides (so outputs match the fake kernels' empty_like and
+// torch's own ops; contiguous(suggest_memory_format()) would not for a permuted slice such as x.t()[:, ::2]).
 at::Tensor dense(const at::Tensor& t) {
-  return t.is_non_overlapping_and_dense() ? t : t.contiguous(t.suggest_memory_format());
+  return t.is_non_overlapping_and_dense() ? t : at::empty_like(t).copy_(t);
 }
 
 // A fresh output with x's layout. On the CPU a large one is backed by huge pages where the system allows it
@@ -100,6 +104,11 @@ Prepared prepare(const OpInfo& op, const at::Tensor& x, const ParamArg& param) {
   pr.out = nullptr;
   pr.param = p.param.defined() ? p.param.data_ptr() : nullptr;
   pr.param_scalar = op.kind == ParamKind::Scalar ? param.scalar : 0.0;
+  // As torch's scalar arguments: a finite value that float cannot hold is an error, not an infinity.
+  TORCH_CHECK(op.kind != ParamKind::Scalar || compute_dtype(x.scalar_type()) != at::kFloat ||
+                  !std::isfinite(param.scalar) || std::abs(param.scalar) <= std::numeric_limits<float>::max(),
+              "fastact.", op.name, ": ", op.param_name, " = ", param.scalar, " cannot be converted to float (the compute ",
+              "type of ", x.scalar_type(), " x) without overflow");
   pr.param_grad = nullptr;
   pr.stream_out = false;
   pr.params_nonzero = false;

@@ -78,7 +78,10 @@ struct EagerCall<ParamKind::Scalar> {
     }
     HANDLE_TH_ERRORS
     const double param = PyFloat_AsDouble(args[1]);
-    if (param == -1.0 && PyErr_Occurred()) return nullptr;  // an int too large for a double: OverflowError
+    if (param == -1.0 && PyErr_Occurred()) {  // an int too large for a double: the Python path names the op
+      PyErr_Clear();
+      Py_RETURN_NOTIMPLEMENTED;
+    }
     const Tensor& x = THPVariable_Unpack(args[0]);
     return run_without_gil([&] { return op.call(x, param); });
     END_HANDLE_TH_ERRORS
@@ -119,7 +122,10 @@ PyObject* eager_inplace(PyObject* const* args, Py_ssize_t nargs) {
   }
   HANDLE_TH_ERRORS
   const double param = kArgs == 2 ? PyFloat_AsDouble(args[1]) : 0.0;
-  if (param == -1.0 && PyErr_Occurred()) return nullptr;
+  if (param == -1.0 && PyErr_Occurred()) {  // as in EagerCall<ParamKind::Scalar>
+    PyErr_Clear();
+    Py_RETURN_NOTIMPLEMENTED;
+  }
   const Tensor& x = THPVariable_Unpack(args[0]);
   // InplaceKernel is autograd's layer, entered directly: where the dispatcher would skip autograd (inference
   // mode, autograd keys excluded, as inside a kernel below autograd), the dispatcher path must take the call.

@@ -35,7 +35,10 @@ def _check_number(op: str, arg: str, value) -> float:
         return float(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"fastact.{op}: {arg} must be a real number, got {type(value).__name__}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise OverflowError(f"fastact.{op}: {arg} is too large to convert to a float (at most ~1.8e308)") from None
 
 
 def _plain_eager(x: Tensor) -> bool:

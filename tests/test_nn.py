@@ -808,6 +808,24 @@ class _TinyCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+def test_torch_compile_of_ops_on_a_permuted_slice():
+    """An input that is permuted and not dense (b.t()[:, ::2]): the kernels' outputs must have the strides of
+    the fake kernels' empty_like, which inductor asserts on the real tensors after each call."""
+    torch._dynamo.reset()
+    w = torch.randn(4, generator=torch.Generator().manual_seed(3))  # one per channel: x.size(1) = 4
+
+    def fn(b):
+        x = b.t()[:, ::2]  # (6, 4), strides (1, 12)
+        ys = (F.silu(x), F.mish(x), F.leaky_relu(x, -0.5), F.prelu(x, w), F.swish(x, 1.3), F.swish(x, w))
+        return torch.cat([y.reshape(-1) for y in ys]) * 2
+
+    b = torch.randn(8, 6, generator=torch.Generator().manual_seed(4))
+    compiled = torch.compile(fn, fullgraph=True, backend=_compile_backend())
+    torch.testing.assert_close(compiled(b), fn(b))
+    x = b.t()[:, ::2]
+    assert F.silu(x).stride() == torch.empty_like(x).stride() == TF.silu(x).stride()
+
+
 def test_torch_compile_fullgraph_matches_eager():
     torch._dynamo.reset()
     torch.manual_seed(0)

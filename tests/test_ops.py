@@ -654,9 +654,13 @@ def test_keeps_memory_format_and_handles_layouts(device, case):
     assert y.is_contiguous(memory_format=torch.channels_last)
     assert y.stride() == cl.stride()
     torch.testing.assert_close(y, case.ref(x, p))
+    # permuted and not dense: strides (12, 2, 96, 24), whose order empty_like keeps
+    permuted_slice = torch.randn(5, 4, 2, 12, dtype=torch.float64, device=device).permute(2, 3, 0, 1)[:, ::2]
     for variant in (x.transpose(2, 3), x[:, :, ::2], x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),
-                    x[:, :, 1:4]):
-        torch.testing.assert_close(case.fast(variant, p), case.ref(variant, p))
+                    x[:, :, 1:4], permuted_slice):
+        y = case.fast(variant, p)
+        torch.testing.assert_close(y, case.ref(variant, p))
+        assert y.stride() == torch.empty_like(variant).stride()  # what the fake kernel says
     # backward with a gradient in another layout than x
     xg = cl.clone().requires_grad_()
     pg = p.clone().requires_grad_() if case.tensor_param else p
@@ -791,7 +795,8 @@ def op_samples(name, device):
     g = torch.randn_like(x)
     param = {"swish": (1.3,), "swish_param": (torch.rand(4, device=device),), "mish": (),
              "leaky_relu": (-0.5,), "prelu": (torch.rand(4, device=device),)}[name]
-    for xx in (x, cl):
+    permuted_slice = torch.randn(3, 3, 2, 8, device=device).permute(2, 3, 0, 1)[:, ::2]  # not dense
+    for xx in (x, cl, permuted_slice):
         yield getattr(torch.ops.fastact, name).default, (xx, *param), {}
         yield getattr(torch.ops.fastact, name).out, (xx, *param), {"out": torch.empty_like(xx)}
         backward = getattr(torch.ops.fastact, f"{name}_backward")
@@ -1027,6 +1032,14 @@ def _table_kernels(capability: str):
         fastact.ops.set_cpu_streaming_threshold(streaming)
 
 
+def _large_grads(n: int, dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
+    """Gradients of either sign whose magnitudes spread evenly in log scale up to the dtype's largest."""
+    top = math.log2(torch.finfo(dtype).max)
+    magnitude = torch.exp2(torch.rand(n, generator=g, dtype=torch.float64) * top)
+    sign = torch.randint(0, 2, (n,), generator=g, dtype=torch.float64) * 2 - 1
+    return (magnitude * sign).to(dtype)
+
+
 def _computed_and_looked_up(run, inputs, stream: bool):
     """run(*inputs) computed, then from the tables, with or without non-temporal stores."""
     fastact.ops.set_cpu_streaming_threshold(0 if stream else 1 << 62)
@@ -1054,6 +1067,9 @@ def test_lookup_tables_give_the_kernels_bits(op, dtype, capability):
         "strided": (every[::3], grad[::3]),
         "channels_last": tuple(t.reshape(4, 16, 32, 32).contiguous(memory_format=torch.channels_last)
                                for t in (every, grad)),
+        # grads up to the type's range: where exp(z) is subnormal (z < -87) the kernels put grad inside their
+        # product, and grad * (the derivative at grad = 1) would differ, or be 0 where the result is not
+        "large grads": (every, _large_grads(every.numel(), dtype, g)),
     }
     with _table_kernels(capability):
         for layout, inputs in layouts.items():
@@ -1114,6 +1130,7 @@ def test_lookup_tables_give_the_kernels_bits_with_a_beta_gradient(dtype, beta, c
         "channels_last": tuple(t[:n].reshape(n // 64, 4, 4, 4).contiguous(memory_format=torch.channels_last)
                                for t in (x, gx)),
         "with inf and NaN": (every, grad),
+        "large grads": (x, _large_grads(x.numel(), dtype, g) / 2**20),  # (a sum that stays finite mostly)
     }
     weight = torch.tensor([beta])
     with _table_kernels(capability):
@@ -1353,10 +1370,28 @@ def test_an_unknown_cpu_capability_warns_and_is_ignored():
      r"fastact\.leaky_relu: grad must have the shape of x"),
     (lambda: torch.ops.fastact.swish_backward(torch.randn(3, dtype=torch.float64), torch.randn(3), 1.0),
      r"fastact\.swish: grad must have the dtype of x"),
+    # a float parameter that float32 cannot hold (torch's leaky_relu refuses it too); float64 x keeps it
+    (lambda: fastact.leaky_relu(torch.randn(3), 1e39), r"fastact\.leaky_relu: negative_slope = 1e\+39 cannot be "
+                                                       r"converted to float \(the compute type of Float x\)"),
+    (lambda: fastact.swish(torch.randn(3).half(), -4e38), r"fastact\.swish: beta = -4e\+38 cannot be converted"),
+    (lambda: torch.ops.fastact.swish_backward(torch.randn(3), torch.randn(3), 1e300), r"fastact\.swish: beta"),
 ])
 def test_bad_input_errors_name_op_and_argument(call, pattern):
     with pytest.raises(RuntimeError, match=pattern):
         call()
+
+
+def test_float_parameters_out_of_range():
+    # float64 x computes in double: the value is kept, as torch keeps it
+    x = torch.tensor([-2.0, 3.0], dtype=torch.float64)
+    torch.testing.assert_close(fastact.leaky_relu(x, 1e39), F.leaky_relu(x, 1e39))
+    # infinities are values (a slope of -inf gives +inf for x < 0), not errors
+    assert fastact.leaky_relu(torch.tensor([-1.0]), -math.inf).item() == math.inf
+    # an int beyond any float: the op and the argument are named (the eager entry point defers to Python)
+    for call in (lambda: fastact.swish(torch.randn(3), 10**400), lambda: fastact.leaky_relu(torch.randn(3), -10**400),
+                 lambda: fastact.leaky_relu(torch.randn(3), 10**400, inplace=True)):
+        with pytest.raises(OverflowError, match=r"fastact\.(swish|leaky_relu): (beta|negative_slope) is too large"):
+            call()
 
 
 @pytest.mark.cuda
@@ -1632,9 +1667,9 @@ def test_eager_entry_point_errors_are_the_ops_errors():
         assert type(via_eager.value) is type(via_ops.value)
         assert str(via_eager.value).splitlines()[0] == str(via_ops.value).splitlines()[0]
         assert f"fastact.{name}:" in str(via_eager.value)
-    with pytest.raises(OverflowError):  # an int no double holds, as float() says
-        fastact._C.swish(torch.randn(3), 10 ** 400)
-    with pytest.raises(OverflowError):
+    # an int no double holds: the entry point leaves it to the Python path, whose error names the op
+    assert fastact._C.swish(torch.randn(3), 10 ** 400) is NotImplemented
+    with pytest.raises(OverflowError, match=r"fastact\.swish: beta is too large"):
         fastact.swish(torch.randn(3), 10 ** 400)
 
 

@@ -1,6 +1,6 @@
 // A/B of two source trees' AVX2 CPU kernels in one process, on a cache-resident buffer: base (a git revision,
 // compiled into namespace fastact::cpu::AVX512, AVX2 code all the same) against new (the working tree, in
-// AVX2). Build and run: bash benchmarks/cpu_cycles/ab.sh [REV] && /tmp/fastact_ab [--big]
+// AVX2). Build and run: bash benchmarks/cpu_cycles/ab.sh [REV] && /tmp/fastact_ab [--big | --tables]
 //
 // Separate runs of cycles.cpp drift by up to 17% on a shared VM (two states that last minutes), more than the
 // changes they should show; here base and new alternate 40 times per row, each the minimum of 30 timed
@@ -107,7 +107,49 @@ void row_big(const char* name, ActivationId id, c10::ScalarType dtype, double pa
               b * 1e3, b / a, c * traffic / a, c * traffic / b);
 }
 
+// The 16-bit table backwards (dispatch.cpp's lookup tables), with and without the parameter gradient, on a
+// cache-resident buffer: the table holds finite derivatives (as for every x of moderate size).
+template <typename T>
+void row_table(const char* name, c10::ScalarType dtype, bool param_grad) {
+  Inputs<T> in(1 << 14, ActivationId::Swish, dtype, 1.3);
+  ElementwiseProblem& p = in.p;
+  float acc = 0, beta = 1.3f;
+  p.param = &beta;
+  if (param_grad) p.param_grad = &acc;
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> derivative(0.05f, 1.1f);
+  std::vector<float> table(2 * 65536 + 2);
+  for (float& v : table) v = derivative(rng);
+  auto time_table = [&](const RangeKernels& k) {
+    double best = 1e30;
+    for (int block = 0; block < 30; ++block) {
+      const auto start = std::chrono::steady_clock::now();
+      for (int it = 0; it < 5; ++it) {
+        param_grad ? k.lookup_backward_param(p, table.data(), 0, p.numel, &acc)
+                   : k.lookup_backward(p, table.data(), 0, p.numel);
+      }
+      const std::chrono::duration<double> e = std::chrono::steady_clock::now() - start;
+      best = std::min(best, e.count() / 5 / p.numel);
+    }
+    return best;
+  };
+  double a = 1e30, b = 1e30;
+  for (int r = 0; r < 40; ++r) {
+    a = std::min(a, time_table(fastact::cpu::AVX512::kRangeKernels));
+    b = std::min(b, time_table(fastact::cpu::AVX2::kRangeKernels));
+  }
+  std::printf("%-12s %-9s table bwd base %6.3f new %6.3f ns/element  new/base %.3f\n", name,
+              dtype == c10::ScalarType::Half ? "float16" : "bfloat16", a * 1e9, b * 1e9, b / a);
+}
+
 int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--tables") == 0) {
+    row_table<c10::BFloat16>("swish", c10::ScalarType::BFloat16, false);
+    row_table<c10::Half>("swish", c10::ScalarType::Half, false);
+    row_table<c10::BFloat16>("swish+dbeta", c10::ScalarType::BFloat16, true);
+    row_table<c10::Half>("swish+dbeta", c10::ScalarType::Half, true);
+    return 0;
+  }
   if (argc > 1 && std::strcmp(argv[1], "--big") == 0) {
     for (bool bwd : {false, true}) {
       row_big<float>("silu", ActivationId::Swish, c10::ScalarType::Float, 1.0, bwd);

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -24,6 +25,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
+#include "../activations.h"
 #include "capability.h"
 
 namespace fastact::cpu {
@@ -211,6 +213,25 @@ TableCache& table_cache() {
   return cache;
 }
 
+// NaN in the entries of the values x where a derivative the table holds (df/dx, and df/dparam with param_grad)
+// takes its exp tail: there grad times the derivative at grad = 1 is not the computed kernel's result
+// (activations.h, exp_tail). The lookup kernels compute the elements whose entry is NaN (kernels.h), so a table
+// gives the computed kernel's bits everywhere. Only the ops with tables (swish, mish) have such a tail.
+void mark_exp_tails(ActivationId activation, float param, const std::vector<float>& x, float* entries,
+                    bool param_grad) {
+  const int stride = param_grad ? 2 : 1;  // (df/dx, df/dparam) pairs, or df/dx
+  auto mark = [&](auto op) {
+    using Op = decltype(op);
+    for (int64_t i = 0; i < kTableSize; ++i) {
+      if (Op::exp_tail(x[i], param, false) || (param_grad && Op::exp_tail(x[i], param, true))) {
+        std::fill_n(entries + stride * i, stride, std::numeric_limits<float>::quiet_NaN());
+      }
+    }
+  };
+  if (activation == ActivationId::Swish) mark(SwishOp{});
+  if (activation == ActivationId::Mish) mark(MishOp{});
+}
+
 // f (forward) or f' (backward) of the problem's op at every 16-bit value, computed by the kernels k; with the
 // cache's mutex held (for its scratch).
 std::shared_ptr<Table> build_table(const ElementwiseProblem& p, const RangeKernels& k, float param, bool backward,
@@ -255,10 +276,12 @@ std::shared_ptr<Table> build_table(const ElementwiseProblem& p, const RangeKerne
     table->derivatives.resize(kTableSize);
     build.out = table->derivatives.data();
     for_every_value([&](int64_t begin, int64_t end) { k.backward(build, begin, end, nullptr, 0); });
+    mark_exp_tails(p.activation, param, x, table->derivatives.data(), /*param_grad=*/false);
     return table;
   }
   table->derivative_pairs.resize(2 * kTableSize);  // (df/dx, df/dparam) per value, read with one 64-bit load
   for_every_value([&](int64_t begin, int64_t end) { k.derivative_pairs(build, begin, end, table->derivative_pairs.data()); });
+  mark_exp_tails(p.activation, param, x, table->derivative_pairs.data(), /*param_grad=*/true);
   return table;
 }
 

@@ -127,14 +127,22 @@ FASTACT_HOST_DEVICE __m256 quiet_nans(__m256 f) {
 }
 // Rounds to nearest even, the inverse of widen_bf16_unordered; a NaN becomes the quiet NaN 0x7fc0. NaNs are
 // rare in data, so one compare tests both vectors for them and the blends run only then.
+// Whether a[k] or b[k] is a NaN, for some k.
+FASTACT_HOST_DEVICE bool any_nan(__m256 a, __m256 b) {
+  const __m256 unordered = _mm256_cmp_ps(a, b, _CMP_UNORD_Q);
+  return !_mm256_testz_ps(unordered, unordered);
+}
+// narrow_bf16_unordered where no lane of a or b is a NaN.
+FASTACT_HOST_DEVICE __m256i narrow_bf16_unordered_no_nan(__m256 a, __m256 b) {
+  // The high halves: a's moved down by a byte shift (its lanes' high halves, now garbage, are b's).
+  return _mm256_blend_epi16(_mm256_srli_si256(add_bf16_rounding(a), 2), add_bf16_rounding(b), 0xaa);
+}
 FASTACT_HOST_DEVICE __m256i narrow_bf16_unordered(Vectorized<float> a, Vectorized<float> b) {
-  const __m256 unordered = _mm256_cmp_ps(a, b, _CMP_UNORD_Q);  // a[k] or b[k] is a NaN
-  if (!_mm256_testz_ps(unordered, unordered)) [[unlikely]] {
+  if (any_nan(a, b)) [[unlikely]] {
     a = quiet_nans(a);
     b = quiet_nans(b);
   }
-  // The high halves: a's moved down by a byte shift (its lanes' high halves, now garbage, are b's).
-  return _mm256_blend_epi16(_mm256_srli_si256(add_bf16_rounding(a), 2), add_bf16_rounding(b), 0xaa);
+  return narrow_bf16_unordered_no_nan(a, b);
 }
 #endif
 #else
@@ -503,6 +511,7 @@ void backward_range(const ElementwiseProblem& p, int64_t begin, int64_t end, voi
 // gathers are slow on many Intel cores too since the GDS microcode mitigation. The vector lets outputs past
 // the cache be streamed.
 using FloatRegister = __m256;
+using BitsRegister = __m256i;  // kLookupStep 16-bit values
 constexpr int64_t kLookupStep = 16;
 
 FASTACT_HOST_DEVICE void store_bits(void* p, __m256i v, bool stream) {
@@ -529,9 +538,10 @@ FASTACT_HOST_DEVICE __m256i lookup_bits(const uint16_t* table, const uint16_t* x
   return _mm256_set_m128i(halves[1], halves[0]);
 }
 
-// grad[k] * table[x[k]] for k < kLookupStep, rounded once to scalar_t, in order.
+// grad[k] * table[x[k]] for k < kLookupStep, rounded once to scalar_t, in order, into bits; false (bits unset)
+// where a product is a NaN: a NaN entry (computed by the caller, dispatch.cpp's mark_exp_tails) or a NaN grad.
 template <typename scalar_t>
-FASTACT_HOST_DEVICE __m256i scaled_lookup(const float* table, const uint16_t* x, const scalar_t* grad) {
+FASTACT_HOST_DEVICE bool scaled_lookup(const float* table, const uint16_t* x, const scalar_t* grad, __m256i& bits) {
   alignas(32) float derivative[16];
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
     // grad is widened as widen_bf16_unordered widens it (even elements, then odd); the derivatives are laid
@@ -542,16 +552,22 @@ FASTACT_HOST_DEVICE __m256i scaled_lookup(const float* table, const uint16_t* x,
     });
     Vectorized<float> g_even, g_odd;
     widen_bf16_unordered(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grad)), g_even, g_odd);
-    return narrow_bf16_unordered(_mm256_mul_ps(g_even, _mm256_load_ps(derivative)),
-                                 _mm256_mul_ps(g_odd, _mm256_load_ps(derivative + 8)));
+    const __m256 even = _mm256_mul_ps(g_even, _mm256_load_ps(derivative));
+    const __m256 odd = _mm256_mul_ps(g_odd, _mm256_load_ps(derivative + 8));
+    if (any_nan(even, odd)) [[unlikely]] return false;  // the narrowing's own NaN test, moved here
+    bits = narrow_bf16_unordered_no_nan(even, odd);
+    return true;
   } else {  // Half: F16C converts 8 in order
     fa_static_for<16>([&](auto k) FASTACT_ALWAYS_INLINE_LAMBDA { derivative[k] = table[x[k]]; });
-    __m128i halves[2];
+    __m256 products[2];
     fa_static_for<2>([&](auto k) FASTACT_ALWAYS_INLINE_LAMBDA {
       const __m256 g = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(grad + 8 * k)));
-      halves[k] = _mm256_cvtps_ph(_mm256_mul_ps(g, _mm256_load_ps(derivative + 8 * k)), _MM_FROUND_TO_NEAREST_INT);
+      products[k] = _mm256_mul_ps(g, _mm256_load_ps(derivative + 8 * k));
     });
-    return _mm256_set_m128i(halves[1], halves[0]);
+    if (any_nan(products[0], products[1])) [[unlikely]] return false;
+    bits = _mm256_set_m128i(_mm256_cvtps_ph(products[1], _MM_FROUND_TO_NEAREST_INT),
+                            _mm256_cvtps_ph(products[0], _MM_FROUND_TO_NEAREST_INT));
+    return true;
   }
 }
 
@@ -603,6 +619,7 @@ FASTACT_HOST_DEVICE void interleave_pairs(__m256 a, __m256 b, __m256& first, __m
 // against 0.72-0.79 computed and 0.59 for the AVX2 build's scalar loads; backward 0.41 against 0.85-0.99 and
 // 0.69; backward with a parameter gradient 0.58 against 0.93 and 1.00.
 using FloatRegister = __m512;
+using BitsRegister = __m512i;  // kLookupStep 16-bit values
 constexpr int64_t kLookupStep = 32;
 
 FASTACT_HOST_DEVICE void store_bits(void* p, __m512i v, bool stream) {
@@ -628,22 +645,34 @@ FASTACT_HOST_DEVICE __m512i lookup_bits(const uint16_t* table, const uint16_t* x
   return join_halves(halves[0], halves[1]);
 }
 
-// grad[k] * table[x[k]] for k < kLookupStep, rounded once to scalar_t (to nearest even), in order.
+// grad[k] * table[x[k]] for k < kLookupStep, rounded once to scalar_t (to nearest even), in order, into bits;
+// false (bits unset) where a product is a NaN: a NaN entry (computed by the caller, dispatch.cpp's
+// mark_exp_tails) or a NaN grad.
 template <typename scalar_t>
-FASTACT_HOST_DEVICE __m512i scaled_lookup(const float* table, const uint16_t* x, const scalar_t* grad) {
-  __m256i halves[2];
+FASTACT_HOST_DEVICE bool scaled_lookup(const float* table, const uint16_t* x, const scalar_t* grad, __m512i& bits) {
+  __m512 products[2];
   fa_static_for<2>([&](auto h) FASTACT_ALWAYS_INLINE_LAMBDA {
     const __m512 derivative = _mm512_i32gather_ps(load_indices(x + 16 * h), table, 4);
     const __m256i g = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grad + 16 * h));
+    const __m512 g_float = std::is_same_v<scalar_t, c10::BFloat16>
+                               ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(g), 16))
+                               : _mm512_cvtph_ps(g);
+    products[h] = _mm512_mul_ps(g_float, derivative);
+  });
+  if ((_mm512_cmp_ps_mask(products[0], products[0], _CMP_UNORD_Q) |
+       _mm512_cmp_ps_mask(products[1], products[1], _CMP_UNORD_Q)) != 0) [[unlikely]] {
+    return false;
+  }
+  __m256i halves[2];
+  fa_static_for<2>([&](auto h) FASTACT_ALWAYS_INLINE_LAMBDA {
     if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-      const __m512 g_float = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(g), 16));
-      halves[h] = narrow_bf16_ordered(_mm512_mul_ps(g_float, derivative));
+      halves[h] = narrow_bf16_ordered(products[h]);
     } else {
-      halves[h] = _mm512_cvtps_ph(_mm512_mul_ps(_mm512_cvtph_ps(g), derivative),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      halves[h] = _mm512_cvtps_ph(products[h], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     }
   });
-  return join_halves(halves[0], halves[1]);
+  bits = join_halves(halves[0], halves[1]);
+  return true;
 }
 
 // df/dx and df/dparam of the block at x (count elements) in the block's lanes: the indices of a full
@@ -721,7 +750,8 @@ void lookup_forward(const ElementwiseProblem& p, const uint16_t* table, int64_t 
 }
 
 // grad_input = grad * table[x] (the float derivative, looked up by the bits of x), rounded once to the 16-bit
-// type: the computed backward's float product and rounding, so the same bits.
+// type: the computed backward's float product and rounding, so the same bits. Where a product is a NaN (the
+// table's NaN entries, dispatch.cpp's mark_exp_tails, and NaN grads), the computed kernel does that step.
 template <typename scalar_t>
 void lookup_backward_typed(const ElementwiseProblem& p, const float* table, int64_t begin, int64_t end) {
   const auto* x = static_cast<const uint16_t*>(p.x) + begin;
@@ -730,9 +760,21 @@ void lookup_backward_typed(const ElementwiseProblem& p, const float* table, int6
   for_each_step(
       end - begin, out, p.stream_out,
       [&](int64_t i) FASTACT_ALWAYS_INLINE_LAMBDA {
-        store_bits(out + i, scaled_lookup(table, x + i, grad + i), p.stream_out);
+        BitsRegister bits;
+        if (scaled_lookup(table, x + i, grad + i, bits)) [[likely]] {
+          store_bits(out + i, bits, p.stream_out);
+        } else {
+          backward_range(p, begin + i, begin + i + kLookupStep, nullptr, 0);
+        }
       },
-      [&](int64_t i) { out[i] = scalar_t(static_cast<float>(grad[i]) * table[x[i]]); });
+      [&](int64_t i) {
+        const float product = static_cast<float>(grad[i]) * table[x[i]];
+        if (std::isnan(product)) {
+          backward_range(p, begin + i, begin + i + 1, nullptr, 0);
+        } else {
+          out[i] = scalar_t(product);
+        }
+      });
 }
 
 void lookup_backward(const ElementwiseProblem& p, const float* table, int64_t begin, int64_t end) {
@@ -740,24 +782,52 @@ void lookup_backward(const ElementwiseProblem& p, const float* table, int64_t be
   lookup_backward_typed<c10::Half>(p, table, begin, end);
 }
 
+// Whether any lane of the pack is a NaN.
+template <typename Pack>
+FASTACT_HOST_DEVICE bool any_nan(const Pack& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  unsigned lanes = 0;
+  fa_static_for<Pack::kVecs>([&](auto j) FASTACT_ALWAYS_INLINE_LAMBDA {
+    lanes |= _mm512_cmp_ps_mask(v.v[j], v.v[j], _CMP_UNORD_Q);
+  });
+  return lanes != 0;
+#else
+  static_assert(Pack::kVecs % 2 == 0, "one comparison per two vectors below");
+  __m256 unordered = _mm256_setzero_ps();
+  fa_static_for<Pack::kVecs / 2>([&](auto j) FASTACT_ALWAYS_INLINE_LAMBDA {
+    unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(v.v[2 * j], v.v[2 * j + 1], _CMP_UNORD_Q));
+  });
+  return !_mm256_testz_ps(unordered, unordered);
+#endif
+}
+
 // The backward with a parameter gradient, one parameter value: grad_input = grad * df/dx and the sum of
 // grad * df/dparam added into acc[0], the two derivatives (at grad = 1) read from a table of pairs. It runs
 // the computed backward's block loop: the same products, and the sum in the same lanes and order, so the
-// same bits.
-template <typename scalar_t>
+// same bits. A block with a NaN pair (dispatch.cpp's mark_exp_tails: an exp tail, or a NaN x) is computed by
+// the op as backward_run computes it.
+template <typename Op, typename scalar_t>
 void lookup_backward_param_typed(const ElementwiseProblem& p, const float* pairs, int64_t begin, int64_t end,
                                  float* acc) {
   using B = Block<scalar_t, /*kKeepOrder=*/false>;
   using Pack = typename B::Pack;
+  using NonzeroOp = typename NonzeroParamBackward<Op>::type;
   const auto* x = static_cast<const uint16_t*>(p.x) + begin;
+  const auto* x_values = static_cast<const scalar_t*>(p.x) + begin;
   const auto* grad = static_cast<const scalar_t*>(p.grad) + begin;
   auto* grad_input = static_cast<scalar_t*>(p.out) + begin;
+  const float param = p.param != nullptr ? *static_cast<const float*>(p.param) : static_cast<float>(p.param_scalar);
   backward_run_blocks<B, false, true>(
       grad_input, end - begin, acc, p.stream_out,
       [&](int64_t i, int64_t count, Pack& gx, Pack& gp) FASTACT_ALWAYS_INLINE_LAMBDA {
         Pack dfdx, dfdp;
         lookup_pairs<B>(pairs, x + i, count, dfdx, dfdp);
         const Pack g = B::load(grad + i, count);
+        if (any_nan(dfdx)) [[unlikely]] {
+          const Pack xs = B::load(x_values + i, count), params = B::template load_param<false>(&param, i, count);
+          p.params_nonzero ? NonzeroOp::backward(g, xs, params, gx, gp) : Op::backward(g, xs, params, gx, gp);
+          return;
+        }
         gx = g * dfdx;
         gp = g * dfdp;
       });
@@ -765,8 +835,12 @@ void lookup_backward_param_typed(const ElementwiseProblem& p, const float* pairs
 }
 
 void lookup_backward_param(const ElementwiseProblem& p, const float* pairs, int64_t begin, int64_t end, float* acc) {
-  if (p.dtype == c10::ScalarType::BFloat16) return lookup_backward_param_typed<c10::BFloat16>(p, pairs, begin, end, acc);
-  lookup_backward_param_typed<c10::Half>(p, pairs, begin, end, acc);
+  dispatch(p, [&](auto op, auto scalar) {
+    using scalar_t = decltype(scalar);
+    if constexpr (std::is_same_v<scalar_t, c10::BFloat16> || std::is_same_v<scalar_t, c10::Half>) {
+      lookup_backward_param_typed<decltype(op), scalar_t>(p, pairs, begin, end, acc);
+    }
+  });
 }
 
 // The table lookup_backward_param reads: for float x[i], i in [begin, end), df/dx and df/dparam at grad = 1 and
