@@ -374,9 +374,12 @@ _DECOMPOSITIONS = {
 
 
 def _backward_decomposition(kind: str, d: _Derivatives) -> Callable:
-    """<op>_backward from the closed forms: grad * f_x, and for a tensor parameter grad * f_p summed to it."""
+    """<op>_backward from the closed forms: f_x * grad, and for a tensor parameter grad * f_p summed to it.
+    Under dynamic shapes fake tensors run these decompositions instead of the fake kernels, so grad_input must
+    take x's layout as the kernels' empty_like(x) does: f_x (x's layout) comes first in the product, and an
+    elementwise op's output follows its first operand where the operands' layouts differ."""
     def backward(grad, x, *param):
-        grad_input = (grad * d.f_x(x, *param)).to(x.dtype)
+        grad_input = (d.f_x(x, *param) * grad).to(x.dtype)
         if kind != "tensor":
             return grad_input
         return grad_input, ref.reduce_to_param(grad * d.f_p(x, param[0]), param[0])

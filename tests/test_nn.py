@@ -826,6 +826,23 @@ def test_torch_compile_of_ops_on_a_permuted_slice():
     assert F.silu(x).stride() == torch.empty_like(x).stride() == TF.silu(x).stride()
 
 
+@pytest.mark.parametrize("name", ["silu", "mish", "leaky", "prelu", "swish_param"])
+def test_compiled_backward_with_dynamic_shapes_when_x_and_grad_differ_in_layout(name):
+    """Under dynamic shapes fake tensors run the ops' decompositions rather than their fake kernels, and a
+    backward's grad_input must still take x's layout, as the kernel does, where grad has another one (here x is
+    transposed and its gradient contiguous): inductor asserts the strides on the real output."""
+    torch._dynamo.reset()
+    w = torch.rand(6, generator=torch.Generator().manual_seed(5)) + 0.5  # x = b.t(): 6 channels
+    fn = {"silu": F.silu, "mish": F.mish, "leaky": lambda x: F.leaky_relu(x, -0.5), "prelu": lambda x: F.prelu(x, w),
+          "swish_param": lambda x: F.swish(x, w)}[name]
+    b = torch.randn(6, 4, generator=torch.Generator().manual_seed(6))
+    eager_b, compiled_b = b.clone().requires_grad_(), b.clone().requires_grad_()
+    (fn(eager_b.t()) * 2).sum().backward()
+    compiled = torch.compile(lambda b: fn(b.t()) * 2, fullgraph=True, dynamic=True, backend=_compile_backend())
+    compiled(compiled_b).sum().backward()
+    torch.testing.assert_close(compiled_b.grad, eager_b.grad)
+
+
 def test_torch_compile_fullgraph_matches_eager():
     torch._dynamo.reset()
     torch.manual_seed(0)
