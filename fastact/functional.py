@@ -51,6 +51,17 @@ def _plain_eager(x: Tensor) -> bool:
     return fwAD._current_level < 0 or fwAD.unpack_dual(x).tangent is None
 
 
+# torch.export records the ops below an autograd.Function, not the Function: an in-place LeakyReLU that saves its
+# output would leave the exported graph's op saving x, which the write then changes, so export takes the form of
+# in-place SiLU and Mish (a copy of x saved). torch 2.9 keeps the Function's form: there is_exporting() also
+# held under torch.compile, where that form failed.
+_EXPORT_TAKES_COPY_FORM = torch.torch_version.TorchVersion(torch.__version__) >= (2, 10)
+
+
+def _exporting_functionally() -> bool:
+    return _EXPORT_TAKES_COPY_FORM and torch.compiler.is_exporting()
+
+
 def _inplace(name: str, op, eager_inplace, x: Tensor, *args) -> Tensor:
     """op(x, *args) written into x, as torch's in-place activations do: under autograd x becomes the output
     (its old value is kept for the backward, as torch's in-place SiLU and Mish keep it, and for a negative-slope
@@ -208,7 +219,7 @@ def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = Fals
         y = _eager.leaky_relu_(input, negative_slope)
         if y is not NotImplemented:
             return y
-    if inplace and negative_slope >= 0 and _records_gradient_only(input):
+    if inplace and negative_slope >= 0 and _records_gradient_only(input) and not _exporting_functionally():
         if _may_write_in_place(input):
             return _LeakyReLUInPlace.apply(input, negative_slope)
         # Under torch.compile, a mark_dirty Function traced on a graph input gets wrong gradients (torch 2.14):

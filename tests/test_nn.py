@@ -1087,6 +1087,25 @@ def test_torch_export_keeps_fastact_ops():
         torch.testing.assert_close(loaded(x5), model(x5), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("act", ["silu", "mish", "leaky_0.1", "leaky_-0.5"])
+def test_exported_inplace_activation_trains(act):
+    """An exported program's module, trained: in-place activations give eager's gradients. (torch.export records
+    the ops below an in-place LeakyReLU's autograd.Function, so the op must not save the x it then overwrites.)
+    After run_decompositions() the in-place forms' copy_ becomes aten.copy, which torch 2.14 cannot
+    differentiate, as for any model that calls copy_ (the README says so)."""
+    make = {"silu": lambda: fnn.SiLU(inplace=True), "mish": lambda: fnn.Mish(inplace=True),
+            "leaky_0.1": lambda: fnn.LeakyReLU(0.1, inplace=True), "leaky_-0.5": lambda: fnn.LeakyReLU(-0.5, inplace=True)}
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), make[act](), nn.Linear(5, 2))
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    exported = torch.export.export(copy.deepcopy(model), (x,)).module()
+    model(x).square().sum().backward()
+    exported(x).square().sum().backward()
+    grads = {k: p.grad for k, p in model.named_parameters()}
+    for k, p in exported.named_parameters():
+        torch.testing.assert_close(p.grad, grads[k], msg=k)
+
+
 def test_aot_inductor_package_runs(tmp_path):
     """AOTInductor (torch.export, then compiled ahead of time into a .pt2 package of C++ code that calls the
     ops through their registered schemas) runs the model with fastact's kernels, with a dynamic batch."""
