@@ -146,24 +146,25 @@ def _replacement(module: nn.Module) -> nn.Module | None:
     elif type(module) is nn.LeakyReLU:
         new = LeakyReLU(module.negative_slope, inplace=module.inplace)
     elif type(module) is nn.PReLU:
-        new = PReLU(module.num_parameters, init=getattr(module, "init", 0.25),
-                    device=module.weight.device, dtype=module.weight.dtype)
-        new.weight = module.weight  # the same Parameter: optimisers and tied weights keep working
+        new = PReLU(module.num_parameters, device="meta")  # (its weight is the torch module's, below)
     else:
         return None
-    new.train(module.training)
-    # The module's hooks (forward, pre-forward, backward, state_dict; the same dicts, so that the handles the
-    # user holds still remove them).
-    for name, value in vars(module).items():
-        if "_hook" in name:
-            setattr(new, name, value)
+    # The torch module's whole state, under the names fastact's forward reads too: its parameters (the same
+    # Parameter objects, so optimisers and tied weights keep working), buffers, submodules (a quantization
+    # observer), hooks (the same dicts, so the handles a user holds still remove them), training flag, and what
+    # a utility or the user set (pruning's weight_orig and weight_mask, whose hook recomputes weight).
+    negative_slope = getattr(new, "negative_slope", None)
+    new.__dict__.update(vars(module))
+    if negative_slope is not None:
+        new.negative_slope = negative_slope  # checked, a float (TorchScript needs one)
     return new
 
 
 def convert(model: nn.Module) -> nn.Module:
     """Replace torch.nn.SiLU, Mish, LeakyReLU and PReLU modules in `model` (recursively, in place) with
-    fastact's, keeping parameters and hooks; returns the model. A model that is itself one of those is replaced. A module
-    used in several places is replaced by one fastact module everywhere (so a shared PReLU stays shared)."""
+    fastact's, keeping each one's state (parameters, buffers, hooks, submodules, attributes); returns the model.
+    A model that is itself one of those is replaced. A module used in several places is replaced by one fastact
+    module everywhere (so a shared PReLU stays shared)."""
     return _convert(model, {})
 
 

@@ -722,6 +722,39 @@ def test_convert_keeps_hooks_and_their_handles():
     assert fired == ["silu input"]
 
 
+def test_convert_keeps_the_modules_whole_state():
+    """What utilities and users put on an activation survives the swap: a pruned or weight-normed PReLU (whose
+    weight is a tensor recomputed from weight_orig/weight_g by a pre-forward hook), a buffer and an attribute
+    (kept in the state_dict), and the observer submodule eager-mode quantization prepares."""
+    import warnings
+    import torch.nn.utils.prune as prune
+    x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))
+    pruned = nn.Sequential(nn.SiLU(), nn.PReLU(3))
+    prune.l1_unstructured(pruned[1], "weight", amount=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # weight_norm's deprecation (parametrizations are kept as
+        normed = nn.Sequential(nn.PReLU(3))               # they are: a ParametrizedPReLU is not converted)
+        nn.utils.weight_norm(normed[0], "weight", dim=0)
+    for model in (pruned, normed):
+        expected, keys = model(x), sorted(model.state_dict())
+        fnn.convert(model)
+        assert type(model[-1]) is fnn.PReLU
+        torch.testing.assert_close(model(x), expected)
+        assert sorted(model.state_dict()) == keys
+    model = nn.Sequential(nn.LeakyReLU(0.2))
+    model[0].register_buffer("scale", torch.ones(1))
+    model[0].tag = "stem"
+    fnn.convert(model)
+    assert type(model[0]) is fnn.LeakyReLU and sorted(model.state_dict()) == ["0.scale"] and model[0].tag == "stem"
+    observed = nn.Sequential(nn.Linear(3, 3), nn.PReLU())
+    observer = nn.Identity()
+    observed[1].add_module("activation_post_process", observer)
+    observed[1].register_forward_hook(lambda m, i, o: m.activation_post_process(o))  # as quantization's prepare
+    fnn.convert(observed)
+    assert type(observed[1]) is fnn.PReLU and observed[1].activation_post_process is observer
+    observed(torch.randn(2, 3))
+
+
 def test_convert_keeps_training_flag():
     model = _convert_model().eval()
     converted = fnn.convert(model)
