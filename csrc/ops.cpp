@@ -157,7 +157,11 @@ at::Tensor& forward_out(const OpInfo& op, const at::Tensor& x, const ParamArg& p
   Prepared p = prepare(op, x, param);
   const char* out_name = out.is_same(x) ? "x (written in place)" : "out";  // in place: out=x
   check_like(op, out_name, out, x);
-  check_writable(op, out_name, out, {{"x", &x}});
+  if (op.kind == ParamKind::Tensor) {  // a float32 parameter is read in place, while out is written
+    check_writable(op, out_name, out, {{"x", &x}, {op.param_name, param.tensor}});
+  } else {
+    check_writable(op, out_name, out, {{"x", &x}});
+  }
   if (out.strides() == p.x.strides()) {
     // Same layout (out may even be x: each element is read before it is written).
     p.problem.out = out.data_ptr();
@@ -176,7 +180,11 @@ void backward_out(const OpInfo& op, const at::Tensor& grad, const at::Tensor& x,
   Prepared p = prepare(op, x, param);
   check_like(op, "grad", grad, x);
   check_like(op, "grad_input", grad_input, x);
-  check_writable(op, "grad_input", grad_input, {{"grad", &grad}, {"x", &x}});
+  if (op.kind == ParamKind::Tensor) {
+    check_writable(op, "grad_input", grad_input, {{"grad", &grad}, {"x", &x}, {op.param_name, param.tensor}});
+  } else {
+    check_writable(op, "grad_input", grad_input, {{"grad", &grad}, {"x", &x}});
+  }
   // grad must be walked in the same memory order as x.
   const at::Tensor g = grad.strides() == p.x.strides() ? grad : empty_output_like(p.x).copy_(grad);
   const bool direct = grad_input.strides() == p.x.strides() && !grad_input.is_same(p.x);

@@ -1444,6 +1444,25 @@ def test_out_partly_overlapping_an_input_is_an_error(name):
         torch.testing.assert_close(x, expected)
 
 
+@pytest.mark.parametrize("name", ["swish_param", "prelu"])
+def test_out_partly_overlapping_the_parameter_is_an_error(name):
+    """A float32 parameter is read where it lies while out (or grad_input) is written: an output that starts
+    in the parameter's memory would overwrite channels not yet read (silently wrong results on the CPU, a race
+    between blocks on CUDA)."""
+    pname, grad_name = {"swish_param": ("beta", "grad_beta"), "prelu": ("weight", "grad_weight")}[name]
+    op, bop = getattr(torch.ops.fastact, name), getattr(torch.ops.fastact, f"{name}_backward")
+    x, g = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
+    buf = torch.zeros(3 * 1024)
+    buf[:3] = torch.tensor([0.1, 0.2, 0.3])
+    with pytest.raises(RuntimeError, match=rf"fastact\.{name}: out partly overlaps {pname}"):
+        op.out(x, buf[:3], out=buf.view(1, 3, 32, 32))
+    with pytest.raises(RuntimeError, match=rf"fastact\.{name}: grad_input partly overlaps {pname}"):
+        bop.out(g, x, buf[:3], grad_input=buf.view(1, 3, 32, 32), **{grad_name: torch.empty(3)})
+    # a parameter in other memory is fine
+    w = buf[:3].clone()
+    torch.testing.assert_close(op.out(x, w, out=torch.empty_like(x)), op(x, w))
+
+
 @pytest.mark.parametrize("name", list(OUT_OPS))
 def test_out_variants_refuse_gradients_and_tangents_and_bump_versions(name):
     x = torch.randn(3, 4)

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -314,20 +315,18 @@ columns_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad
 }
 
 // param_grad[c] = sum over i < count of partials[c * channel_stride + (i / run) * run_stride + i % run], in a
-// fixed order: one block per channel, 1024 threads with several independent loads in flight each (a single
+// fixed order: one block per channel, kBlock threads with several independent loads in flight each (a single
 // channel may have tens of thousands of partials), the (i / run, i % run) pair advanced without division.
-constexpr int kReduceThreads = 1024;
-
-template <typename opmath_t>
-__global__ void __launch_bounds__(kReduceThreads)
+template <int kBlock, typename opmath_t>
+__global__ void __launch_bounds__(kBlock)
 reduce_partials_kernel(const opmath_t* __restrict__ partials, opmath_t* __restrict__ param_grad, int64_t count,
                        int64_t run, int64_t run_stride, int64_t channel_stride) {
   const opmath_t* base = partials + int64_t(blockIdx.x) * channel_stride;
-  const int64_t step_q = kReduceThreads / run, step_r = kReduceThreads % run;
+  const int64_t step_q = kBlock / run, step_r = kBlock % run;
   int64_t q = threadIdx.x / run, r = threadIdx.x % run;
   double sum = 0.0;
 #pragma unroll 8
-  for (int64_t i = threadIdx.x; i < count; i += kReduceThreads) {
+  for (int64_t i = threadIdx.x; i < count; i += kBlock) {
     sum += static_cast<double>(base[q * run_stride + r]);
     q += step_q;
     r += step_r;
@@ -336,17 +335,38 @@ reduce_partials_kernel(const opmath_t* __restrict__ partials, opmath_t* __restri
       ++q;
     }
   }
-  sum = block_sum<kReduceThreads>(sum);
+  sum = block_sum<kBlock>(sum);
   if (threadIdx.x == 0) param_grad[blockIdx.x] = static_cast<opmath_t>(sum);
 }
 
+// The block size follows the partials per channel: 1024 threads for a few channels with many partials each,
+// one warp for many channels with a few each (PReLU after a Linear layer, x (32, 4096): 4096 channels of 32
+// partials, where 1024-thread blocks would cost many times the main kernel). The size depends on count only,
+// so a shape's gradient has the same bits on every call.
+template <typename opmath_t>
+void launch_reduce_partials(const opmath_t* partials, opmath_t* param_grad, int64_t channels, int64_t count,
+                            int64_t run, int64_t run_stride, int64_t channel_stride, cudaStream_t stream) {
+  const unsigned grid = static_cast<unsigned>(channels);
+  if (count <= 256) {
+    reduce_partials_kernel<32><<<grid, 32, 0, stream>>>(partials, param_grad, count, run, run_stride, channel_stride);
+  } else if (count <= 8192) {
+    reduce_partials_kernel<256><<<grid, 256, 0, stream>>>(partials, param_grad, count, run, run_stride, channel_stride);
+  } else {
+    reduce_partials_kernel<1024><<<grid, 1024, 0, stream>>>(partials, param_grad, count, run, run_stride,
+                                                             channel_stride);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 int multiprocessor_count() {
-  static int counts[64] = {0};
+  static std::atomic<int> counts[64] = {};  // ops run without the GIL, so calls may race to fill an entry
   const int device = c10::cuda::current_device();
-  if (device < 64 && counts[device] > 0) return counts[device];
+  if (device < 64) {
+    if (const int known = counts[device].load(std::memory_order_relaxed); known > 0) return known;
+  }
   int count = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  if (device < 64) counts[device] = count;
+  if (device < 64) counts[device].store(count, std::memory_order_relaxed);
   return count;
 }
 
@@ -436,10 +456,9 @@ void launch_typed(const ElementwiseProblem& pr) {
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if constexpr (P == Pass::BackwardParamGrad) {
         // channel c: rows n * channels + c for every n, each with pieces_per_row partials
-        reduce_partials_kernel<opmath_t><<<static_cast<unsigned>(pr.channels), kReduceThreads, 0, stream>>>(
-            partial_ptr, static_cast<opmath_t*>(pr.param_grad), rows / pr.channels * pieces_per_row,
-            pieces_per_row, pr.channels * pieces_per_row, pieces_per_row);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch_reduce_partials(partial_ptr, static_cast<opmath_t*>(pr.param_grad), pr.channels,
+                               rows / pr.channels * pieces_per_row, pieces_per_row, pr.channels * pieces_per_row,
+                               pieces_per_row, stream);
       }
     };
     // Pieces of 4 vectors per thread, or 2 where a run is shorter than that (measured on an H200: bfloat16
@@ -476,9 +495,8 @@ void launch_typed(const ElementwiseProblem& pr) {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if constexpr (P == Pass::BackwardParamGrad) {
       // channel c: entries y * slab + c * inner + k for every slab group y and k < inner
-      reduce_partials_kernel<opmath_t><<<static_cast<unsigned>(pr.channels), kReduceThreads, 0, stream>>>(
-          partial_ptr, static_cast<opmath_t*>(pr.param_grad), grid_y * pr.inner, pr.inner, slab, pr.inner);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_reduce_partials(partial_ptr, static_cast<opmath_t*>(pr.param_grad), pr.channels, grid_y * pr.inner,
+                             pr.inner, slab, pr.inner, stream);
     }
   };
   if (aligned && slab % VEC == 0) {
