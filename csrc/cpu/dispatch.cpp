@@ -19,6 +19,10 @@
 #include <utility>
 #include <vector>
 
+#if !defined(_WIN32)
+#include <pthread.h>
+#endif
+
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -208,8 +212,18 @@ struct TableCache {
   std::list<std::pair<TableKey, std::shared_ptr<const Table>>> tables;  // most recently used first
   TableScratch scratch;
 };
+// A fork() taken while another thread holds the mutex (building a table, say) would leave the child a locked
+// mutex that no thread of it will ever unlock: its first table lookup would hang (a DataLoader worker forked by
+// a process that trains in another thread). The fork handlers hold it across fork(), so the child gets it
+// unlocked and the cache whole.
 TableCache& table_cache() {
   static TableCache cache;
+#if !defined(_WIN32)
+  [[maybe_unused]] static const bool fork_handlers = [] {
+    pthread_atfork([] { cache.mutex.lock(); }, [] { cache.mutex.unlock(); }, [] { cache.mutex.unlock(); });
+    return true;
+  }();
+#endif
   return cache;
 }
 
