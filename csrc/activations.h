@@ -67,7 +67,7 @@ struct SwishOp {
   template <typename T>
   FASTACT_HOST_DEVICE static T forward_scaled_general(T x, T z) {
     // where e = exp(z) is subnormal, f = x e (math_primitives.h)
-    T f = fa_select_exp_tail(z, T(1), x, T(1), x * sigmoid(z, fa_exp_nonpositive(fa_neg_abs(z))));
+    T f = fa_select_exp_tail(z, T(1), x, T(1), x * sigmoid(z, fa_exp_nonpositive_normal(fa_neg_abs(z))));
     // z = -inf: x * 0 would be NaN for x = +-inf; the limit is 0.
     f = fa_select(z == fa_neg(fa_inf<T>()), T(0), f);
     if constexpr (fa_is_float_pack<T>::value) {  // the lanes the fast path covers get its bits
@@ -153,7 +153,7 @@ struct SwishOp {
   template <typename T>
   FASTACT_HOST_DEVICE static void backward_scaled_general(T g, T x, T z, T u, T& gx, T& gbeta) {
     T s;
-    backward_terms(g, x, z, fa_exp_nonpositive(u), gx, gbeta, s);
+    backward_terms(g, x, z, fa_exp_nonpositive_normal(u), gx, gbeta, s);
     // where e = exp(u) = exp(-|z|) is subnormal, df/dbeta = x^2 e for either sign of z, and for z < 0
     // df/dx = (1 + z) e (math_primitives.h; for z > 0, df/dx = 1 + (z - 1) e rounds to 1 there)
     gx = fa_select_exp_tail(z, g, T(1), T(1) + z, gx);
@@ -181,7 +181,8 @@ struct MishOp {
   // e = exp(-|x|).
   template <typename T>
   FASTACT_HOST_DEVICE static void parts(T x, T e, T& m, T& den) {
-    const T e2 = e * e;
+    const T e_small = fa_tiny_as_zero(e);  // e^2 is added to 2e or to 1
+    const T e2 = e_small * e_small;
     m = fa_select_negative(x, e2 + T(2) * e, T(2) * e2);
     den = fa_select_negative(x, e2 + T(2) * e + T(2), T(1) + T(2) * e + T(2) * e2);
   }
@@ -206,7 +207,7 @@ struct MishOp {
   template <typename T>
   FASTACT_HOST_DEVICE static T forward_general(T x) {
     // where e = exp(x) is subnormal, f = x e (math_primitives.h)
-    T f = fa_select_exp_tail(x, T(1), x, T(1), x * tanh_softplus_from(x, fa_exp_nonpositive(fa_neg_abs(x))));
+    T f = fa_select_exp_tail(x, T(1), x, T(1), x * tanh_softplus_from(x, fa_exp_nonpositive_normal(fa_neg_abs(x))));
     f = fa_select(x == fa_neg(fa_inf<T>()), T(0), f);
     if constexpr (fa_is_float_pack<T>::value) {  // the lanes the fast path covers get its bits
       return fa_select(fa_abs(x) <= T(kModerate), forward_moderate(fa_clamp(x, -kModerate, kModerate)), f);
@@ -227,7 +228,8 @@ struct MishOp {
   }
   template <typename T>
   FASTACT_HOST_DEVICE static T tanh_softplus_from(T x, T e) {
-    const T e2 = e * e;
+    const T e_small = fa_tiny_as_zero(e);  // e^2 is added to 2e or to 1
+    const T e2 = e_small * e_small;
     const T num = fa_select_negative(x, e2, T(1)) + T(2) * e;  // at x = +-0 (e = 1) both forms are 3 / 5
     const T den = num + fa_select_negative(x, T(2), T(2) * e2);
     return num / den;
@@ -277,7 +279,7 @@ struct MishOp {
     T m, den;
     parts(x, e, m, den);
     const T inv_den = T(1) / den;  // one division for both terms
-    const T w = fa_select_negative(x, T(1), e);
+    const T w = fa_select_negative(x, T(1), fa_tiny_as_zero(e));  // x >= 0: the tail is x e^2, added to ~1
     // 4e first: for |x| near the type's max, 4x overflows while e = 0 (inf * 0 would be NaN)
     const T tail = T(4) * e * x * (T(1) + e) * w * (inv_den * inv_den);
     term = tanh_softplus(x, m * inv_den);
@@ -286,7 +288,7 @@ struct MishOp {
   template <typename T>
   FASTACT_HOST_DEVICE static void backward_general(T g, T x, T u, T& gx) {
     T term;
-    backward_terms(g, x, fa_exp_nonpositive(u), gx, term);
+    backward_terms(g, x, fa_exp_nonpositive_normal(u), gx, term);
     gx = fa_select_exp_tail(x, g, T(1), T(1) + x, gx);  // where e = exp(x) is subnormal, f' = (1 + x) e (math_primitives.h)
     gx = fa_select(fa_abs(x) == fa_inf<T>(), g * term, gx);  // the tail is inf * 0 there; its limit is 0
   }

@@ -83,6 +83,24 @@ FASTACT_HOST_DEVICE T fa_select_exp_tail(T u, T a, T c, T b, T otherwise) {
   return fa_select(tail, (a * (c * h)) * (b * h), otherwise);
 }
 
+// The functors' general paths (the far tails) for float packs avoid subnormal operands and results where they
+// change no bit: on x86 an instruction with a subnormal input or output (an underflow to 0 included) takes a
+// microcode assist of some 150 cycles, which made packs with a lane past |z| = 87 up to 60x slower than
+// in-range ones. The scalar and double forms below are the plain math (a GPU has no such assists).
+//
+// exp(u) for u <= 0 where it is a normal float, 0 where it is subnormal (u < -87): for the general paths, whose
+// lanes with u < -87 take fa_select_exp_tail's value or (positive z) need e only next to 1.
+template <typename T>
+FASTACT_HOST_DEVICE T fa_exp_nonpositive_normal(T u) {
+  return fa_exp_nonpositive(u);
+}
+// e, with values below 2^-63 (whose square is subnormal) as 0: for terms that are only ever added to 1 or to
+// 2e, or multiplied into such terms, where they are below half an ulp.
+template <typename T>
+FASTACT_HOST_DEVICE T fa_tiny_as_zero(T e) {
+  return e;
+}
+
 // Whether T is a pack of float vectors: the one compute type whose exp has a fast path for arguments in
 // [-87, 0] (fa_exp_moderate). The functors' forms for it skip what only the far tails need (exp's range
 // check, the guards against inf * 0: a fifth of a SiLU forward's instructions) when every lane is in range,
@@ -361,15 +379,18 @@ template <int N>
 [[gnu::noinline, gnu::cold]] VecPack<float, N> fa_exp_nonpositive_tail(const VecPack<float, N>& x_in) {
   using V = at::vec::Vectorized<float>;
   using P = VecPack<float, N>;
-  // exp(-104) underflows to 0; NaN passes through
-  const P x = P::generate([&](int i) FASTACT_HOST_DEVICE_LAMBDA { return at::vec::clamp_min(x_in.v[i], V(-104.0f)); });
+  // Below -104 exp underflows to 0. Those lanes get 0 by a select, computed on x = 0: a product that underflows
+  // takes a microcode assist on x86 (some 150 cycles per instruction), which made such packs (+-inf, a huge
+  // |x|: half of a lookup table's build) 15x slower than in-range ones. NaN passes through.
+  const auto zero = x_in < P(-104.0f);
+  const P x = fa_select(zero, P(0.0f), x_in);
   const P n = P::generate([&](int i) FASTACT_HOST_DEVICE_LAMBDA { return (x.v[i] * V(1.44269504088896341f)).round(); });
   // n >= -150: both halves >= -75, normal powers of two
   const P half = P::generate([&](int i) FASTACT_HOST_DEVICE_LAMBDA { return (n.v[i] * V(0.5f)).trunc(); });
   const P e = fa_exp_reduced(fa_exp_remainder(n, x));
-  return P::generate([&](int i) FASTACT_HOST_DEVICE_LAMBDA {
+  return fa_select(zero, P(0.0f), P::generate([&](int i) FASTACT_HOST_DEVICE_LAMBDA {
     return e.v[i] * fa_pow2(half.v[i]) * fa_pow2(n.v[i] - half.v[i]);
-  });
+  }));
 }
 
 // exp(kSign x) for kSign x in [-87, 87], inlined: Sleef's call (what Vectorized::exp runs) costs more than all
@@ -420,6 +441,17 @@ FASTACT_HOST_DEVICE VecPack<float, N> fa_exp_nonpositive(const VecPack<float, N>
 template <int N>
 FASTACT_HOST_DEVICE VecPack<double, N> fa_exp_nonpositive(const VecPack<double, N>& x) {
   return VecPack<double, N>::generate([&](int i) { return x.v[i].exp(); });
+}
+template <int N>
+FASTACT_HOST_DEVICE VecPack<float, N> fa_exp_nonpositive_normal(const VecPack<float, N>& u) {
+  using P = VecPack<float, N>;
+  const auto subnormal = fa_exp_is_subnormal(u);  // NaN: false, so it passes through
+  return fa_select(subnormal, P(0.0f), fa_exp_moderate(fa_select(subnormal, P(0.0f), u)));
+}
+template <int N>
+FASTACT_HOST_DEVICE VecPack<float, N> fa_tiny_as_zero(const VecPack<float, N>& e) {
+  using P = VecPack<float, N>;
+  return fa_select(e < P(0x1p-63f), P(0.0f), e);
 }
 #endif
 

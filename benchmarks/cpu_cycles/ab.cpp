@@ -1,12 +1,13 @@
 // A/B of two source trees' AVX2 CPU kernels in one process, on a cache-resident buffer: base (a git revision,
 // compiled into namespace fastact::cpu::AVX512, AVX2 code all the same) against new (the working tree, in
-// AVX2). Build and run: bash benchmarks/cpu_cycles/ab.sh [REV] && /tmp/fastact_ab [--big | --tables]
+// AVX2). Build and run: bash benchmarks/cpu_cycles/ab.sh [REV] && /tmp/fastact_ab [--big | --tables | --tails]
 //
 // Separate runs of cycles.cpp drift by up to 17% on a shared VM (two states that last minutes), more than the
 // changes they should show; here base and new alternate 40 times per row, each the minimum of 30 timed
 // blocks, so both see the same state. The leaky rows (kernels a math change does not touch) are the control:
 // new/base 1.000 +- 0.002.
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -142,7 +143,34 @@ void row_table(const char* name, c10::ScalarType dtype, bool param_grad) {
               dtype == c10::ScalarType::Half ? "float16" : "bfloat16", a * 1e9, b * 1e9, b / a);
 }
 
+// The far tails (|beta x| > 87), where the kernels take their general path: every x the same value, float32,
+// on a cache-resident buffer.
+void row_tail(const char* name, ActivationId id, double param, float value, bool backward, bool param_grad) {
+  Inputs<float> in(1 << 14, id, c10::ScalarType::Float, param);
+  std::fill(in.x.begin(), in.x.end(), value);
+  ElementwiseProblem& p = in.p;
+  float acc = 0;
+  if (param_grad) p.param_grad = &acc;
+  double a = 1e30, b = 1e30;
+  for (int r = 0; r < 20; ++r) {
+    a = std::min(a, time_once<float>(fastact::cpu::AVX512::kRangeKernels, p, backward, param_grad, &acc));
+    b = std::min(b, time_once<float>(fastact::cpu::AVX2::kRangeKernels, p, backward, param_grad, &acc));
+  }
+  std::printf("%-12s x = %-6g %-9s base %7.3f new %7.3f ns/element  new/base %.3f\n", name, value,
+              backward ? (param_grad ? "bwd+dbeta" : "bwd") : "fwd", a * 1e9, b * 1e9, b / a);
+}
+
 int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--tails") == 0) {
+    for (float value : {-100.0f, 100.0f, -1e30f, INFINITY}) {
+      row_tail("swish1.3", ActivationId::Swish, 1.3, value, false, false);
+      row_tail("swish1.3", ActivationId::Swish, 1.3, value, true, false);
+      row_tail("swish1.3", ActivationId::Swish, 1.3, value, true, true);
+      row_tail("mish", ActivationId::Mish, 0.0, value, false, false);
+      row_tail("mish", ActivationId::Mish, 0.0, value, true, false);
+    }
+    return 0;
+  }
   if (argc > 1 && std::strcmp(argv[1], "--tables") == 0) {
     row_table<c10::BFloat16>("swish", c10::ScalarType::BFloat16, false);
     row_table<c10::Half>("swish", c10::ScalarType::Half, false);

@@ -168,11 +168,15 @@ const Capability*& active() {
 // ~29, ~9 against ~34 and ~15 against ~39; on AVX-512 (Sapphire Rapids class) 2.2-2.4x, 2.1-2.4x and 1.6x less
 // time than computed (benchmarks/cpu_cycles, kernels.h). Used for calls with one parameter value (none, a
 // float, or a one-element tensor) of at least lookup_threshold() elements whose table is kept, and of 4x that
-// where one must be built first (65536 evaluations, ~60-140 us: a learnable beta changes every step). The
-// tables of the last kMaxTables (op, dtype, parameter, direction, parameter gradient) are kept: 128 KiB for a
-// forward, 256 KiB for a backward, 512 KiB for a backward with a parameter gradient.
+// where one must be built first (65536 evaluations: a learnable beta changes every step, so in training each
+// table is built for one call). A build of the (df/dx, df/dbeta) pairs takes ~3x one of f (Xeon, 2 threads:
+// ~170 us against ~55), so those wait for 8x: at 2^20 elements, building and reading them took ~1.2x the
+// computed backward's time, at 2^21 ~0.95x. The tables of the last kMaxTables (op, dtype, parameter,
+// direction, parameter gradient) are kept: 128 KiB for a forward, 256 KiB for a backward, 512 KiB for a
+// backward with a parameter gradient.
 constexpr int kMaxTables = 8;
 constexpr int64_t kBuildFactor = 4;
+constexpr int64_t kPairsBuildFactor = 8;
 constexpr int64_t kTableSize = 65536;
 
 struct Table {
@@ -231,15 +235,16 @@ TableCache& table_cache() {
 // takes its exp tail: there grad times the derivative at grad = 1 is not the computed kernel's result
 // (activations.h, exp_tail). The lookup kernels compute the elements whose entry is NaN (kernels.h), so a table
 // gives the computed kernel's bits everywhere. Only the ops with tables (swish, mish) have such a tail.
-void mark_exp_tails(ActivationId activation, float param, const std::vector<float>& x, float* entries,
-                    bool param_grad) {
+// Over [begin, end) of the table, in the build's parallel loop.
+void mark_exp_tails(ActivationId activation, float param, const float* x, float* entries, bool param_grad,
+                    int64_t begin, int64_t end) {
   const int stride = param_grad ? 2 : 1;  // (df/dx, df/dparam) pairs, or df/dx
+  constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
   auto mark = [&](auto op) {
     using Op = decltype(op);
-    for (int64_t i = 0; i < kTableSize; ++i) {
-      if (Op::exp_tail(x[i], param, false) || (param_grad && Op::exp_tail(x[i], param, true))) {
-        std::fill_n(entries + stride * i, stride, std::numeric_limits<float>::quiet_NaN());
-      }
+    for (int64_t i = begin; i < end; ++i) {  // branch-free, so that it vectorizes
+      const bool tail = Op::exp_tail(x[i], param, false) | (param_grad & Op::exp_tail(x[i], param, true));
+      for (int k = 0; k < stride; ++k) entries[stride * i + k] = tail ? kNaN : entries[stride * i + k];
     }
   };
   if (activation == ActivationId::Swish) mark(SwishOp{});
@@ -289,13 +294,19 @@ std::shared_ptr<Table> build_table(const ElementwiseProblem& p, const RangeKerne
     build.grad = scratch.ones.data();
     table->derivatives.resize(kTableSize);
     build.out = table->derivatives.data();
-    for_every_value([&](int64_t begin, int64_t end) { k.backward(build, begin, end, nullptr, 0); });
-    mark_exp_tails(p.activation, param, x, table->derivatives.data(), /*param_grad=*/false);
+    float* entries = table->derivatives.data();
+    for_every_value([&](int64_t begin, int64_t end) {
+      k.backward(build, begin, end, nullptr, 0);
+      mark_exp_tails(p.activation, param, x.data(), entries, /*param_grad=*/false, begin, end);
+    });
     return table;
   }
   table->derivative_pairs.resize(2 * kTableSize);  // (df/dx, df/dparam) per value, read with one 64-bit load
-  for_every_value([&](int64_t begin, int64_t end) { k.derivative_pairs(build, begin, end, table->derivative_pairs.data()); });
-  mark_exp_tails(p.activation, param, x, table->derivative_pairs.data(), /*param_grad=*/true);
+  float* pairs = table->derivative_pairs.data();
+  for_every_value([&](int64_t begin, int64_t end) {
+    k.derivative_pairs(build, begin, end, pairs);
+    mark_exp_tails(p.activation, param, x.data(), pairs, /*param_grad=*/true, begin, end);
+  });
   return table;
 }
 
@@ -320,7 +331,7 @@ std::shared_ptr<const Table> lookup_table(const ElementwiseProblem& p, const Ran
       return it->second;
     }
   }
-  if (p.numel < kBuildFactor * min_numel) return nullptr;
+  if (p.numel < (param_grad ? kPairsBuildFactor : kBuildFactor) * min_numel) return nullptr;
   cache.tables.emplace_front(key, build_table(p, k, param, backward, cache.scratch));
   if (cache.tables.size() > kMaxTables) cache.tables.pop_back();
   return cache.tables.front().second;
