@@ -57,7 +57,8 @@ struct ParamAccess {
 
 // float with the GPU's fast exp (ex2.approx) and division, the compute type of float16/bfloat16 tensors:
 // their 11- or 8-bit results cannot tell its few-ulp float error apart, while the exact expf and division
-// would make those kernels compute-bound (they move half the bytes of float32 per element). The functors
+// would make those kernels compute-bound (they move half the bytes of float32 per element). (A parameter's
+// float32 gradient sums terms with that error too, a few float ulps each, where the CPU's are within ~1.) The functors
 // run on it unchanged: the operators and fa_* overloads below are found by argument-dependent lookup.
 struct FastFloat {
   float v;
