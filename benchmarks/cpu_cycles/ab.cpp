@@ -13,6 +13,7 @@
 #include <cstring>
 #include <random>
 #include <thread>
+#include <utility>
 #include <vector>
 #include "cpu/capability.h"
 using fastact::ActivationId;
@@ -54,17 +55,23 @@ double time_once(const RangeKernels& k, ElementwiseProblem& p, bool backward, bo
   }
   return best;
 }
+// The best time per element of base (first) and new (second), alternating for `rounds` rounds.
 template <typename T>
-void row(const char* name, ActivationId id, c10::ScalarType dtype, double param, bool backward, bool param_grad = false) {
-  Inputs<T> in(1 << 14, id, dtype, param);
+std::pair<double, double> alternate(Inputs<T>& in, bool backward, bool param_grad, int rounds) {
   ElementwiseProblem& p = in.p;
   float acc = 0;
   if (param_grad) p.param_grad = &acc;
   double a = 1e30, b = 1e30;
-  for (int r = 0; r < 40; ++r) {
+  for (int r = 0; r < rounds; ++r) {
     a = std::min(a, time_once<T>(fastact::cpu::AVX512::kRangeKernels, p, backward, param_grad, &acc));
     b = std::min(b, time_once<T>(fastact::cpu::AVX2::kRangeKernels, p, backward, param_grad, &acc));
   }
+  return {a, b};
+}
+template <typename T>
+void row(const char* name, ActivationId id, c10::ScalarType dtype, double param, bool backward, bool param_grad = false) {
+  Inputs<T> in(1 << 14, id, dtype, param);
+  const auto [a, b] = alternate(in, backward, param_grad, 40);
   std::printf("%-12s %-9s %-3s base %6.3f new %6.3f ns/element  new/base %.3f\n", name,
               dtype == c10::ScalarType::Float ? "float32" : "bfloat16", backward ? "bwd" : "fwd", a * 1e9, b * 1e9, b / a);
 }
@@ -148,14 +155,7 @@ void row_table(const char* name, c10::ScalarType dtype, bool param_grad) {
 void row_tail(const char* name, ActivationId id, double param, float value, bool backward, bool param_grad) {
   Inputs<float> in(1 << 14, id, c10::ScalarType::Float, param);
   std::fill(in.x.begin(), in.x.end(), value);
-  ElementwiseProblem& p = in.p;
-  float acc = 0;
-  if (param_grad) p.param_grad = &acc;
-  double a = 1e30, b = 1e30;
-  for (int r = 0; r < 20; ++r) {
-    a = std::min(a, time_once<float>(fastact::cpu::AVX512::kRangeKernels, p, backward, param_grad, &acc));
-    b = std::min(b, time_once<float>(fastact::cpu::AVX2::kRangeKernels, p, backward, param_grad, &acc));
-  }
+  const auto [a, b] = alternate(in, backward, param_grad, 20);
   std::printf("%-12s x = %-6g %-9s base %7.3f new %7.3f ns/element  new/base %.3f\n", name, value,
               backward ? (param_grad ? "bwd+dbeta" : "bwd") : "fwd", a * 1e9, b * 1e9, b / a);
 }
