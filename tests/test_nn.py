@@ -1477,32 +1477,39 @@ def _ddp_batch():
     return torch.randn(8, 3, 8, 8, generator=g), torch.randn(8, 2, generator=g)
 
 
-def _init_gloo(rank: int, world_size: int, port: int) -> None:
+def _gloo_worker(rank: int, world_size: int, port: int, out_path: str, body) -> None:
+    """Runs body(rank, world_size, out_path) in one process of a gloo group, then leaves without finalizing
+    Python. torch's gloo thread may still be destroying the last barrier's work, which holds earlier collectives'
+    tensors; their Python objects are released under the GIL, and a thread that takes the GIL while the
+    interpreter finalizes is unwound through a noexcept destructor: std::terminate, SIGABRT (~1 run in 20, in
+    c10d AsyncBarrierWork's destructor; not fastact code). Exceptions still reach mp.spawn."""
     import torch.distributed as dist
 
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
-
-
-def _ddp_worker(rank: int, world_size: int, port: int, out_path: str) -> None:
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    _init_gloo(rank, world_size, port)
     try:
-        model = DDP(_ddp_model())
-        x, t = _ddp_batch()
-        n = x.shape[0] // world_size
-        xs, ts = x[rank * n:(rank + 1) * n], t[rank * n:(rank + 1) * n]
-        loss = ((model(xs) - ts) ** 2).mean()
-        loss.backward()
-        if rank == 0:
-            torch.save({k: p.grad.clone() for k, p in model.module.named_parameters()}, out_path)
+        body(rank, world_size, out_path)
         dist.barrier()  # neither rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _ddp_worker(rank: int, world_size: int, out_path: str) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = DDP(_ddp_model())
+    x, t = _ddp_batch()
+    n = x.shape[0] // world_size
+    xs, ts = x[rank * n:(rank + 1) * n], t[rank * n:(rank + 1) * n]
+    loss = ((model(xs) - ts) ** 2).mean()
+    loss.backward()
+    if rank == 0:
+        torch.save({k: p.grad.clone() for k, p in model.module.named_parameters()}, out_path)
 
 
 def _free_port() -> int:
@@ -1519,7 +1526,7 @@ def test_ddp_two_processes_match_single_process():
         pytest.skip("torch.distributed with gloo is not available")
     with tempfile.TemporaryDirectory() as tmp:
         out_path = os.path.join(tmp, "grads.pt")
-        mp.spawn(_ddp_worker, args=(2, _free_port(), out_path), nprocs=2, join=True)
+        mp.spawn(_gloo_worker, args=(2, _free_port(), out_path, _ddp_worker), nprocs=2, join=True)
         ddp_grads = torch.load(out_path)
 
     model = _ddp_model()
@@ -1547,40 +1554,34 @@ def _dtensor_cases():
     return x, cases
 
 
-def _dtensor_worker(rank: int, world_size: int, port: int, out_path: str) -> None:
-    import torch.distributed as dist
+def _dtensor_worker(rank: int, world_size: int, out_path: str) -> None:
     from torch.distributed.tensor import DeviceMesh, Replicate, Shard, distribute_tensor
 
-    _init_gloo(rank, world_size, port)
-    try:
-        mesh = DeviceMesh("cpu", list(range(world_size)))
-        x_full, cases = _dtensor_cases()
-        results = {}
-        for name, (fn, params) in cases.items():
-            for dim in [0, 1, 2, None]:
-                placement = [Replicate()] if dim is None else [Shard(dim)]
-                # a per-channel parameter follows x sharded along the channels
-                param_placement = [Shard(0)] if dim == 1 and params and params[0].numel() > 1 else [Replicate()]
-                x = distribute_tensor(x_full, mesh, placement).requires_grad_()
-                ps = [distribute_tensor(p, mesh, param_placement).requires_grad_() for p in params]
-                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-                    y = fn(x, *ps)
-                    (y * y).sum().backward()
-                kernels = sorted({e.name for e in prof.events() if e.name.startswith("fastact::")})
-                results[name, dim] = (y.full_tensor(), x.grad.full_tensor(), [p.grad.full_tensor() for p in ps],
-                                      str(y.placements), str(x.placements), kernels)
-        inplace = {}
-        leaky = lambda x, inplace: F.leaky_relu(x, 0.2, inplace)  # noqa: E731
-        for name, fn in [("silu", F.silu), ("mish", F.mish), ("leaky_relu", leaky)]:
-            x = distribute_tensor(x_full, mesh, [Shard(0)])
-            with torch.no_grad():
-                assert fn(x, inplace=True) is x
-            inplace[name] = x.full_tensor()
-        if rank == 0:
-            torch.save((results, inplace), out_path)
-        dist.barrier()  # neither rank tears gloo down while the other still uses it
-    finally:
-        dist.destroy_process_group()
+    mesh = DeviceMesh("cpu", list(range(world_size)))
+    x_full, cases = _dtensor_cases()
+    results = {}
+    for name, (fn, params) in cases.items():
+        for dim in [0, 1, 2, None]:
+            placement = [Replicate()] if dim is None else [Shard(dim)]
+            # a per-channel parameter follows x sharded along the channels
+            param_placement = [Shard(0)] if dim == 1 and params and params[0].numel() > 1 else [Replicate()]
+            x = distribute_tensor(x_full, mesh, placement).requires_grad_()
+            ps = [distribute_tensor(p, mesh, param_placement).requires_grad_() for p in params]
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                y = fn(x, *ps)
+                (y * y).sum().backward()
+            kernels = sorted({e.name for e in prof.events() if e.name.startswith("fastact::")})
+            results[name, dim] = (y.full_tensor(), x.grad.full_tensor(), [p.grad.full_tensor() for p in ps],
+                                  str(y.placements), str(x.placements), kernels)
+    inplace = {}
+    leaky = lambda x, inplace: F.leaky_relu(x, 0.2, inplace)  # noqa: E731
+    for name, fn in [("silu", F.silu), ("mish", F.mish), ("leaky_relu", leaky)]:
+        x = distribute_tensor(x_full, mesh, [Shard(0)])
+        with torch.no_grad():
+            assert fn(x, inplace=True) is x
+        inplace[name] = x.full_tensor()
+    if rank == 0:
+        torch.save((results, inplace), out_path)
 
 
 def test_dtensor_sharding_rules_registered_whichever_is_imported_first():
@@ -1617,7 +1618,7 @@ def test_dtensor_two_processes_shard_every_op():
         pytest.skip("torch.distributed with gloo is not available")
     with tempfile.TemporaryDirectory() as tmp:
         out_path = os.path.join(tmp, "results.pt")
-        mp.spawn(_dtensor_worker, args=(2, _free_port(), out_path), nprocs=2, join=True)
+        mp.spawn(_gloo_worker, args=(2, _free_port(), out_path, _dtensor_worker), nprocs=2, join=True)
         results, inplace = torch.load(out_path)
 
     x_full, cases = _dtensor_cases()
