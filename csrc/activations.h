@@ -68,8 +68,8 @@ struct SwishOp {
   FASTACT_HOST_DEVICE static T forward_scaled_general(T x, T z) {
     // where e = exp(z) is subnormal, f = x e (math_primitives.h)
     T f = fa_select_exp_tail(z, T(1), x, T(1), x * sigmoid(z, fa_exp_nonpositive_normal(fa_neg_abs(z))));
-    // z = -inf: x * 0 would be NaN for x = +-inf; the limit is 0.
-    f = fa_select(z == fa_neg(fa_inf<T>()), T(0), f);
+    // z = -inf: x * 0 would be NaN for x = +-inf; the limit is 0, with x's sign (as x * sigmoid(z) has).
+    f = fa_select(z == fa_neg(fa_inf<T>()), fa_select_negative(x, fa_neg(T(0)), T(0)), f);
     if constexpr (fa_is_float_pack<T>::value) {  // the lanes the fast path covers get its bits
       return fa_select(fa_abs(z) <= T(87), forward_moderate(x, fa_clamp(z, -87.0f, 87.0f)), f);
     }
@@ -330,7 +330,9 @@ struct LeakyOp {
   FASTACT_HOST_DEVICE static void backward(T g, T x, T alpha, T& gx, T& galpha) {
     const auto positive = x > T(0);
     gx = g * fa_select(positive, T(1), alpha);
-    galpha = g * fa_select(positive, T(0), x);
+    // selected after the product, as torch's formula: where x > 0 the term is 0 also for an inf or NaN g
+    // (g * 0 would be NaN and spoil the channel's sum)
+    galpha = fa_select(positive, T(0), g * x);
   }
 };
 

@@ -124,6 +124,17 @@ inline Tensor param_partial(ActivationId activation, const Tensor& x_in, const T
   }
 }
 
+// grad * df/dparam, elementwise. PReLU's term is selected after the product, as in torch's formula (and the
+// kernels): 0 where x > 0 also for an inf or NaN grad.
+inline Tensor param_gradient(ActivationId activation, const Tensor& grad, const Tensor& x_in, const Tensor& param) {
+  if (activation == ActivationId::Leaky) {
+    const Tensor x = x_in.to(formula_type(x_in, param));
+    const Tensor term = grad * x;
+    return at::where(x > 0, at::zeros_like(term), term);
+  }
+  return grad * param_partial(activation, x_in, param);
+}
+
 inline bool has_tangent(const Tensor& t) { return t.defined() && t._fw_grad(kForwardLevel).defined(); }
 
 // Calls a backward op from a backward function. With create_graph (grad mode on), or inputs that carry
@@ -256,7 +267,7 @@ struct Derivatives {
     Tensor grad_input = (grad * input_partial(Info::get().activation, x, pt)).to(x.scalar_type());
     Tensor grad_param;
     if constexpr (K == ParamKind::Tensor) {
-      grad_param = reduce_to_param(grad * param_partial(Info::get().activation, x, pt), pt);
+      grad_param = reduce_to_param(param_gradient(Info::get().activation, grad, x, pt), pt);
     }
     return {grad_input, grad_param};
   }

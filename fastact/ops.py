@@ -120,12 +120,14 @@ def has_cuda_kernels() -> bool:
 
 @dataclass(frozen=True)
 class _Derivatives:
-    """Closed forms f_x, f_xx and, for a tensor parameter p, f_p, f_xp, f_pp (elementwise, unreduced)."""
+    """Closed forms f_x, f_xx and, for a tensor parameter p, f_p, f_xp, f_pp (elementwise, unreduced);
+    grad_p(grad, x, p) is grad * f_p where the product needs another order (default: grad * f_p)."""
     f_x: Callable
     f_xx: Callable
     f_p: Callable | None = None
     f_xp: Callable | None = None
     f_pp: Callable | None = None
+    grad_p: Callable | None = None
 
 
 def _zero(x, p=None):
@@ -139,9 +141,11 @@ _PRELU = _Derivatives(
     lambda x, w: ref.prelu_grad_weight(x),
     lambda x, w: torch.where(x > 0, torch.zeros_like(x), torch.ones_like(x)),
     _zero,
+    # selected after the product, as torch's formula and the kernels: 0 where x > 0 also for an inf or NaN grad
+    lambda grad, x, w: torch.where(x > 0, torch.zeros_like(x), grad * x),
 )
 
-_PARAM_NAMES = {"swish_param": "beta", "prelu": "weight"}
+_PARAM_NAMES = {"swish": "beta", "swish_param": "beta", "leaky_relu": "negative_slope", "prelu": "weight"}
 
 # name -> (kind of parameter, derivatives); mirrors FASTACT_FOR_EACH_ACTIVATION in csrc/ops.h.
 _OPS = {
@@ -151,6 +155,17 @@ _OPS = {
     "leaky_relu": ("scalar", _Derivatives(ref.leaky_relu_grad, _zero)),
     "prelu": ("tensor", _PRELU),
 }
+
+
+_KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _c10_dtype(dtype: torch.dtype) -> str:
+    """A dtype as the C++ checks print it (c10's ScalarType names: Float, BFloat16, ...)."""
+    return {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
+            torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
+            torch.bool: "Bool", torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
+            }.get(dtype, str(dtype).removeprefix("torch."))
 
 
 def _register(name: str, kind: str, d: _Derivatives) -> None:
@@ -163,13 +178,43 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
     # checks keep a CPU x with a parameter left on meta from returning uninitialised memory.
     param_name = _PARAM_NAMES.get(name)
 
+    # The C++ argument checks (csrc/ops.cpp) that metadata decides, so that tracing refuses what the kernels would.
     def check(x, param, **others):
+        if x.dtype not in _KERNEL_DTYPES:
+            raise RuntimeError(f"fastact.{name}: x must be a floating-point tensor (float32, float64, float16 or "
+                               f"bfloat16), got {_c10_dtype(x.dtype)}")
+        for arg, t in others.items():
+            if t.shape != x.shape:
+                raise RuntimeError(f"fastact.{name}: {arg} must have the shape of x {list(x.shape)}, got "
+                                   f"{list(t.shape)}")
+            if t.dtype != x.dtype:
+                raise RuntimeError(f"fastact.{name}: {arg} must have the dtype of x ({_c10_dtype(x.dtype)}), got "
+                                   f"{_c10_dtype(t.dtype)}")
         for arg, t in [*others.items(), *([(param_name, param[0])] if has_tensor_param else [])]:
             if t.device != x.device:
                 raise RuntimeError(f"fastact.{name}: {arg} must be on the device of x ({x.device}), got {t.device}")
-        if has_tensor_param and param[0].numel() != 1 and (x.dim() < 2 or param[0].numel() != x.shape[1]):
-            raise RuntimeError(f"fastact.{name}: {param_name} must have 1 element or one per channel, got shape "
-                               f"{list(param[0].shape)} for x of shape {list(x.shape)}")
+        # as torch's scalar arguments: a finite value that float cannot hold is an error (a symbolic one is left
+        # to the kernel, so as not to specialize it)
+        if kind == "scalar" and isinstance(param[0], (int, float)):
+            v = float(param[0])
+            if x.dtype != torch.float64 and math.isfinite(v) and abs(v) > torch.finfo(torch.float32).max:
+                raise RuntimeError(f"fastact.{name}: {param_name} = {v:g} cannot be converted to float (the compute "
+                                   f"type of {_c10_dtype(x.dtype)} x) without overflow")
+        if not has_tensor_param:
+            return
+        p = param[0]
+        if p.dtype != x.dtype and not (p.dtype == torch.float32 and x.dtype != torch.float64):
+            raise RuntimeError(f"fastact.{name}: {param_name} must have the dtype of x ({_c10_dtype(x.dtype)}) or "
+                               f"float32 when x is float16/bfloat16, got {_c10_dtype(p.dtype)}")
+        if p.dim() > 1:
+            raise RuntimeError(f"fastact.{name}: {param_name} must be 0-d or 1-d (one element, or one per channel), "
+                               f"got shape {list(p.shape)}")
+        if p.numel() != 1 and x.dim() < 2:
+            raise RuntimeError(f"fastact.{name}: a per-channel {param_name} ({p.numel()} elements) needs x with a "
+                               f"channel dimension (dim 1), got x of shape {list(x.shape)}")
+        if p.numel() != 1 and p.numel() != x.shape[1]:
+            raise RuntimeError(f"fastact.{name}: {param_name} must have 1 element or one per channel (x.size(1) = "
+                               f"{x.shape[1]}), got shape {list(p.shape)}")
 
     def fake_forward(x, *param):
         check(x, param)
@@ -382,7 +427,8 @@ def _backward_decomposition(kind: str, d: _Derivatives) -> Callable:
         grad_input = (d.f_x(x, *param) * grad).to(x.dtype)
         if kind != "tensor":
             return grad_input
-        return grad_input, ref.reduce_to_param(grad * d.f_p(x, param[0]), param[0])
+        grad_p = d.grad_p(grad, x, param[0]) if d.grad_p else grad * d.f_p(x, param[0])
+        return grad_input, ref.reduce_to_param(grad_p, param[0])
     return backward
 
 

@@ -331,6 +331,54 @@ def test_leaky_family_gives_natives_bits(device, dtype, slope):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_prelu_weight_gradient_skips_positive_x_whatever_the_incoming_gradient(device, dtype, channels):
+    """dweight sums grad * x over x <= 0 only, as torch's formula does: an inf or NaN incoming gradient where
+    x > 0 leaves it finite (the kernels summed grad * 0 = NaN into the channel), in the kernels, inside
+    torch.func and in the decomposition."""
+    weight_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    values = torch.tensor([1.0, -1.0, 2.0, -0.5, 0.0, 3.0] * 7, dtype=torch.float64)  # 42: a vector tail too
+    x = values.repeat(2, 3, 1).to(dtype).to(device)
+    g = torch.ones_like(x)
+    g[..., 0::6], g[..., 2::6], g[..., 5::6] = INF, math.nan, -INF  # only where x > 0
+    w = torch.tensor([0.25, -1.5, 2.0][:channels], dtype=weight_dtype, device=device)
+    wd = w.double().cpu().requires_grad_()
+    (want,) = torch.autograd.grad(F.prelu(x.double().cpu(), wd), wd, g.double().cpu())
+    assert want.isfinite().all()
+    wr = w.clone().requires_grad_()
+    (kernel,) = torch.autograd.grad(fastact.prelu(x, wr), wr, g)
+    _, vjp = torch.func.vjp(lambda w_: fastact.prelu(x, w_), w)
+    (func,) = vjp(g)
+    _, decomposed = torch._decomp.decomposition_table[torch.ops.fastact.prelu_backward.default](g, x, w)
+    for got, what in ((kernel, "kernel"), (func, "torch.func"), (decomposed, "decomposition")):
+        torch.testing.assert_close(got.double().cpu(), want, rtol=1e-6, atol=0, msg=what)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_swish_family_and_mish_keep_the_sign_of_x(device, dtype):
+    """sigmoid and tanh(softplus) are >= 0, so f = x * (that) has x's sign bit for every finite x, -0.0 for a
+    negative x whose f rounds to zero included; also where beta x overflows to -inf (x's sign, not +0.0)."""
+    big = torch.finfo(dtype).max
+    edge = [0.0, 1e-30, 1.0, 30.0, 90.0, 200.0, 1e4, 1e30, big / 4, big / 2, big]
+    x = torch.tensor(edge, dtype=torch.float64).to(dtype)
+    x = torch.cat([x, -x, torch.randn(300, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+                   .mul(40).to(dtype)]).to(device)
+    x = x[x.isfinite()]
+    calls = {"mish": lambda t: fastact.mish(t)}
+    for beta in (1.0, 1.5, -2.0, 0.0, 1e30):
+        calls[f"swish({beta})"] = lambda t, b=beta: fastact.swish(t, b)
+        calls[f"swish(tensor {beta})"] = lambda t, b=beta: fastact.swish(t, torch.tensor([b], device=device).to(
+            torch.float64 if dtype == torch.float64 else torch.float32))
+    for name, fn in calls.items():
+        y = fn(x)
+        keep = ~y.isnan()
+        assert torch.equal(torch.signbit(y[keep]), torch.signbit(x[keep])), (
+            f"{name}: sign of x lost at {x[keep][torch.signbit(y[keep]) != torch.signbit(x[keep])].tolist()[:5]}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("zero_channel", [True, False])
 def test_learnable_swish_limits_with_and_without_a_zero_beta(device, dtype, layout, zero_channel):
@@ -1420,7 +1468,7 @@ def test_an_unknown_cpu_capability_warns_and_is_ignored():
 # --------------------------------------------------------------------------------------------------------
 # Bad input: a clear error naming the op and the argument
 
-@pytest.mark.parametrize("call, pattern", [
+BAD_CALLS = [
     (lambda: fastact.silu(torch.arange(4)), r"fastact\.swish: x must be a floating-point tensor"),
     (lambda: fastact.mish(torch.ones(3, dtype=torch.bool)), r"fastact\.mish: x must be a floating-point"),
     (lambda: fastact.prelu(torch.randn(2, 8, 3), torch.rand(3)), r"fastact\.prelu: weight must have 1 element or "
@@ -1441,9 +1489,20 @@ def test_an_unknown_cpu_capability_warns_and_is_ignored():
                                                        r"converted to float \(the compute type of Float x\)"),
     (lambda: fastact.swish(torch.randn(3).half(), -4e38), r"fastact\.swish: beta = -4e\+38 cannot be converted"),
     (lambda: torch.ops.fastact.swish_backward(torch.randn(3), torch.randn(3), 1e300), r"fastact\.swish: beta"),
-])
+]
+
+
+@pytest.mark.parametrize("call, pattern", BAD_CALLS)
 def test_bad_input_errors_name_op_and_argument(call, pattern):
     with pytest.raises(RuntimeError, match=pattern):
+        call()
+
+
+@pytest.mark.parametrize("call, pattern", BAD_CALLS)
+def test_tracing_refuses_what_the_kernels_refuse(call, pattern):
+    """The fake (meta) kernels, which shape inference, torch.compile and torch.export run, raise the kernels'
+    errors (they accepted a float64 weight for float32 x, a gradient of another dtype, an integer x)."""
+    with torch.device("meta"), pytest.raises(RuntimeError, match=pattern):
         call()
 
 
