@@ -92,10 +92,11 @@ struct Dual {
 
 // A one-element or per-channel (dim 1) parameter, broadcastable against x.
 inline Tensor channel_view(const Tensor& param, const Tensor& x) {
-  if (param.numel() == 1) return param.reshape({});
-  std::vector<int64_t> shape(x.dim(), 1);
+  // (sym_ sizes: make_fx's symbolic tracing of torch.func transforms reaches here with symbolic shapes)
+  if (param.sym_numel() == 1) return param.reshape({});
+  std::vector<c10::SymInt> shape(x.dim(), 1);
   shape[1] = -1;
-  return param.reshape(shape);
+  return param.reshape_symint(shape);
 }
 
 // The type the derivative formulas run in: float for the half types, or what holds x and the parameter.
@@ -176,12 +177,12 @@ inline Tensor input_partial(ActivationId activation, const Tensor& x_in, const T
 
 // The sum of an elementwise tensor over everything but the parameter's channel (adjoint of channel_view).
 inline Tensor reduce_to_param(const Tensor& t, const Tensor& param) {
-  if (param.numel() == 1) return t.sum().reshape(param.sizes()).to(param.scalar_type());
+  if (param.sym_numel() == 1) return t.sum().reshape_symint(param.sym_sizes()).to(param.scalar_type());
   std::vector<int64_t> dims;
   for (int64_t d = 0; d < t.dim(); ++d) {
     if (d != 1) dims.push_back(d);
   }
-  return t.sum(dims).reshape(param.sizes()).to(param.scalar_type());
+  return t.sum(dims).reshape_symint(param.sym_sizes()).to(param.scalar_type());
 }
 
 // The parameter of one call, whatever its kind: a tensor (learnable), a float, or nothing.

@@ -25,6 +25,12 @@ _ops = torch.ops.fastact
 _TensorLike = (Tensor, torch.fx.Proxy)
 
 
+def _call(op, x, *args) -> Tensor:
+    """op's default overload; for torch.fx's Proxy the overload packet, so that TorchScript can script the
+    traced graph (it cannot look an overload up by name, as torch.ops.fastact.prelu.default)."""
+    return (op if isinstance(x, torch.fx.Proxy) else op.default)(x, *args)
+
+
 def _check_tensor(op: str, arg: str, value) -> None:
     if not isinstance(value, _TensorLike):
         raise TypeError(f"fastact.{op}: {arg} must be a tensor, got {type(value).__name__}")
@@ -77,7 +83,7 @@ def _inplace(name: str, op, eager_inplace, x: Tensor, *args) -> Tensor:
             return op.out(x, *args, out=x)  # no copy: the kernel reads each element before writing it
     # Autograd, transforms, tangents, compile, jit.trace (one graph whatever the grad mode, which trace's check
     # changes): a differentiable, functionalizable copy (torch.compile removes it)
-    return x.copy_(op.default(x.clone(), *args))
+    return x.copy_(_call(op, x.clone(), *args))
 
 
 class _LeakyReLUSavingOutput(torch.autograd.Function):
@@ -165,8 +171,8 @@ def swish(input: Tensor, beta: float | Tensor = 1.0) -> Tensor:
             return y
     _check_tensor("swish", "input", input)
     if isinstance(beta, _TensorLike):
-        return _ops.swish_param.default(input, beta)
-    return _ops.swish.default(input, _check_number("swish", "beta", beta))
+        return _call(_ops.swish_param, input, beta)
+    return _call(_ops.swish, input, _check_number("swish", "beta", beta))
 
 
 def silu(input: Tensor, inplace: bool = False) -> Tensor:
@@ -183,7 +189,7 @@ def silu(input: Tensor, inplace: bool = False) -> Tensor:
         if y is not NotImplemented:
             return y
     _check_tensor("silu", "input", input)
-    return _ops.swish.default(input, 1.0)
+    return _call(_ops.swish, input, 1.0)
 
 
 def mish(input: Tensor, inplace: bool = False) -> Tensor:
@@ -200,7 +206,7 @@ def mish(input: Tensor, inplace: bool = False) -> Tensor:
         if y is not NotImplemented:
             return y
     _check_tensor("mish", "input", input)
-    return _ops.mish.default(input)
+    return _call(_ops.mish, input)
 
 
 def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
@@ -228,7 +234,7 @@ def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = Fals
     if inplace:
         return _inplace("leaky_relu", _ops.leaky_relu, _eager.leaky_relu_, input, negative_slope)
     _check_tensor("leaky_relu", "input", input)
-    return _ops.leaky_relu.default(input, negative_slope)
+    return _call(_ops.leaky_relu, input, negative_slope)
 
 
 def prelu(input: Tensor, weight: Tensor) -> Tensor:
@@ -241,4 +247,4 @@ def prelu(input: Tensor, weight: Tensor) -> Tensor:
             return y
     _check_tensor("prelu", "input", input)
     _check_tensor("prelu", "weight", weight)
-    return _ops.prelu.default(input, weight)
+    return _call(_ops.prelu, input, weight)

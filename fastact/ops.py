@@ -381,11 +381,12 @@ def _register_vmap(name: str, kind: str) -> None:
             if p_dim is None and p.numel() == 1:  # the batch dimension is one more outer dimension
                 return forward_op(x, p), x_dim
             x = _batch_first(x, x_dim, info.batch_size)
+            if p_dim is not None:
+                p = p.movedim(p_dim, 0)
             if x.dim() < 3 and (p.numel() if p_dim is None else p[0].numel()) > 1:
-                return forward_op(x[0], p if p_dim is None else p.select(p_dim, 0)), 0  # the op's own error
+                return forward_op(x[0], p if p_dim is None else p[0]), 0  # the op's own error
             if p_dim is None:  # one parameter per channel for every batch element: fold the batch into dim 0
                 return forward_op(x.flatten(0, 1), p).unflatten(0, x.shape[:2]), 0
-            p = p.movedim(p_dim, 0)
             (x,), unfold = _fold_batch_into_channels([x], per_channel=p[0].numel() > 1)
             return unfold(forward_op(x, p.reshape(-1))), 0
 

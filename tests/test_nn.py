@@ -964,24 +964,32 @@ def test_torch_compile_of_a_changing_slope_passed_as_a_tensor_compiles_once():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before == 1
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning")  # torch deprecates TorchScript
+@pytest.mark.filterwarnings("ignore:The TorchScript type system:UserWarning")  # scripting any GraphModule
 def test_torch_fx_symbolic_trace():
     """torch.fx (used by feature extractors and quantization tools) traces every module, learnable and in
-    place included, into graphs of fastact ops that compute what the model computes, gradients too."""
+    place included, into graphs of fastact ops that compute what the model computes, gradients too; the
+    traced graph scripts with TorchScript, as one of torch's activations does (it held the ops' overloads,
+    `torch.ops.fastact.swish.default`, which TorchScript cannot look up)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), fnn.SiLU(), nn.Linear(6, 6), fnn.Swish(learnable=True, num_parameters=6),
                           fnn.Mish(inplace=True), fnn.LeakyReLU(-0.5, inplace=True), fnn.PReLU(6), fnn.Swish(1.5),
                           fnn.SiLU(inplace=True))
     traced = torch.fx.symbolic_trace(model)
     targets = {str(n.target) for n in traced.graph.nodes if n.op == "call_function"}
-    assert {"fastact.swish.default", "fastact.swish_param.default", "fastact.mish.default",
-            "fastact.leaky_relu.default", "fastact.prelu.default"} <= targets, targets
+    assert {"fastact.swish", "fastact.swish_param", "fastact.mish", "fastact.leaky_relu", "fastact.prelu"} <= targets, \
+        targets
+    scripted = torch.jit.script(traced)
     x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
-    xe, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ye, yt = model(xe), traced(xt)
+    xe, xt, xs = x.clone().requires_grad_(), x.clone().requires_grad_(), x.clone().requires_grad_()
+    ye, yt, ys = model(xe), traced(xt), scripted(xs)
     torch.testing.assert_close(yt, ye, rtol=0, atol=0)
+    torch.testing.assert_close(ys, ye, rtol=0, atol=0)
     ye.sum().backward()
     yt.sum().backward()
+    ys.sum().backward()
     torch.testing.assert_close(xt.grad, xe.grad, rtol=0, atol=0)
+    torch.testing.assert_close(xs.grad, xe.grad, rtol=0, atol=0)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning")  # torch deprecates TorchScript

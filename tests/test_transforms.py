@@ -245,6 +245,63 @@ def test_vmap_forward_and_backward_ops(device, case, x_dim):
                     torch.testing.assert_close(got_gp[i], want_gp, rtol=1e-10, atol=1e-12)
 
 
+# (a per-channel parameter needs x with a channel dimension)
+@pytest.mark.parametrize("case, x_shape", [(c, s) for c in CASES if c.tensor_param
+                                           for s in [(), (4,), (2, 4), (2, 4, 3)] if c.param == "one" or len(s) >= 2],
+                         ids=lambda v: f"x{list(v)}" if isinstance(v, tuple) else str(v))
+@pytest.mark.parametrize("p_dim", [0, 1, -1])
+@pytest.mark.parametrize("x_dim", [None, 0, -1])
+def test_vmap_over_a_parameter_batched_on_any_dim(case, x_shape, p_dim, x_dim):
+    """The parameter's batch dimension may be any of its dims (models stacked along dim 1, in_dims=-1), x
+    batched or shared, of any rank: each sample gets its own call's values and gradients (the forward rule
+    read the parameter's first row across the batch, and for x of rank < 2 returned sample 0's result for
+    the whole batch, without the batch dimension)."""
+    batch = 3
+    gen = torch.Generator().manual_seed(11)
+    n = x_shape[1] if case.param == "channel" else 1
+    p = (torch.rand(batch, n, generator=gen, dtype=torch.float64) * 2 - 0.5).movedim(0, p_dim)
+    x = torch.randn(batch, *x_shape, generator=gen, dtype=torch.float64) * 3
+    x_in = x[0] if x_dim is None else x.movedim(0, x_dim)
+    xs = [x[0] if x_dim is None else x[i] for i in range(batch)]
+    ps = [p.select(p_dim, i) for i in range(batch)]
+
+    def loss(u, w):
+        return (case.fast(u, w) * torch.linspace(-1, 2, u.numel(), dtype=u.dtype).view(u.shape)).sum()
+
+    with batching_rules_only():
+        y = vmap(case.fast, in_dims=(x_dim, p_dim))(x_in, p)
+        gx, gp = vmap(grad(loss, argnums=(0, 1)), in_dims=(x_dim, p_dim))(x_in, p)
+    assert y.shape == (batch, *x_shape) and gx.shape == (batch, *x_shape) and gp.shape == (batch, n)
+    for i in range(batch):
+        xr, pr = xs[i].clone().requires_grad_(), ps[i].clone().requires_grad_()
+        want = case.ref(xr, pr)
+        want_gx, want_gp = torch.autograd.grad(
+            (want * torch.linspace(-1, 2, xr.numel(), dtype=xr.dtype).view(xr.shape)).sum(), (xr, pr))
+        torch.testing.assert_close(y[i], want.detach(), rtol=1e-12, atol=1e-14, msg=f"sample {i}")
+        torch.testing.assert_close(gx[i], want_gx, rtol=1e-12, atol=1e-14, msg=f"grad x, sample {i}")
+        torch.testing.assert_close(gp[i], want_gp, rtol=1e-10, atol=1e-12, msg=f"grad p, sample {i}")
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.param == "channel"], ids=str)
+def test_symbolic_make_fx_of_parameter_gradients(case):
+    """make_fx with symbolic shapes traces grad of a per-channel parameter (the C++ derivative formulas that
+    torch.func runs read symbolic sizes: numel() raised "Cannot call numel() on tensor with symbolic sizes");
+    the graph then serves other shapes with the float64 reference's gradients."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def param_grad(u, w):
+        return grad(lambda w_: (case.fast(u, w_) * u).sum())(w)
+
+    gen = torch.Generator().manual_seed(4)
+    traced = make_fx(param_grad, tracing_mode="symbolic")(torch.randn(3, 4, 2, dtype=torch.float64, generator=gen),
+                                                          torch.rand(4, dtype=torch.float64, generator=gen))
+    for shape in [(5, 6, 3), (2, 3, 7)]:
+        u = torch.randn(*shape, dtype=torch.float64, generator=gen)
+        w = torch.rand(shape[1], dtype=torch.float64, generator=gen).requires_grad_()
+        (want,) = torch.autograd.grad((case.ref(u, w) * u).sum(), w)
+        torch.testing.assert_close(traced(u, w.detach()), want, rtol=1e-10, atol=1e-12)
+
+
 class SmallNet(nn.Module):
     def __init__(self, acts):
         super().__init__()
