@@ -54,6 +54,10 @@ def _plain_eager(x: Tensor) -> bool:
         return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._functorch.is_functorch_wrapped_tensor(x):
         return False
+    # A tensor captured by a torch.func transform is not wrapped, but writing it in place must reach functorch,
+    # which refuses it (the gradient would read the new values).
+    if torch._C._are_functorch_transforms_active():
+        return False
     return fwAD._current_level < 0 or fwAD.unpack_dual(x).tangent is None
 
 

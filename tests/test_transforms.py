@@ -302,6 +302,36 @@ def test_symbolic_make_fx_of_parameter_gradients(case):
         torch.testing.assert_close(traced(u, w.detach()), want, rtol=1e-10, atol=1e-12)
 
 
+INPLACE_CALLS = {
+    "silu": lambda z: fastact.silu(z, inplace=True),
+    "mish": lambda z: fastact.mish(z, inplace=True),
+    "leaky_relu(0.2)": lambda z: fastact.leaky_relu(z, 0.2, inplace=True),
+    "leaky_relu(-0.2)": lambda z: fastact.leaky_relu(z, -0.2, inplace=True),
+    "LeakyReLU(0.2)": fastact.nn.LeakyReLU(0.2, inplace=True),
+}
+
+
+@pytest.mark.parametrize("transform", ["grad", "vjp", "jvp", "jacrev"])
+@pytest.mark.parametrize("call", list(INPLACE_CALLS))
+def test_inplace_on_a_tensor_captured_by_a_transform_is_refused(transform, call):
+    """Writing in place a tensor the function closes over (not an input of the transform) is refused, as
+    torch's in-place activations are: the C++ in-place form took it and the gradient read the new values."""
+    fn = INPLACE_CALLS[call]
+    z = torch.tensor([-1.0, 0.5, 2.0])
+
+    def f(t):
+        y = t * z
+        fn(z)
+        return y.sum() if transform == "grad" else y
+
+    t = torch.ones(3)
+    run = {"grad": lambda: grad(f)(t), "vjp": lambda: vjp(f, t)[1](torch.ones(3)),
+           "jvp": lambda: jvp(f, (t,), (torch.ones(3),)), "jacrev": lambda: jacrev(f)(t)}[transform]
+    with pytest.raises(RuntimeError, match="mutate a captured Tensor"):
+        run()
+    assert torch.equal(z, torch.tensor([-1.0, 0.5, 2.0]))
+
+
 class SmallNet(nn.Module):
     def __init__(self, acts):
         super().__init__()
