@@ -61,6 +61,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .homework.checks import MAX_THREADS
+
 PASSES = ("fwd", "fwd+bwd", "bwd")
 IMPLS = ("fastact", "native", "eager", "compile")
 REGIMES = ("user", "kernel")
@@ -416,6 +418,13 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _thread_count(text: str) -> int:
+    v = _positive_int(text)
+    if v > MAX_THREADS:  # (torch's OpenMP pool aborts or crashes on tens of thousands)
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS} ({os.cpu_count()} CPUs here), got {text}")
+    return v
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -484,7 +493,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: 2^20,2^24 on cpu, 2^28 on cuda; --quick: 2^20)")
     parser.add_argument("--channels", type=_positive_int, default=64,
                         help="C of the (N, C, H, W) input; per-channel ops get C parameters (default 64)")
-    parser.add_argument("--threads", type=_positive_int, default=None,
+    parser.add_argument("--threads", type=_thread_count, default=None,
                         help="torch CPU threads (default: torch's current setting, %d here)" % torch.get_num_threads())
     parser.add_argument("--min-run-time", type=_positive_float, default=None,
                         help="seconds of timing per row after warm-up (default 0.5; --quick: %g)" % QUICK_MIN_RUN_TIME)

@@ -517,6 +517,7 @@ def parse_error(capsys, argv) -> str:
     (["--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),  # ran the default
     (["--batch-size", "0"], "argument --batch-size: expected a positive integer"),
     (["--threads", "0"], "argument --threads: expected a positive integer"),
+    (["--threads", "100000"], "argument --threads: expected at most"),  # torch's thread pool crashed
     (["--per-class", "0"], "argument --per-class: expected a positive integer"),
     (["--hidden", "0"], "argument --hidden: expected a positive integer"),
     (["--patience", "-2"], "argument --patience: expected a positive integer"),
@@ -550,6 +551,7 @@ def test_loss_per_class_at_most_available(capsys, tmp_path):
     (["--epochs", "0"], "argument --epochs: expected a positive integer"),
     (["--batch-size", "0"], "argument --batch-size: expected a positive integer"),
     (["--threads", "-2"], "argument --threads: expected a positive integer"),
+    (["--threads", "100000"], "argument --threads: expected at most"),
     (["--jobs", "-1"], "argument --jobs: expected a positive integer"),
     (["--jobs", "0"], "argument --jobs: expected a positive integer"),
     (["--seeds", "0"], "argument --seeds: expected a positive integer"),

@@ -253,6 +253,7 @@ def test_failed_writes_keep_the_results(tmp_path, capsys, monkeypatch):
     ("--channels", "x", "must be a positive integer, got x"),
     ("--threads", "0", "must be a positive integer, got 0"),
     ("--threads", "-1", "must be a positive integer, got -1"),
+    ("--threads", "100000", f"must be at most {kb.MAX_THREADS} ({os.cpu_count()} CPUs here), got 100000"),
     ("--min-run-time", "-1", "must be a positive number of seconds, got -1"),
     ("--min-run-time", "0", "must be a positive number of seconds, got 0"),
     ("--min-run-time", "nan", "must be a positive number of seconds, got nan"),

@@ -14,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["int_at_least", "positive_int", "nonnegative_int", "positive_float", "finite_float", "fail",
-           "output_dir", "read_json"]
+__all__ = ["int_at_least", "positive_int", "nonnegative_int", "MAX_THREADS", "thread_count", "positive_float", "finite_float",
+           "fail", "output_dir", "read_json"]
 
 
 def int_at_least(low: int, what: str | None = None):
@@ -36,6 +36,18 @@ def int_at_least(low: int, what: str | None = None):
 
 positive_int = int_at_least(1)
 nonnegative_int = int_at_least(0, "an integer >= 0")
+
+# More threads than this is a typo, not an experiment: torch's OpenMP pool aborts or crashes on tens of thousands.
+MAX_THREADS = max(256, 4 * (os.cpu_count() or 1))
+
+
+def thread_count(text: str) -> int:
+    """An argparse type: a number of threads, 1 to MAX_THREADS."""
+    value = positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_THREADS} threads ({os.cpu_count()} CPUs here), "
+                                         f"got {text!r}")
+    return value
 
 
 def finite_float(text: str) -> float:

@@ -25,7 +25,7 @@ import math
 import time
 from pathlib import Path
 
-from .checks import fail, output_dir, positive_float, positive_int
+from .checks import fail, output_dir, positive_float, positive_int, thread_count
 
 __all__ = ["make_task", "train_loss_curve", "early_stopping", "add_arguments", "run"]
 
@@ -126,7 +126,7 @@ def early_stopping(test_loss: list[float], patience: int = 10) -> dict:
             "patience_epoch": stop}
 
 
-def save_figure(results: dict, path: Path) -> None:
+def save_figure(results: dict, path: Path, meta: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,7 +146,7 @@ def save_figure(results: dict, path: Path) -> None:
         ax.set(title=f"{LABELS[loss]} (SGD)", xlabel="epoch", ylabel="loss", ylim=(0, None))
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("MNIST 3 vs 5, 1,000 training images: train and test loss per epoch")
+    fig.suptitle(f"{meta['task']}, {meta['train_images']:,} training images: train and test loss per epoch")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -181,7 +181,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--patience", type=positive_int, default=10,
                         help="epochs without a lower test loss before the patience stop (default 10)")
-    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1: the net is tiny)")
+    parser.add_argument("--threads", type=thread_count, default=1, help="torch threads (default 1: the net is tiny)")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_EPOCHS} epochs, {QUICK_PER_CLASS} training images per class")
     parser.add_argument("--out", default="homework-results", help="output directory (default ./homework-results)")
@@ -249,6 +249,6 @@ def run(args) -> int:
             "per_class": per_class, "epochs": epochs, "lr": args.lr, "batch_size": args.batch_size,
             "hidden": args.hidden, "seed": args.seed, "optimizer": "SGD", "data": raw.source}
     (out / "loss_results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    save_figure(results, out / "loss_curves.png")
+    save_figure(results, out / "loss_curves.png", meta)
     print(f"wrote {out}/loss_curves.png, loss_results.json")
     return 0

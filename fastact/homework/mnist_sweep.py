@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .checks import fail, finite_float, nonnegative_int, output_dir, positive_float, positive_int, read_json
+from .checks import (fail, finite_float, nonnegative_int, output_dir, positive_float, positive_int, read_json,
+                     thread_count)
 
 __all__ = ["RunSpec", "build_specs", "train_run", "run_all", "add_arguments", "run", "ANSWER"]
 
@@ -592,12 +593,13 @@ def save_sweep(results: list[dict], path: Path) -> None:
     a1.set(title="validation accuracy", xlabel="epoch", ylabel="accuracy")
     a2.set(title="validation loss", xlabel="epoch", ylabel="cross-entropy", yscale="log")
     a1.legend(fontsize=8)
-    leaky = [n for n in names if n.startswith("leaky(")]
+    # in order of alpha (runs come in the order asked for), so that the line joins neighbouring alphas
+    leaky = sorted((n for n in names if n.startswith("leaky(")), key=lambda n: float(n[6:-1]))
     xs = [float(n[6:-1]) for n in leaky]
     means = [_mean_std([r["test_acc"] for r in fa if r["name"] == n]) for n in leaky]
     if leaky:
         a3.errorbar(xs, [m for m, _ in means], yerr=[s for _, s in means], marker="o", capsize=4,
-                    label="this reproduction (fastact)")
+                    label=f"this reproduction ({fa[0]['impl']})")
         ans = [(a, ANSWER[a][2]) for a in xs if a in ANSWER]
         if ans:
             a3.plot([a for a, _ in ans], [v for _, v in ans], "s--", color="gray", label="homework answer (Keras)")
@@ -674,7 +676,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="worker processes running runs side by side (default: 1 with --quick, else min(2, CPUs))")
     # one thread per worker: tiny convs gain little from more, and lose a lot when another process shares
     # the cores (OpenMP threads then wait on each other)
-    e.add_argument("--threads", type=positive_int, default=1, help="torch threads per worker (default 1)")
+    e.add_argument("--threads", type=thread_count, default=1, help="torch threads per worker (default 1)")
     e.add_argument("--out", default="homework-results", help="output directory (default ./homework-results)")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.add_argument("--from-json", metavar="PATH", nargs="+", help="train nothing: rebuild the table and "

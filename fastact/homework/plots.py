@@ -97,6 +97,12 @@ def curves(x=None) -> dict:
 
     x = grid() if x is None else x
     hw = homework_closed_forms()
+
+    def torch_d2y(plain):
+        # f'' by double autograd through plain torch ops: fastact's double backward evaluates reference.*_grad2,
+        # so those closed forms would agree with it by construction
+        return autograd_curve(plain, x)[2]
+
     out = {}
     for beta in SWISH_BETAS:
         y, dy, d2y = autograd_curve(lambda t: fastact.swish(t, beta), x)
@@ -106,13 +112,15 @@ def curves(x=None) -> dict:
         (dbeta,) = torch.autograd.grad(fastact.swish(x.reshape(1, -1), bb).sum(), bb)
         out[f"swish(beta={beta:g})"] = {
             "y": y, "dy": dy, "d2y": d2y, "dy_homework": hw["swish_dx"](x, beta),
-            "dy_reference": ref.swish_grad(x, beta), "d2y_reference": ref.swish_grad2(x, beta),
+            "dy_reference": ref.swish_grad(x, beta),
+            "d2y_reference": torch_d2y(lambda t: t * torch.sigmoid(beta * t)),
             "dbeta": dbeta.detach(), "dbeta_homework": hw["swish_dbeta"](x, beta),
             "dbeta_reference": ref.swish_grad_beta(x, beta)}
     y, dy, d2y = autograd_curve(fastact.mish, x)
     swish1 = fastact.swish(x, 1.0)
     out["mish"] = {"y": y, "dy": dy, "d2y": d2y, "dy_homework": hw["mish_dx"](x),
-                   "dy_reference": ref.mish_grad(x), "d2y_reference": ref.mish_grad2(x),
+                   "dy_reference": ref.mish_grad(x),
+                   "d2y_reference": torch_d2y(lambda t: t * torch.tanh(F.softplus(t))),
                    "delta": ref.mish_delta(x), "delta_homework": hw["mish_delta"](x),
                    "delta_times_swish": ref.mish_delta(x) * swish1, "f_over_x": y / x,
                    "softplus": F.softplus(x), "relu": torch.relu(x)}
