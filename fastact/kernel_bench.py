@@ -567,6 +567,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
         print(f"fastact-bench kernels: error: {msg}", file=sys.stderr)
         raise SystemExit(2)
 
+    if args.json and args.plot and os.path.realpath(args.json) == os.path.realpath(args.plot):
+        fail(f"--json and --plot name the same file ({args.plot}): the plot would overwrite the results")
     cuda_ok = torch.cuda.is_available()
     if args.device == "cuda" and not cuda_ok:
         fail("--device cuda, but torch.cuda.is_available() is False")

@@ -577,6 +577,17 @@ def test_mnist_from_json_errors(capsys, tmp_path):
     broken.write_text("{")
     err = parse_error(capsys, ["mnist", "--from-json", str(broken), "--out", str(tmp_path / "o")])
     assert f"error: --from-json: {broken} is not a JSON file" in err
+    # runs that cannot be averaged together: another length, the same run twice, a run without its results
+    def run(seed, epochs):
+        return {"name": "mish", "impl": "fastact", "seed": seed, "test_acc": 0.9,
+                "history": [{"epoch": e + 1} for e in range(epochs)]}
+    for runs, message in [([run(0, 2), run(1, 1)], "the runs have different numbers of epochs ([1, 2])"),
+                          ([run(0, 1), run(0, 1)], "run mish (fastact) seed 0 appears twice"),
+                          ([{"history": []}], "a run lacks one of name, impl, seed, history, test_acc")]:
+        merged = tmp_path / "merged.json"
+        merged.write_text(json.dumps({"runs": runs}))
+        err = parse_error(capsys, ["mnist", "--from-json", str(merged), "--out", str(tmp_path / "o")])
+        assert f"error: --from-json: {message}" in err
     assert not (tmp_path / "o").exists()  # nothing written
 
 

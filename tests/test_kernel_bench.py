@@ -216,6 +216,10 @@ def test_bad_output_paths_fail_before_the_run(tmp_path, capsys, no_run):
             ("--plot", str(tmp_path), "got none")):
         err = cli_error(["--device", "cpu", option, path], capsys)
         assert f"error: argument {option}: " in err and message in err, err
+    same = str(tmp_path / "out.png")
+    err = cli_error(["--device", "cpu", "--json", same, "--plot", same], capsys)
+    assert err == f"fastact-bench kernels: error: --json and --plot name the same file ({same}): the plot would " \
+                  "overwrite the results"
     if os.path.isdir("/proc"):  # refuses new files even to root
         err = cli_error(["--device", "cpu", "--json", "/proc/q.json"], capsys)
         assert err.startswith("fastact-bench kernels: error: argument --json: cannot write /proc/q.json"), err

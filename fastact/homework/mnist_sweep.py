@@ -719,6 +719,19 @@ def run(args) -> int:
             results += runs
         if not results:
             fail(f"--from-json: no runs in {', '.join(args.from_json)}")
+        # Runs are averaged per name over seeds: they must be distinct runs of the same length.
+        keys = ("name", "impl", "seed", "history", "test_acc")
+        if not all(k in r for r in results for k in keys):
+            fail(f"--from-json: a run lacks one of {', '.join(keys)}")
+        if len({len(r["history"]) for r in results}) > 1:
+            fail(f"--from-json: the runs have different numbers of epochs "
+                 f"({sorted({len(r['history']) for r in results})}); merge runs of one setting")
+        seen = set()
+        for r in results:
+            key = (r["name"], r["impl"], r["seed"])
+            if key in seen:
+                fail(f"--from-json: run {r['name']} ({r['impl']}) seed {r['seed']} appears twice")
+            seen.add(key)
         out = output_dir(args.out)
         write_reports(results, out)
         print(f"\nwrote {out}/mnist_table.md, mnist_curves.png, mnist_sweep.png from {', '.join(args.from_json)}")
