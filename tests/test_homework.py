@@ -598,7 +598,8 @@ def test_out_dir_checked_up_front(capsys, tmp_path, command):
     (tmp_path / "file").write_text("")
     out = tmp_path / "file" / "x"
     if "unused.json" in command:
-        (tmp_path / "unused.json").write_text(json.dumps({"runs": [{"history": []}]}))
+        (tmp_path / "unused.json").write_text(json.dumps(
+            {"runs": [{"name": "mish", "impl": "fastact", "seed": 0, "test_acc": 0.9, "history": []}]}))
         command = ["mnist", "--from-json", str(tmp_path / "unused.json")]
     err = parse_error(capsys, command + ["--out", str(out)])
     assert f"error: --out: cannot create directory {out}: Not a directory" in err
