@@ -693,7 +693,8 @@ def _progress(total: int, enabled: bool):
         from tqdm.auto import tqdm  # noqa: PLC0415
     except ImportError:  # pragma: no cover
         return None
-    return tqdm(total=total, disable=not enabled, unit="row", dynamic_ncols=True, file=sys.stderr)
+    # disable=None: tqdm leaves the bar out where stderr is not a terminal (a log file, CI)
+    return tqdm(total=total, disable=None if enabled else True, unit="row", dynamic_ncols=True, file=sys.stderr)
 
 
 def run_benchmark(cfg: Config, progress: bool = True) -> dict:

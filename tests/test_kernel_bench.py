@@ -4,6 +4,7 @@ issue 3, the plot is written. Nothing here asserts anything about speed."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -363,3 +364,21 @@ def test_plot_is_readable():
         assert (groups.index("swish_beta f32 2^12"), 3.0) in marks
     finally:
         plt.close(fig)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["log", "terminal"])
+def test_progress_bar_only_on_a_terminal(terminal, capsys, monkeypatch):
+    """Written to a log file or CI's pipe, tqdm's carriage-return redraws are noise: the bar is shown only where
+    stderr is a terminal (and never with --no-progress)."""
+    stderr = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr("sys.stderr", stderr)
+    assert run_cli([a for a in TINY if a != "--no-progress"]) == 0
+    assert ("row/s" in stderr.getvalue() or "s/row" in stderr.getvalue()) == terminal, stderr.getvalue()
+    stderr.seek(0), stderr.truncate()
+    assert run_cli(TINY) == 0
+    assert "row" not in stderr.getvalue()

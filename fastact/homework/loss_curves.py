@@ -223,7 +223,9 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     results = {}
     try:
-        with tqdm(total=epochs * len(LOSSES), desc="MSE and BCE", unit="epoch", disable=args.no_progress) as bar:
+        # disable=None: tqdm leaves the bar out where stderr is not a terminal (a log file, CI)
+        with tqdm(total=epochs * len(LOSSES), desc="MSE and BCE", unit="epoch",
+                  disable=True if args.no_progress else None) as bar:
             for loss in LOSSES:
                 results[loss] = train_loss_curve(loss, task, epochs, args.lr, args.batch_size, args.hidden,
                                                  args.seed, progress=bar)

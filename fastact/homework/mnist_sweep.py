@@ -330,8 +330,9 @@ class _Progress:
         from tqdm.auto import tqdm
 
         self.tqdm = tqdm
-        self.enabled = enabled
-        self.overall = tqdm(total=total_batches, desc="all runs", unit="batch", position=0, disable=not enabled,
+        # disable=None: tqdm leaves the bars out where stderr is not a terminal (a log file, CI)
+        self.disable = None if enabled else True
+        self.overall = tqdm(total=total_batches, desc="all runs", unit="batch", position=0, disable=self.disable,
                             dynamic_ncols=True)
         self.free = list(range(1, slots + 1))
         self.bars = {}
@@ -340,7 +341,7 @@ class _Progress:
         if event == "start":
             pos = self.free.pop(0) if self.free else None
             bar = self.tqdm(total=payload, desc=run_id, unit="batch", position=pos, leave=False,
-                            disable=not self.enabled, dynamic_ncols=True)
+                            disable=self.disable, dynamic_ncols=True)
             self.bars[run_id] = (bar, pos)
         elif event == "step":
             self.bars[run_id][0].update(payload)
