@@ -45,7 +45,6 @@ import contextlib
 import dataclasses
 import datetime
 import gc
-import json
 import math
 import os
 import platform
@@ -61,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .homework.checks import MAX_THREADS
+from .homework.checks import MAX_THREADS, json_text
 
 PASSES = ("fwd", "fwd+bwd", "bwd")
 IMPLS = ("fastact", "native", "eager", "compile")
@@ -1179,7 +1178,7 @@ def run(args: argparse.Namespace) -> int:
     # The paths were checked before the run; should a write still fail, say so and keep the rest (the tables
     # above, the JSON in a temporary file, the JSON when the plot fails): a long run is not thrown away.
     if args.json:
-        text = json.dumps(result, indent=1, default=_json_default)
+        text = json_text(result, indent=1, default=_json_default)
         try:
             write_text(args.json, text)
             print(f"wrote {args.json}")

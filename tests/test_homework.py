@@ -25,6 +25,16 @@ from fastact.homework import data as hwdata
 from fastact.homework.data import DataError, RawData
 
 # --- helpers ------------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _strict_json(text: str):
+    """JSON as RFC 8259 defines it: no NaN, Infinity (which Python's json reads and writes by default)."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -396,7 +406,7 @@ def test_plot_command_writes_figures(tmp_path):
     assert main(["plot", "--out", str(tmp_path), "--points", "200"]) == 0
     for name in ("plot_swish.png", "plot_mish.png", "plot_mish_delta.png", "plot_leaky.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    checks = json.loads((tmp_path / "plot_checks.json").read_text())["max_abs_error"]
+    checks = _strict_json((tmp_path / "plot_checks.json").read_text())["max_abs_error"]
     assert checks["mish"]["dy vs dy_homework"] < 1e-10
     assert checks["swish(beta=10)"]["dbeta vs dbeta_homework"] < 1e-10
 
@@ -433,7 +443,7 @@ def test_loss_command_quick(tmp_path):
     from fastact.cli import main
 
     assert main(["loss", "--quick", "--epochs", "4", "--no-progress", "--out", str(tmp_path)] + mnist_args()) == 0
-    res = json.loads((tmp_path / "loss_results.json").read_text())
+    res = _strict_json((tmp_path / "loss_results.json").read_text())
     assert res["meta"]["task"] == "MNIST 3 vs 5" and res["meta"]["train_images"] == 400
     assert abs(res["results"]["mse"]["train_loss"][0] - 0.25) < 0.02
     assert abs(res["results"]["bce"]["train_loss"][0] - math.log(2)) < 0.05
@@ -453,7 +463,7 @@ def test_mnist_quick_end_to_end(tmp_path):
     rc = main(["mnist", "--quick", "--runs", "leaky(-1),prelu,logreg", "--jobs", "1", "--threads", "1",
                "--no-progress", "--out", str(tmp_path)] + mnist_args())
     assert rc == 0
-    res = json.loads((tmp_path / "mnist_results.json").read_text())
+    res = _strict_json((tmp_path / "mnist_results.json").read_text())
     runs = res["runs"]
     assert [(r["name"], r["impl"]) for r in runs] == [
         ("leaky(-1)", "fastact"), ("leaky(-1)", "native"), ("prelu", "fastact"), ("prelu", "native"),
@@ -480,6 +490,34 @@ def test_mnist_quick_end_to_end(tmp_path):
     assert main(["mnist", "--from-json", str(tmp_path / "mnist_results.json"), "--out", str(again)]) == 0
     assert (again / "mnist_table.md").read_text() == (tmp_path / "mnist_table.md").read_text()
     assert (again / "mnist_curves.png").stat().st_size > 0
+
+
+def test_diverged_runs_write_strict_json_and_read_back(tmp_path, capsys):
+    """A diverged run's NaN losses are written as null, which every JSON reader accepts (Python's
+    default writes NaN, which jq and browsers refuse), and --from-json reads them back as NaN: the rebuilt
+    table is the one the run printed."""
+    from fastact.cli import main
+    from fastact.homework import mnist_sweep
+    from fastact.homework.checks import json_text
+
+    saved = json.loads((REPO / "benchmarks/results/homework/mnist_results.json").read_text())
+    runs = [r for r in saved["runs"] if r["name"] in ("leaky(-1)", "mish")]
+    assert len(runs) == 4
+    runs[0]["test_loss"], runs[0]["val_loss"] = math.nan, math.nan
+    runs[0]["history"][-1]["val_loss"] = math.nan
+    text = mnist_sweep.results_json(saved["meta"], runs)
+    written = _strict_json(text)
+    assert written["runs"][0]["test_loss"] is None and written["runs"][0]["val_loss"] is None
+    assert written["runs"][0]["history"][-1]["val_loss"] is None
+    assert _strict_json(json_text({"a": [math.inf, -math.inf, 1.5]})) == {"a": [None, None, 1.5]}
+    assert written["runs"][0]["alpha"] == -1.0 and written["runs"][2]["alpha"] is None  # mish: no alpha
+    (tmp_path / "direct").mkdir()
+    table = mnist_sweep.write_reports(runs, tmp_path / "direct")
+    assert "nan" in table
+    (tmp_path / "mnist_results.json").write_text(text)
+    capsys.readouterr()
+    assert main(["mnist", "--from-json", str(tmp_path / "mnist_results.json"), "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "mnist_table.md").read_text() == table + "\n"
 
 
 def test_cli_registers_homework_commands():

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 __all__ = ["int_at_least", "positive_int", "nonnegative_int", "MAX_THREADS", "thread_count", "positive_float", "finite_float",
-           "fail", "output_dir", "read_json"]
+           "fail", "output_dir", "read_json", "json_text"]
 
 
 def int_at_least(low: int, what: str | None = None):
@@ -84,6 +84,25 @@ def output_dir(path: str, option: str = "--out") -> Path:
     if not os.access(out, os.W_OK | os.X_OK):
         fail(f"{option}: directory {path} is not writable")
     return out
+
+
+def _nonfinite_as_null(obj):
+    if isinstance(obj, dict):
+        return {k: _nonfinite_as_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nonfinite_as_null(v) for v in obj]
+    if isinstance(obj, (str, int, type(None))):  # bool is an int
+        return obj
+    if isinstance(obj, float) or type(obj).__module__ == "numpy":
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    return obj
+
+
+def json_text(obj, **kwargs) -> str:
+    """Strict JSON: RFC 8259 has no NaN or Infinity, which Python's json writes by default and jq, browsers and
+    most other readers refuse. A non-finite number (a diverged run's loss) is written as null."""
+    return json.dumps(_nonfinite_as_null(obj), allow_nan=False, **kwargs)
 
 
 def read_json(path: str, option: str):

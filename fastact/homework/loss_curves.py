@@ -20,12 +20,11 @@ Writes to --out: loss_curves.png and loss_results.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 
-from .checks import fail, output_dir, positive_float, positive_int, thread_count
+from .checks import fail, json_text, output_dir, positive_float, positive_int, thread_count
 
 __all__ = ["make_task", "train_loss_curve", "early_stopping", "add_arguments", "run"]
 
@@ -250,7 +249,7 @@ def run(args) -> int:
     meta = {"task": f"MNIST {negative} vs {positive}", "train_images": len(task[1]), "test_images": len(task[3]),
             "per_class": per_class, "epochs": epochs, "lr": args.lr, "batch_size": args.batch_size,
             "hidden": args.hidden, "seed": args.seed, "optimizer": "SGD", "data": raw.source}
-    (out / "loss_results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    (out / "loss_results.json").write_text(json_text({"meta": meta, "results": results}, indent=1))
     save_figure(results, out / "loss_curves.png", meta)
     print(f"wrote {out}/loss_curves.png, loss_results.json")
     return 0

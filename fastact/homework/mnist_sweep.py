@@ -28,7 +28,6 @@ Writes to --out: mnist_results.json, mnist_table.md, mnist_curves.png, mnist_swe
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -39,8 +38,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .checks import (fail, finite_float, nonnegative_int, output_dir, positive_float, positive_int, read_json,
-                     thread_count)
+from .checks import (fail, finite_float, json_text, nonnegative_int, output_dir, positive_float, positive_int,
+                     read_json, thread_count)
 
 __all__ = ["RunSpec", "build_specs", "train_run", "run_all", "add_arguments", "run", "ANSWER"]
 
@@ -264,7 +263,6 @@ def training_set(spec: RunSpec, data):
 def train_run(spec: RunSpec, data, epochs: int = 5, batch_size: int = 128, lr: float = 1e-3, eps: float = 1e-7,
               prelu_init: float = 0.0, report=None) -> dict:
     """Train one run; returns its result record. `report(event, ...)` gets progress events."""
-    import numpy as np
     import torch
     import torch.nn.functional as F
 
@@ -706,6 +704,24 @@ def write_reports(results: list[dict], out: Path) -> str:
     return table
 
 
+def results_json(meta: dict, results: list[dict]) -> str:
+    """mnist_results.json: strict JSON, so a diverged run's NaN losses are nulls (read back by runs_from_json)."""
+    return json_text({"meta": meta, "runs": results, "summary": summarize(results),
+                      "fastact_minus_native": twin_differences(results)}, indent=1)
+
+
+def _null_as_nan(run: dict) -> dict:
+    """A run read back from JSON, with the metrics that json_text wrote as null (NaN, inf) as NaN again."""
+    run = dict(run)
+    for key in METRICS:
+        if key in run and run[key] is None:
+            run[key] = math.nan
+    if isinstance(run.get("history"), list):
+        run["history"] = [{k: math.nan if v is None else v for k, v in epoch.items()} if isinstance(epoch, dict)
+                          else epoch for epoch in run["history"]]
+    return run
+
+
 def run(args) -> int:
     from .data import DataError, load_dataset, prepare
 
@@ -717,7 +733,7 @@ def run(args) -> int:
             if not isinstance(runs, list) or not all(isinstance(r, dict) and "history" in r for r in runs):
                 fail(f"--from-json: {path} is not the mnist_results.json of a `fastact-bench mnist` run "
                      "(it has no list of runs)")
-            results += runs
+            results += [_null_as_nan(r) for r in runs]
         if not results:
             fail(f"--from-json: no runs in {', '.join(args.from_json)}")
         # Runs are averaged per name over seeds: they must be distinct runs of the same length.
@@ -802,9 +818,7 @@ def run(args) -> int:
         meta["fastact_cpu_capability"] = fastact.cpu_capability()
     except Exception:  # native-only runs do not need the extension
         pass
-    (out / "mnist_results.json").write_text(json.dumps(
-        {"meta": meta, "runs": results, "summary": summarize(results),
-         "fastact_minus_native": twin_differences(results)}, indent=1, default=float))
+    (out / "mnist_results.json").write_text(results_json(meta, results))
     print(f"\nwrote {out}/mnist_results.json, mnist_table.md, mnist_curves.png, mnist_sweep.png, "
           f"mnist_first10.png in {wall:.0f} s")
     return 0

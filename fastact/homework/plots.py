@@ -22,10 +22,9 @@ derivatives; the preconditioner Delta(x)):
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from .checks import int_at_least, output_dir
+from .checks import int_at_least, json_text, output_dir
 
 __all__ = ["SWISH_BETAS", "LEAKY_ALPHAS", "grid", "autograd_curve", "homework_closed_forms", "curves",
            "derivative_errors", "add_arguments", "run"]
@@ -262,7 +261,7 @@ def run(args) -> int:
     plot_mish_delta(data, xs, out / "plot_mish_delta.png")
     plot_leaky(data, xs, out / "plot_leaky.png")
     errors = derivative_errors(data)
-    (out / "plot_checks.json").write_text(json.dumps(
+    (out / "plot_checks.json").write_text(json_text(
         {"grid": {"lo": -5.0, "hi": 5.0, "points": args.points, "dtype": "float64"}, "max_abs_error": errors},
         indent=1))
     worst = max(v for e in errors.values() for v in e.values())
