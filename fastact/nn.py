@@ -6,9 +6,12 @@ State-dict keys match torch's modules (PReLU's parameter is `weight`), so checkp
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import torch
+import torch._dynamo.eval_frame
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from . import functional as F
 
@@ -137,7 +140,20 @@ class PReLU(nn.Module):
 ACTIVATIONS = {"swish": Swish, "silu": SiLU, "mish": Mish, "leaky_relu": LeakyReLU, "prelu": PReLU}
 
 
-def _replacement(module: nn.Module) -> nn.Module | None:
+_CONVERTED = (nn.SiLU, nn.Mish, nn.LeakyReLU, nn.PReLU)
+
+
+def _replacement(module: nn.Module, path: str, left: list[str]) -> nn.Module | None:
+    # What binds calls to the torch module itself, which a swapped-in module would never see.
+    parametrized = parametrize.is_parametrized(module)
+    if (type(module).__bases__[0] if parametrized else type(module)) in _CONVERTED:
+        why = ("it is parametrized (torch.nn.utils.parametrize)" if parametrized else
+               "it is compiled on its own (Module.compile())" if getattr(module, "_compiled_call_impl", None) else
+               "its forward was replaced on the instance, by a function that calls torch's module"
+               if "forward" in vars(module) else None)
+        if why:
+            left.append(_left(path, module, why))
+            return None
     # Exact types only: a user's subclass of a torch activation may change its behaviour.
     if type(module) is nn.SiLU:
         new = SiLU(inplace=module.inplace)
@@ -164,14 +180,23 @@ def convert(model: nn.Module) -> nn.Module:
     """Replace torch.nn.SiLU, Mish, LeakyReLU and PReLU modules in `model` (recursively, in place) with
     fastact's, keeping each one's state (parameters, buffers, hooks, submodules, attributes); returns the model.
     A model that is itself one of those is replaced. A module used in several places is replaced by one fastact
-    module everywhere (so a shared PReLU stays shared)."""
-    return _convert(model, {})
+    module everywhere (so a shared PReLU stays shared).
+
+    An activation whose calls are bound to the torch module itself is left as it is, with a warning, since a
+    swapped-in module would never run: one compiled on its own (`torch.compile(act)`, `act.compile()`), one
+    whose `forward` was replaced on the instance (as hook libraries do), one with parametrizations
+    (torch.nn.utils.parametrize). Convert before compiling, hooking or parametrizing."""
+    left: list[str] = []
+    model = _convert(model, {}, type(model).__name__, left)
+    for message in left:
+        warnings.warn(message, UserWarning, stacklevel=2)
+    return model
 
 
-def _convert(model: nn.Module, done: dict[int, nn.Module]) -> nn.Module:
+def _convert(model: nn.Module, done: dict[int, nn.Module], path: str, left: list[str]) -> nn.Module:
     if id(model) in done:
         return done[id(model)]
-    new = _replacement(model)
+    new = _replacement(model, path, left)
     done[id(model)] = model if new is None else new
     if new is not None:
         return new
@@ -179,7 +204,18 @@ def _convert(model: nn.Module, done: dict[int, nn.Module]) -> nn.Module:
     for name, child in list(model._modules.items()):
         if child is None:
             continue
-        converted = _convert(child, done)
-        if converted is not child:
-            setattr(model, name, converted)
+        converted = _convert(child, done, f"{path}.{name}", left)
+        if converted is child:
+            continue
+        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) and name == "_orig_mod":
+            # torch.compile(act) bound act.__call__ when it wrapped it: a new _orig_mod would never run
+            left.append(_left(f"{path}.{name}", child, "it is compiled on its own (torch.compile(module))"))
+            done[id(child)] = child
+            continue
+        setattr(model, name, converted)
     return model
+
+
+def _left(path: str, module: nn.Module, why: str) -> str:
+    return (f"fastact.nn.convert: left {path} ({type(module).__name__}) as torch's module: {why}; convert the "
+            "model before compiling, hooking or parametrizing it")

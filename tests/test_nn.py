@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -786,6 +787,57 @@ def test_convert_leaves_other_models_alone():
     assert [type(x) for x in m.modules()] == types
     relu = nn.ReLU()
     assert fnn.convert(relu) is relu
+
+
+def _hooked_forward(module):
+    """What hook libraries (accelerate's add_hook_to_module) do: an instance forward wrapping the module's own."""
+    old_forward = module.forward
+    module.forward = lambda *args, **kwargs: old_forward(*args, **kwargs)
+    return module
+
+
+def _parametrized(module):
+    torch.nn.utils.parametrize.register_parametrization(module, "weight", nn.Identity())
+    return module
+
+
+@pytest.mark.parametrize("bind, why", [
+    (torch.compile, r"Sequential\.1\._orig_mod \(LeakyReLU\) as torch's module: it is compiled on its own "
+                    r"\(torch\.compile\(module\)\)"),
+    (lambda m: m.compile() or m, r"Sequential\.1 \(LeakyReLU\) as torch's module: it is compiled on its own "
+                                 r"\(Module\.compile\(\)\)"),
+    (_hooked_forward, r"Sequential\.1 \(LeakyReLU\) as torch's module: its forward was replaced on the instance"),
+], ids=["torch.compile", "Module.compile", "instance forward"])
+def test_convert_leaves_activations_bound_to_torchs_module_and_says_so(bind, why):
+    """A module swapped in for one whose calls are bound to the torch module would never run, and later changes
+    to it (an annealed slope) would be ignored: such activations are left, with a warning naming them."""
+    model = nn.Sequential(nn.Linear(4, 4), bind(nn.LeakyReLU(0.1)), nn.SiLU())
+    with pytest.warns(UserWarning, match=why):
+        assert fnn.convert(model) is model
+    left = model[1]._orig_mod if isinstance(model[1], torch._dynamo.eval_frame.OptimizedModule) else model[1]
+    assert type(left) is nn.LeakyReLU and left.negative_slope == 0.1
+    assert type(model[2]) is fnn.SiLU  # the rest is converted
+    if bind is _hooked_forward:  # what the warning protects: a change of the module's slope is seen
+        left.negative_slope = 0.5
+        x = torch.randn(3, 4)
+        torch.testing.assert_close(model(x), F.silu(TF.leaky_relu(model[0](x), 0.5)), rtol=0, atol=0)
+
+
+def test_convert_leaves_parametrized_prelu_and_says_so():
+    model = nn.Sequential(_parametrized(nn.PReLU(3)), nn.PReLU(3))
+    with pytest.warns(UserWarning, match=r"Sequential\.0 \(ParametrizedPReLU\) as torch's module: it is "
+                                         r"parametrized \(torch\.nn\.utils\.parametrize\)"):
+        fnn.convert(model)
+    assert torch.nn.utils.parametrize.is_parametrized(model[0]) and type(model[1]) is fnn.PReLU
+
+
+def test_convert_of_a_compiled_model_swaps_its_activations_silently():
+    """Compiling the whole model binds the model's call, not its activations': they are swapped, no warning."""
+    model = torch.compile(nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU(0.1)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fnn.convert(model)
+    assert type(model._orig_mod[1]) is fnn.LeakyReLU
 
 
 def test_convert_subclass_not_replaced():
