@@ -208,7 +208,7 @@ struct MishOp {
   FASTACT_HOST_DEVICE static T forward_general(T x) {
     // where e = exp(x) is subnormal, f = x e (math_primitives.h)
     T f = fa_select_exp_tail(x, T(1), x, T(1), x * tanh_softplus_from(x, fa_exp_nonpositive_normal(fa_neg_abs(x))));
-    f = fa_select(x == fa_neg(fa_inf<T>()), T(0), f);
+    f = fa_select(x == fa_neg(fa_inf<T>()), fa_neg(T(0)), f);  // the limit, -0 as for every x <= -1e30
     if constexpr (fa_is_float_pack<T>::value) {  // the lanes the fast path covers get its bits
       return fa_select(fa_abs(x) <= T(kModerate), forward_moderate(fa_clamp(x, -kModerate, kModerate)), f);
     }
@@ -321,8 +321,8 @@ struct LeakyOp {
 
   template <typename T>
   FASTACT_HOST_DEVICE static T forward(T x, T alpha) {
-    // alpha = 0 at x = -inf: the limit is 0, not 0 * -inf = NaN.
-    const T negative = fa_select((alpha == T(0)) & (x == fa_neg(fa_inf<T>())), T(0), alpha * x);
+    // alpha = +-0 at x = -inf: the limit is -alpha (a zero of alpha x's sign at every finite x < 0), not NaN.
+    const T negative = fa_select((alpha == T(0)) & (x == fa_neg(fa_inf<T>())), fa_neg(alpha), alpha * x);
     return fa_select(x > T(0), x, negative);
   }
 

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <array>
+#include <cmath>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -105,6 +106,27 @@ inline at::ScalarType formula_type(const Tensor& x, const Tensor& param) {
   return param.defined() ? at::promote_types(t, param.scalar_type()) : t;
 }
 
+// The derivatives' tails, as fastact/reference.py computes them: past |z| = 80 (float) or 700 (double),
+// e^-|z| heads for subnormals and then 0 while the derivatives that carry it as a factor (e^z (1 + z) as
+// z -> -inf) are still normal numbers, and torch's sigmoid products flush (to 0, or a wrong sign). There they
+// are e^(C - |z|) times their other factors times e^-C, so that no factor underflows where the result is
+// normal. in_tail: |z| in the tail; a: |z| clamped to the tail's range, past whose end (400, 3000) every term
+// is 0 anyway, so that the lanes a where() leaves out stay finite and their gradient is not NaN.
+constexpr double kTailScale = 64.0;  // C
+
+struct Tail {
+  Tensor in_tail;
+  Tensor a;
+  explicit Tail(const Tensor& z) {
+    const bool dbl = z.scalar_type() == at::kDouble;
+    const Tensor abs_z = z.abs();
+    in_tail = abs_z > (dbl ? 700.0 : 80.0);
+    a = abs_z.clamp(dbl ? 700.0 : 80.0, dbl ? 3000.0 : 400.0);
+  }
+  // e^-a (1 - a): the first derivative's tail, z -> -inf, of Swish (e^z (1 + z)) and Mish
+  Tensor exp_times_one_minus_a() const { return (kTailScale - a).exp() * (1 - a) * std::exp(-kTailScale); }
+};
+
 // df/dparam, elementwise (unreduced), for the activations with a tensor parameter; in torch ops, so that a
 // tangent built from it stays differentiable.
 inline Tensor param_partial(ActivationId activation, const Tensor& x_in, const Tensor& param) {
@@ -112,11 +134,15 @@ inline Tensor param_partial(ActivationId activation, const Tensor& x_in, const T
   const Tensor p = channel_view(param, x);
   switch (activation) {
     case ActivationId::Swish: {
-      // x^2 s(1 - s) with s(1 - s) = sigmoid(z) sigmoid(-z) (1 - s cancels to 0 early); 0 wherever that
-      // factor is 0, so that x = +-inf gives the limit 0, not inf * 0.
+      // x^2 s(1 - s) with s(1 - s) = sigmoid(z) sigmoid(-z) (1 - s cancels to 0 early); in the tails x^2 e^-|z|,
+      // as (|x| e^((C - a)/2) e^-C) |x| e^((C - a)/2), whose factors neither overflow nor underflow, and 0 at
+      // x = +-inf (the limit, not inf * 0).
       const Tensor z = at::where(p == 0, at::zeros_like(x), p * x);
       const Tensor q = at::sigmoid(z) * at::sigmoid(-z);
-      return at::where(q == 0, at::zeros_like(x), x * q * x);
+      const Tail tail(z);
+      const Tensor u = x.abs() * ((kTailScale - tail.a) / 2).exp();
+      const Tensor far = at::where(x.isinf(), at::zeros_like(x), u * std::exp(-kTailScale) * u);
+      return at::where(tail.in_tail, far, x * q * x);
     }
     case ActivationId::Leaky:  // prelu: x where x <= 0, else 0
       return at::where(x > 0, at::zeros_like(x), x);
@@ -161,13 +187,18 @@ inline Tensor input_partial(ActivationId activation, const Tensor& x_in, const T
       const Tensor z = at::where(b == 0, at::zeros_like(x), b * x);  // beta = 0: x / 2, also at x = +-inf
       const Tensor s = at::sigmoid(z);
       const Tensor q = s * at::sigmoid(-z);
-      return at::where(q == 0, s, s + z * q);
+      const Tail tail(z);
+      return at::where(tail.in_tail.logical_and(z < 0), tail.exp_times_one_minus_a(), at::where(q == 0, s, s + z * q));
     }
-    case ActivationId::Mish: {  // t + x sigmoid(x) (1 - t^2), t = tanh(softplus(x))
+    case ActivationId::Mish: {  // t + x sigmoid(x) sech^2(softplus(x)), t = tanh(softplus(x))
       const Tensor t = at::tanh(at::softplus(x));
-      const Tensor d = 1 - t * t;
+      // sech^2(softplus(x)) = 4 r^2 / (1 + r^2)^2, r = e^-softplus(x) = sigmoid(-x): 1 - t^2 would cancel to 0
+      const Tensor r2 = at::sigmoid(-x).square();
+      const Tensor d = 4 * r2 / (1 + r2).square();
       const Tensor s = at::sigmoid(x);
-      return at::where((d == 0).logical_or(s == 0), t, t + x * s * d);
+      const Tail tail(x);
+      return at::where(tail.in_tail.logical_and(x < 0), tail.exp_times_one_minus_a(),
+                       at::where(d == 0, t, t + x * s * d));
     }
     case ActivationId::Leaky:
       return at::where(x > 0, at::ones_like(x), channel_view(param, x).expand_as(x));

@@ -8,6 +8,8 @@ the channel is dim 1 of the input (as for `torch.nn.PReLU`).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -37,6 +39,41 @@ def reduce_to_param(t: Tensor, param: Tensor) -> Tensor:
     return t.sum(dims).reshape(param.shape).to(param.dtype)
 
 
+# --- tails: where e^-|z| leaves the dtype's normal range -----------------------------------------------
+# The derivatives carry e^-|z| as a factor (f' = e^z (1 + z) as z -> -inf) and stay normal numbers some way past
+# where e^-|z| is subnormal and then 0 (|z| ~ 87 in float32, ~ 708 in float64), while the closed forms' sigmoid
+# products flush there (torch's own derivatives give 0, or the wrong sign). In the tail they are evaluated as
+# e^(C - |z|) times the other factors times e^-C: no factor underflows (or overflows) where the result is a
+# normal number. (For float32 and float64 tensors: 16-bit ones are computed in float, as everywhere here.)
+_C = 64.0
+_EXP_MINUS_C = math.exp(-_C)
+
+
+def _tail(z: Tensor) -> tuple[Tensor, Tensor]:
+    """Where |z| is in the tail (from 80, float32, or 700, float64), and |z| clamped to the tail's range. Past
+    its end (400, 3000) every tail term is 0 whatever its other factors (x^3 e^-|z| included); the clamp keeps
+    the lanes a where() does not select finite, so that its gradient is not NaN."""
+    lo, hi = (700.0, 3000.0) if z.dtype == torch.float64 else (80.0, 400.0)
+    a = z.abs()
+    return a > lo, a.clamp(lo, hi)
+
+
+def _abs_pow_exp(x: Tensor, k: int, a: Tensor, times: Tensor | float = 1.0) -> Tensor:
+    """|x|^k e^-a times `times` for a in the tail's range, as the product of k factors |x| e^((C - a)/k), with
+    `times` and e^-C after the first: no intermediate overflows (|x|^k may) or underflows (e^-a does) where the
+    result is normal."""
+    u = x.abs() * torch.exp((_C - a) / k)
+    r = u * times * _EXP_MINUS_C
+    for _ in range(k - 1):
+        r = r * u
+    return torch.where(x.isinf(), 0.0, r)  # the limit: e^-|beta x| wins over any power of x
+
+
+def _exp_minus(a: Tensor) -> Tensor:
+    """e^-a for a in the tail's range, less the factor e^-C (multiplied in last, by the caller)."""
+    return torch.exp(_C - a)
+
+
 # --- Swish-beta: f(x) = x * sigmoid(beta x); beta = 1 is SiLU -------------------------------------
 def swish(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
     b = channel_view(beta, x)
@@ -46,39 +83,52 @@ def swish(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
 def _swish_parts(x, beta):
     # s (1 - s) as sigmoid(z) sigmoid(-z): 1 - s would cancel to 0 for z > 37 even in float64
     b = channel_view(beta, x)
-    s = torch.sigmoid(b * x)
-    return b, s, s * torch.sigmoid(-b * x)
+    z = b * x
+    s = torch.sigmoid(z)
+    return b, z, s, s * torch.sigmoid(-z)
 
 
 def swish_grad(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
-    """df/dx = sigma(bx) + bx sigma(bx)(1 - sigma(bx)) (= beta f + sigma(bx)(1 - beta f))."""
-    b, s, p = _swish_parts(x, beta)
-    return torch.where(p == 0, s, s + b * x * p)  # (b x may overflow where p = 0: inf * 0 = NaN)
+    """df/dx = sigma(bx) + bx sigma(bx)(1 - sigma(bx)) (= beta f + sigma(bx)(1 - beta f)); e^z (1 + z) in the
+    tail z -> -inf (for z -> +inf the closed form has 1 + z e^-z)."""
+    _, z, s, p = _swish_parts(x, beta)
+    in_tail, a = _tail(z)
+    tail = _exp_minus(a) * (1 - a) * _EXP_MINUS_C
+    return torch.where(in_tail & (z < 0), tail, torch.where(p == 0, s, s + z * p))  # (z p: inf * 0 where p = 0)
 
 
 def swish_grad_beta(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
-    """df/dbeta = x^2 sigma(bx)(1 - sigma(bx)), elementwise (not yet reduced to beta's shape). The powers of
-    x are taken against s(1 - s), which vanishes for large |bx| before x^2 or x^3 overflow (inf * 0 = NaN)."""
-    _, _, p = _swish_parts(x, beta)
-    return x * (x * p)
+    """df/dbeta = x^2 sigma(bx)(1 - sigma(bx)), elementwise (not yet reduced to beta's shape); x^2 e^-|bx| in
+    the tails."""
+    _, z, _, p = _swish_parts(x, beta)
+    in_tail, a = _tail(z)
+    return torch.where(in_tail, _abs_pow_exp(x, 2, a), x * (x * p))
 
 
 def swish_grad2(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
-    """d2f/dx2 = beta s(1-s) (2 + bx(1 - 2s))."""
-    b, s, p = _swish_parts(x, beta)
-    return torch.where(p == 0, 0.0, b * p * (2 + b * x * (1 - 2 * s)))
+    """d2f/dx2 = beta s(1-s) (2 + bx(1 - 2s)), with 1 - 2s = -tanh(bx/2) (no cancellation near 0); beta
+    e^-|bx| (2 - |bx|) in the tails."""
+    b, z, _, p = _swish_parts(x, beta)
+    in_tail, a = _tail(z)
+    tail = _exp_minus(a) * (2 - a) * b * _EXP_MINUS_C
+    return torch.where(in_tail, tail, b * p * (2 - z * torch.tanh(z / 2)))
 
 
 def swish_grad_x_beta(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
-    """d2f/dx dbeta = x s(1-s) (2 + bx(1 - 2s))."""
-    b, s, p = _swish_parts(x, beta)
-    return torch.where(p == 0, 0.0, (x * p) * (2 + b * x * (1 - 2 * s)))
+    """d2f/dx dbeta = x s(1-s) (2 + bx(1 - 2s)); x e^-|bx| (2 - |bx|) in the tails."""
+    _, z, _, p = _swish_parts(x, beta)
+    in_tail, a = _tail(z)
+    tail = torch.sign(x) * _abs_pow_exp(x, 1, a, times=2 - a)
+    return torch.where(in_tail, tail, (x * p) * (2 - z * torch.tanh(z / 2)))
 
 
 def swish_grad2_beta(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
-    """d2f/dbeta2 = x^3 s(1-s)(1-2s)."""
-    _, s, p = _swish_parts(x, beta)
-    return x * (x * (x * (p * (1 - 2 * s))))
+    """d2f/dbeta2 = x^3 s(1-s)(1-2s) = -x^3 s(1-s) tanh(bx/2); -sign(bx) x^3 e^-|bx| in the tails."""
+    _, z, _, p = _swish_parts(x, beta)
+    in_tail, a = _tail(z)
+    # (x^2 e^-a from halves, whose exponents are exact, then |x|: e^((C - a)/3) would cost ~|a|/3 ulps)
+    tail = -(torch.sign(z) * torch.sign(x)) * (_abs_pow_exp(x, 2, a) * x.abs())
+    return torch.where(in_tail, tail, -(x * (x * (x * (p * torch.tanh(z / 2))))))
 
 
 # --- Mish: f(x) = x tanh(softplus(x)) --------------------------------------------------------------
@@ -87,22 +137,36 @@ def mish(x: Tensor) -> Tensor:
 
 
 def mish_delta(x: Tensor) -> Tensor:
-    """Delta(x) = sech^2(softplus(x)), the 'preconditioner' of the Mish paper."""
-    return 1 - torch.tanh(F.softplus(x)) ** 2
+    """Delta(x) = sech^2(softplus(x)), the 'preconditioner' of the Mish paper: 4 q^2 / (1 + q^2)^2 with
+    q = e^-softplus(x) = sigmoid(-x), which keeps its digits for large x, where 1 - tanh^2 cancels to 0."""
+    q2 = torch.sigmoid(-x).square()
+    return 4 * q2 / (1 + q2).square()
+
+
+def _mish_parts(x):
+    return torch.tanh(F.softplus(x)), torch.sigmoid(x), mish_delta(x)
 
 
 def mish_grad(x: Tensor) -> Tensor:
-    """f'(x) = tanh(sp(x)) + x sigma(x) sech^2(sp(x)) = Delta(x) swish(x) + f(x)/x."""
-    t = torch.tanh(F.softplus(x))
-    return t + x * torch.sigmoid(x) * (1 - t * t)
+    """f'(x) = tanh(sp(x)) + x sigma(x) sech^2(sp(x)) = Delta(x) swish(x) + f(x)/x; e^x (1 + x) in the tail
+    x -> -inf."""
+    t, s, d = _mish_parts(x)
+    in_tail, a = _tail(x)
+    tail = _exp_minus(a) * (1 - a) * _EXP_MINUS_C
+    return torch.where(in_tail & (x < 0), tail, torch.where(d == 0, t, t + x * s * d))  # (x d: inf * 0 at +inf)
 
 
 def mish_grad2(x: Tensor) -> Tensor:
-    """f''(x) = D s (2 + x(1 - s - 2 t s)) with t = tanh(sp), D = 1 - t^2, s = sigma(x)."""
-    t = torch.tanh(F.softplus(x))
-    s = torch.sigmoid(x)
-    ds = (1 - t * t) * s
-    return torch.where(ds == 0, 0.0, ds * (2 + x * (1 - s - 2 * t * s)))  # (x(...) may overflow where ds = 0)
+    """f''(x) = D s (2 + x(1 - s - 2 t s)) with t = tanh(sp), D = sech^2(sp), s = sigma(x); e^x (2 + x) in the
+    tail x -> -inf, and 8 e^-2x (1 - x) in the tail x -> +inf (where D ~ 4 e^-2x leaves the normal range)."""
+    t, s, d = _mish_parts(x)
+    ds = d * s
+    in_tail, a = _tail(x)
+    in_right_tail, a2 = _tail(2 * x)
+    closed_form = torch.where(ds == 0, 0.0, ds * (2 + x * (1 - s - 2 * t * s)))  # (x(...): inf where ds = 0)
+    return torch.where(in_tail & (x < 0), _exp_minus(a) * (2 - a) * _EXP_MINUS_C,
+                       torch.where(in_right_tail & (x > 0), _exp_minus(a2) * (1 - a2 / 2) * 8 * _EXP_MINUS_C,
+                                   closed_form))
 
 
 # --- Leaky family: f(x) = x for x > 0, alpha x otherwise (any real alpha) ----------------------------

@@ -313,8 +313,9 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 def test_leaky_family_gives_natives_bits(device, dtype, slope):
     """Every slope class the CPU kernels tell apart (zero; nonzero and at most 1, LeakyOp::UnitParam's max(x,
     alpha x); above 1) gives PyTorch's bits, signed zeros included, at edge values and random ones; NaN stays
-    NaN. PReLU with per-channel weights of each class as well. The one deliberate difference: slope 0 at
-    x = -inf gives the limit +0, where PyTorch computes 0 * -inf = NaN."""
+    NaN. PReLU with per-channel weights of each class as well. The one deliberate difference: slope +-0 at
+    x = -inf gives the limit, the zero of sign -sign(slope) that every finite x < 0 gives, where PyTorch computes
+    0 * -inf = NaN."""
     edge = [0.0, -0.0, 1e-45, -1e-45, 1e-30, -1e-30, 1.0, -1.0, 3e38, -3e38, INF, -INF, math.nan, -math.nan]
     x = torch.cat([torch.tensor(edge, dtype=torch.float64).to(dtype),
                    torch.randn(4 * 257, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(dtype)])
@@ -323,7 +324,7 @@ def test_leaky_family_gives_natives_bits(device, dtype, slope):
     xc = x[: 3 * (x.numel() // 3)].view(1, 3, -1)
     for got, want, x_in, alpha in ((fastact.leaky_relu(x, slope), F.leaky_relu(x, slope), x, torch.tensor(slope)),
                                    (fastact.prelu(xc, weights), F.prelu(xc, weights), xc, weights.view(1, 3, 1))):
-        want = torch.where((x_in == -INF) & (alpha == 0), torch.zeros_like(want), want)
+        want = torch.where((x_in == -INF) & (alpha == 0), torch.zeros_like(want) * -alpha.to(want), want)
         assert torch.equal(got.isnan(), want.isnan()), f"NaN pattern, slope {slope}"
         keep = ~want.isnan()
         assert torch.equal(_bits(got[keep]), _bits(want[keep])), f"bits, slope {slope}, {dtype}"
@@ -357,14 +358,14 @@ def test_prelu_weight_gradient_skips_positive_x_whatever_the_incoming_gradient(d
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_swish_family_and_mish_keep_the_sign_of_x(device, dtype):
-    """sigmoid and tanh(softplus) are >= 0, so f = x * (that) has x's sign bit for every finite x, -0.0 for a
-    negative x whose f rounds to zero included; also where beta x overflows to -inf (x's sign, not +0.0)."""
+    """sigmoid and tanh(softplus) are >= 0, so f = x * (that) has x's sign bit for every x, -0.0 for a
+    negative x whose f rounds to zero included; also where beta x overflows to -inf (x's sign, not +0.0), and at
+    x = -inf, whose limit is the -0.0 of every x <= -1e30."""
     big = torch.finfo(dtype).max
-    edge = [0.0, 1e-30, 1.0, 30.0, 90.0, 200.0, 1e4, 1e30, big / 4, big / 2, big]
+    edge = [0.0, 1e-30, 1.0, 30.0, 90.0, 200.0, 1e4, 1e30, big / 4, big / 2, big, math.inf]
     x = torch.tensor(edge, dtype=torch.float64).to(dtype)
     x = torch.cat([x, -x, torch.randn(300, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
                    .mul(40).to(dtype)]).to(device)
-    x = x[x.isfinite()]
     calls = {"mish": lambda t: fastact.mish(t)}
     for beta in (1.0, 1.5, -2.0, 0.0, 1e30):
         calls[f"swish({beta})"] = lambda t, b=beta: fastact.swish(t, b)
@@ -375,6 +376,20 @@ def test_swish_family_and_mish_keep_the_sign_of_x(device, dtype):
         keep = ~y.isnan()
         assert torch.equal(torch.signbit(y[keep]), torch.signbit(x[keep])), (
             f"{name}: sign of x lost at {x[keep][torch.signbit(y[keep]) != torch.signbit(x[keep])].tolist()[:5]}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("slope", [0.0, -0.0])
+def test_zero_slope_at_minus_infinity_is_the_limit_of_its_sign(device, dtype, slope):
+    """LeakyReLU and PReLU with a zero slope: alpha x is a zero of sign -sign(alpha) at every finite x < 0 (as
+    torch computes it), and at x = -inf, where the product would be NaN, the same zero, not NaN or +0.0."""
+    x = torch.tensor([-math.inf, -1e30, -1.0, -0.0, 0.0, 2.0, math.inf], dtype=dtype, device=device)
+    weight = torch.tensor([slope], device=device).to(torch.float64 if dtype == torch.float64 else torch.float32)
+    want = torch.where(x > 0, x, slope * x.clamp_min(-1.0))  # (a finite stand-in for -inf: the same sign)
+    for name, y in [("leaky_relu", fastact.leaky_relu(x, slope)), ("prelu", fastact.prelu(x, weight)),
+                    ("torch.ops.fastact.leaky_relu", torch.ops.fastact.leaky_relu(x, slope))]:
+        assert torch.equal(y, want) and torch.equal(torch.signbit(y), torch.signbit(want)), (name, y.tolist())
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -578,6 +593,88 @@ def test_float64_tails_below_exps_normal_range_against_mpmath(device):
         wants = mp_references("mish" if name == "mish" else "swish", beta, xs.detach().reshape(-1).cpu())
         for got, want, what in zip(outs, wants, ("f", "f'", "df/dbeta")):
             assert_few_ulps(got.reshape(-1), want, torch.float64, f"{name} {what}")
+
+
+# Points in the tails (exp(-|z|) subnormal or 0 while the derivatives are normal), around their thresholds, and
+# away from the first derivative's root near z = -1.28.
+TAIL_POINTS = {torch.float32: [-103.0, -100.0, -95.0, -89.0, -88.0, -85.0, -81.0, -79.0, -30.0, -3.0, 0.5, 3.0, 9.0,
+                               15.0, 30.0, 50.0, 85.0, 95.0],
+               torch.float64: [-745.0, -740.0, -720.0, -709.5, -705.0, -699.0, -40.0, -3.0, 0.5, 3.0, 20.0, 30.0,
+                               360.0, 705.0, 720.0]}
+
+
+def mp_second_derivatives(op, beta, xs):
+    """d2f/dx2 and, for swish, d2f/dx dbeta and d2f/dbeta2 at each x, from 40-digit closed forms (1 - 2s as
+    -tanh(z/2) and sech^2 as such, which do not cancel): three float64 tensors."""
+    mpmath = pytest.importorskip("mpmath")
+    rows = []
+    with mpmath.workdps(40):
+        for v in xs.tolist():
+            v = mpmath.mpf(v)
+            if op == "mish":
+                sp = mpmath.log1p(mpmath.exp(v))
+                t, d, s = mpmath.tanh(sp), mpmath.sech(sp) ** 2, 1 / (1 + mpmath.exp(-v))
+                rows.append((d * s * (2 + v * (1 - s - 2 * t * s)), 0, 0))
+            else:
+                b = mpmath.mpf(beta)
+                z = b * v
+                q, th = mpmath.exp(-abs(z)) / (1 + mpmath.exp(-abs(z))) ** 2, mpmath.tanh(z / 2)
+                rows.append((b * q * (2 - z * th), v * q * (2 - z * th), -v ** 3 * q * th))
+    return torch.tensor([[float(r) for r in row] for row in rows], dtype=torch.float64).T
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name, beta", [("silu", 1.0), ("swish", 2.0), ("swish", -0.5), ("mish", None)])
+def test_torch_func_first_derivatives_keep_the_tails(dtype, name, beta):
+    """Inside torch.func transforms the first derivatives are torch ops (input_partial and param_partial in
+    csrc/autograd.h), not the kernels. Where exp(-|z|) is subnormal or 0 and torch's sigmoid products flush (its
+    own SiLU gradient is 0 there, its Mish gradient has the wrong sign), they keep the tails as the kernels do:
+    grad, jvp and a parameter's grad against 40-digit references."""
+    x = torch.tensor(TAIL_POINTS[dtype], dtype=dtype)
+    wants = mp_references("mish" if name == "mish" else "swish", beta, x)
+    if name == "mish":
+        fn = fastact.mish
+    else:
+        fn = (lambda t: fastact.silu(t)) if name == "silu" else (lambda t, b=beta: fastact.swish(t, b))
+    got = {"grad": torch.func.vmap(torch.func.grad(fn))(x),
+           "jvp": torch.func.jvp(fn, (x,), (torch.ones_like(x),))[1]}
+    for what, g in got.items():
+        assert_few_ulps(g, wants[1], dtype, f"{name} f' by torch.func.{what}")
+    if name == "swish":  # d/dbeta, element by element
+        b = torch.tensor([beta], dtype=dtype)
+        g_beta = torch.func.vmap(torch.func.grad(lambda bb, t: fastact.swish(t, bb).sum()), in_dims=(None, 0))(b, x)
+        assert_few_ulps(g_beta.reshape(-1), wants[2], dtype, f"{name} df/dbeta by torch.func.grad")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name, beta", [("silu", 1.0), ("swish", 2.0), ("swish", -0.5), ("mish", None)])
+def test_double_backward_keeps_the_tails(dtype, name, beta):
+    """The double backward's formulas (fastact.reference, in torch ops) in the tails and where the closed forms
+    cancel (Mish's 1 - tanh^2 for x > 8, Swish's 1 - 2 sigmoid near 0): d(grad x)/d(grad y) = f', f'', and for a
+    learnable beta d2f/dx dbeta and d2f/dbeta2, against 40-digit references. One beta per element (channels),
+    so that the parameter's derivatives are checked element by element."""
+    x = torch.tensor(TAIL_POINTS[dtype] + [1e-3, -2e-5, 1e-7], dtype=dtype).reshape(1, -1).requires_grad_()
+    g = torch.ones_like(x, requires_grad=True)
+    if name == "mish":
+        y, params = fastact.mish(x), ()
+    else:
+        b = torch.full((x.shape[1],), beta, dtype=dtype, requires_grad=True)
+        y, params = fastact.swish(x, b), (b,)
+    gx, *gp = torch.autograd.grad(y, (x, *params), g, create_graph=True)
+    d_g, d_xx = torch.autograd.grad(gx.sum(), (g, x), retain_graph=True)
+    f_x = mp_references("mish" if name == "mish" else "swish", beta, x.detach().reshape(-1))[1]
+    f_xx, f_xp, f_pp = mp_second_derivatives("mish" if name == "mish" else "swish", beta, x.detach().reshape(-1))
+    xs = x.detach().reshape(-1)
+    keep = (xs.abs() > 1e-4) if name != "mish" else None  # (f'' of swish near 0: beta(2 + ...) is fine; f_xp ~ x)
+    assert_few_ulps(d_g.reshape(-1), f_x, dtype, f"{name}: d(grad x)/d(grad y)")
+    assert_few_ulps(d_xx.reshape(-1), f_xx, dtype, f"{name}: f''")
+    if params:
+        (d_xp,) = torch.autograd.grad(gx.sum(), b, retain_graph=True)
+        (d_pp,) = torch.autograd.grad(gp[0].sum(), b)
+        assert_few_ulps(d_xp, f_xp, dtype, f"{name}: d2f/dx dbeta", keep)
+        # x^3 e^-|z| as (x^2 e^-|z|) |x|: the first factor is subnormal where the product is barely normal
+        normal_factor = (xs.square() * (-(beta * xs).abs()).exp()).abs() > torch.finfo(dtype).smallest_normal
+        assert_few_ulps(d_pp, f_pp, dtype, f"{name}: d2f/dbeta2", normal_factor | (xs.abs() < 1))
 
 
 SCALAR_FUNCTORS = Path(__file__).parent / "scalar_functors" / "functors.cpp"
