@@ -10,10 +10,14 @@ import torch  # noqa: F401  (loads libtorch, which the extension links against)
 try:
     from . import _C  # noqa: F401  (loads the compiled library; registers torch.ops.fastact)
 except ImportError as exc:  # no silent fallback: the package is the compiled kernels
+    # A missing library makes Python speak of a "partially initialized module (most likely due to a circular
+    # import)", which it is not: say that it is not built. A library that fails to load keeps its own message.
+    missing = getattr(exc, "name", None) in ("fastact._C", "fastact") and "_C" in str(exc)
     raise ImportError(
-        "fastact's compiled extension (fastact._C) could not be loaded: "
-        f"{exc}.\nBuild it from the source checkout with:\n"
-        "    pip install --no-build-isolation .\n"
+        "fastact's compiled extension (fastact._C) "
+        + ("is not built" if missing else f"could not be loaded: {exc}") + ".\n"
+        "Build it from the source checkout with:\n"
+        "    pip install --no-build-isolation -e .     (or `pip install .` for a copy in site-packages)\n"
         "(torch must be installed first; set FASTACT_BUILD=cpu to skip the CUDA kernels)."
     ) from exc
 

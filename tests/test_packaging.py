@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 from pathlib import Path
 
@@ -57,3 +58,21 @@ def test_sdist_carries_the_build_files_and_no_build_outputs(sdist_members):
     assert {"setup.py", "pyproject.toml", "README.md"} <= sdist_members
     outputs = sorted(m for m in sdist_members if Path(m).suffix in _SKIP_SUFFIXES or "__pycache__" in m)
     assert not outputs, outputs
+
+
+@pytest.mark.parametrize("library", ["missing", "broken"])
+def test_import_without_the_compiled_extension_says_how_to_build_it(tmp_path, library):
+    """No silent fallback: `import fastact` without a loadable fastact._C fails, saying that it is not built
+    (not Python's "partially initialized module ... circular import") or why it does not load, and how to build."""
+    shutil.copytree(ROOT / "fastact", tmp_path / "fastact", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    if library == "broken":
+        (tmp_path / "fastact" / f"_C{sysconfig.get_config_var('EXT_SUFFIX')}").write_bytes(b"not a library")
+    result = subprocess.run([sys.executable, "-c", "import fastact"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert result.returncode != 0
+    last = result.stderr[result.stderr.index("ImportError: fastact's compiled extension"):]
+    if library == "missing":
+        assert "(fastact._C) is not built." in last and "circular" not in last
+    else:
+        assert "(fastact._C) could not be loaded:" in last
+    assert "pip install --no-build-isolation -e ." in last
