@@ -10,6 +10,11 @@ from torch import Tensor
 
 from . import _C as _eager  # the ops' entry points for plain eager calls (csrc/python_module.cpp)
 
+try:
+    import numpy as _np
+except ImportError:  # torch runs without numpy
+    _np = None
+
 __all__ = ["swish", "silu", "mish", "leaky_relu", "prelu"]
 
 _ops = torch.ops.fastact
@@ -39,6 +44,10 @@ def _check_tensor(op: str, arg: str, value) -> None:
 def _check_number(op: str, arg: str, value) -> float:
     if isinstance(value, Tensor) and value.numel() == 1 and not value.requires_grad:
         return float(value)
+    if _np is not None and isinstance(value, _np.ndarray) and value.ndim == 0:
+        # a numpy scalar as torch.compile passes it (a 0-d array; float64 traces as a constant, float32
+        # as a symbolic float that a custom op's float argument does not take)
+        value = float(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"fastact.{op}: {arg} must be a real number, got {type(value).__name__}")
     try:

@@ -1788,6 +1788,19 @@ def test_module_constructors_take_numpy_and_tensor_numbers():
     assert fnn.LeakyReLU(torch.tensor(0.2)).negative_slope == pytest.approx(0.2)
 
 
+def test_numpy_float64_numbers_under_fullgraph_compile():
+    """torch.compile passes a numpy scalar to the function as a 0-d array: a float64 one is a constant of the
+    graph, as a Python float (a float32 one becomes a symbolic float, which README lists as not supported)."""
+    import numpy as np
+    x = torch.randn(2, 8, 4)
+    for fn in (F.leaky_relu, F.swish):
+        compiled = torch.compile(lambda t, v, fn=fn: fn(t, v), backend="aot_eager", fullgraph=True)
+        assert torch.equal(compiled(x, np.float64(0.3)), fn(x, 0.3))
+    assert torch.equal(F.leaky_relu(x, np.array(-0.5)), F.leaky_relu(x, -0.5))  # a 0-d array, eagerly too
+    with pytest.raises(TypeError, match=r"fastact\.swish: beta must be a real number, got ndarray"):
+        F.swish(x, np.array([1.5]))
+
+
 X8 = lambda: torch.randn(2, 8, 4)  # noqa: E731
 
 
