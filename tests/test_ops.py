@@ -524,79 +524,27 @@ def test_tails_accurate_to_few_ulps_in_float32(device, name):
         assert_few_ulps(got.reshape(-1), want.reshape(-1), torch.float32, f"{name} {what}", keep)
 
 
-def mp_references(op, beta, xs):
-    """f, df/dx and df/dbeta (0 for mish) at each x in xs, from 40-digit arithmetic (mpmath), rounded to
-    float64: three float64 tensors."""
+def _mp_rows(xs, row) -> torch.Tensor:
+    """row(mpmath, x) at each x in xs in 40-digit arithmetic (mpmath), rounded to float64: one tensor per value."""
     mpmath = pytest.importorskip("mpmath")
-    rows = []
     with mpmath.workdps(40):
-        for v in xs.tolist():
-            v = mpmath.mpf(v)
-            if op == "mish":
-                t = mpmath.tanh(mpmath.log1p(mpmath.exp(v)))
-                rows.append((v * t, t + v / (1 + mpmath.exp(-v)) * (1 - t * t), 0))
-            else:
-                z = v * beta
-                e = mpmath.exp(-abs(z))  # (1 - s would cancel to 0 for large z even in 40 digits)
-                s, ds = (1 if z >= 0 else e) / (1 + e), e / (1 + e) ** 2
-                rows.append((v * s, s + z * ds, v * v * ds))
-    return torch.tensor([[float(r) for r in row] for row in rows], dtype=torch.float64).T
+        rows = [row(mpmath, mpmath.mpf(v)) for v in xs.tolist()]
+    return torch.tensor([[float(r) for r in values] for values in rows], dtype=torch.float64).T
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name, beta", [("silu", 1.0), ("swish", 0.25), ("swish", -0.5), ("mish", None)])
-def test_float32_at_random_bit_patterns_within_few_ulps(device, name, beta):
-    """Random float32 bit patterns (every magnitude alike, from the subnormals to 3e38, both signs): f, f' and
-    (per channel, element by element) df/dbeta within a few ulps of float64, f' measured against the size of its
-    terms near its root. Betas whose product with x is exact, so that the reference is the rounded input's."""
-    gen = torch.Generator().manual_seed(11)
-    bits = torch.randint(-2**31, 2**31, (1 << 20,), generator=gen, dtype=torch.int64).to(torch.int32)
-    x = bits.view(torch.float32)
-    x = x[x.isfinite()].to(device).reshape(1, -1).requires_grad_()
-    if name == "mish":
-        y = fastact.mish(x)
-        grads = torch.autograd.grad(y.sum(), x)
-    else:
-        b = torch.full((x.shape[1],), beta, device=device, requires_grad=True)
-        y = fastact.swish(x, b)
-        grads = torch.autograd.grad(y.sum(), (x, b))
-    xd = x.detach().double().reshape(-1)
-    case = Case(name, None, None, beta)
-    wants = [R.mish(xd), R.mish_grad(xd)] if name == "mish" else [R.swish(xd, beta), R.swish_grad(xd, beta),
-                                                                 R.swish_grad_beta(xd, beta)]
-    scale = grad_term_scale(case, xd, beta, torch.ones_like(xd)).nan_to_num(nan=0.0)
-    for got, want, what in zip((y, *grads), wants, ("f", "f'", "df/dbeta")):
-        got = got.detach().reshape(-1)
-        if what == "f'":  # near f's minimum the terms of f' cancel: error against their size
-            want_size = torch.maximum(want.abs(), scale)
-            ulp = (torch.finfo(torch.float32).eps * want_size.cpu()).clamp(min=2.0**-149)  # (the subnormals' spacing)
-            err = (got.double().cpu() - want.cpu()).abs() / ulp
-            assert err.max().item() <= 4, f"{name} {what}: max {err.max().item():.2f} ulps of its terms"
-        else:
-            assert_few_ulps(got, want, torch.float32, f"{name} {what}")
+def mp_references(op, beta, xs):
+    """f, df/dx and df/dbeta (0 for mish) at each x in xs, from 40-digit arithmetic: three float64 tensors."""
+    def row(mpmath, v):
+        if op == "mish":
+            t = mpmath.tanh(mpmath.log1p(mpmath.exp(v)))
+            return v * t, t + v / (1 + mpmath.exp(-v)) * (1 - t * t), 0
+        z = v * beta
+        e = mpmath.exp(-abs(z))  # (1 - s would cancel to 0 for large z even in 40 digits)
+        s, ds = (1 if z >= 0 else e) / (1 + e), e / (1 + e) ** 2
+        return v * s, s + z * ds, v * v * ds
+    return _mp_rows(xs, row)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_float64_tails_below_exps_normal_range_against_mpmath(device):
-    """Float64's exp(-|z|) is subnormal for |z| > 708: f, f' and df/dbeta (on both sides) there against 40-digit
-    references."""
-    x = torch.linspace(-745.5, -700.0, 183, dtype=torch.float64)
-    for name, xs, beta in (("silu", x, 1.0), ("mish", x, None), ("swish_param", torch.cat([4 * x, -4 * x]), 0.25)):
-        xs = xs.to(device).reshape(1, -1).requires_grad_()
-        if name == "swish_param":  # one channel per element: df/dbeta element by element
-            b = torch.full((xs.shape[1],), beta, dtype=torch.float64, device=device, requires_grad=True)
-            y = fastact.swish(xs, b)
-            outs = (y, *torch.autograd.grad(y.sum(), (xs, b)))
-        else:
-            y = fastact.mish(xs) if name == "mish" else fastact.silu(xs)
-            outs = (y, *torch.autograd.grad(y.sum(), xs))
-        wants = mp_references("mish" if name == "mish" else "swish", beta, xs.detach().reshape(-1).cpu())
-        for got, want, what in zip(outs, wants, ("f", "f'", "df/dbeta")):
-            assert_few_ulps(got.reshape(-1), want, torch.float64, f"{name} {what}")
-
-
-# Points in the tails (exp(-|z|) subnormal or 0 while the derivatives are normal), around their thresholds, and
-# away from the first derivative's root near z = -1.28.
 TAIL_POINTS = {torch.float32: [-103.0, -100.0, -95.0, -89.0, -88.0, -85.0, -81.0, -79.0, -30.0, -3.0, 0.5, 3.0, 9.0,
                                15.0, 30.0, 50.0, 85.0, 95.0],
                torch.float64: [-745.0, -740.0, -720.0, -709.5, -705.0, -699.0, -40.0, -3.0, 0.5, 3.0, 20.0, 30.0,
@@ -606,21 +554,16 @@ TAIL_POINTS = {torch.float32: [-103.0, -100.0, -95.0, -89.0, -88.0, -85.0, -81.0
 def mp_second_derivatives(op, beta, xs):
     """d2f/dx2 and, for swish, d2f/dx dbeta and d2f/dbeta2 at each x, from 40-digit closed forms (1 - 2s as
     -tanh(z/2) and sech^2 as such, which do not cancel): three float64 tensors."""
-    mpmath = pytest.importorskip("mpmath")
-    rows = []
-    with mpmath.workdps(40):
-        for v in xs.tolist():
-            v = mpmath.mpf(v)
-            if op == "mish":
-                sp = mpmath.log1p(mpmath.exp(v))
-                t, d, s = mpmath.tanh(sp), mpmath.sech(sp) ** 2, 1 / (1 + mpmath.exp(-v))
-                rows.append((d * s * (2 + v * (1 - s - 2 * t * s)), 0, 0))
-            else:
-                b = mpmath.mpf(beta)
-                z = b * v
-                q, th = mpmath.exp(-abs(z)) / (1 + mpmath.exp(-abs(z))) ** 2, mpmath.tanh(z / 2)
-                rows.append((b * q * (2 - z * th), v * q * (2 - z * th), -v ** 3 * q * th))
-    return torch.tensor([[float(r) for r in row] for row in rows], dtype=torch.float64).T
+    def row(mpmath, v):
+        if op == "mish":
+            sp = mpmath.log1p(mpmath.exp(v))
+            t, d, s = mpmath.tanh(sp), mpmath.sech(sp) ** 2, 1 / (1 + mpmath.exp(-v))
+            return d * s * (2 + v * (1 - s - 2 * t * s)), 0, 0
+        b = mpmath.mpf(beta)
+        z = b * v
+        q, th = mpmath.exp(-abs(z)) / (1 + mpmath.exp(-abs(z))) ** 2, mpmath.tanh(z / 2)
+        return b * q * (2 - z * th), v * q * (2 - z * th), -v ** 3 * q * th
+    return _mp_rows(xs, row)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
