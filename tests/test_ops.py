@@ -545,6 +545,60 @@ def mp_references(op, beta, xs):
     return _mp_rows(xs, row)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name, beta", [("silu", 1.0), ("swish", 0.25), ("swish", -0.5), ("mish", None)])
+def test_float32_at_random_bit_patterns_within_few_ulps(device, name, beta):
+    """Random float32 bit patterns (every magnitude alike, from the subnormals to 3e38, both signs): f, f' and
+    (per channel, element by element) df/dbeta within a few ulps of float64, f' measured against the size of its
+    terms near its root. Betas whose product with x is exact, so that the reference is the rounded input's."""
+    gen = torch.Generator().manual_seed(11)
+    bits = torch.randint(-2**31, 2**31, (1 << 20,), generator=gen, dtype=torch.int64).to(torch.int32)
+    x = bits.view(torch.float32)
+    x = x[x.isfinite()].to(device).reshape(1, -1).requires_grad_()
+    if name == "mish":
+        y = fastact.mish(x)
+        grads = torch.autograd.grad(y.sum(), x)
+    else:
+        b = torch.full((x.shape[1],), beta, device=device, requires_grad=True)
+        y = fastact.swish(x, b)
+        grads = torch.autograd.grad(y.sum(), (x, b))
+    xd = x.detach().double().reshape(-1)
+    case = Case(name, None, None, beta)
+    wants = [R.mish(xd), R.mish_grad(xd)] if name == "mish" else [R.swish(xd, beta), R.swish_grad(xd, beta),
+                                                                 R.swish_grad_beta(xd, beta)]
+    scale = grad_term_scale(case, xd, beta, torch.ones_like(xd)).nan_to_num(nan=0.0)
+    for got, want, what in zip((y, *grads), wants, ("f", "f'", "df/dbeta")):
+        got = got.detach().reshape(-1)
+        if what == "f'":  # near f's minimum the terms of f' cancel: error against their size
+            want_size = torch.maximum(want.abs(), scale)
+            ulp = (torch.finfo(torch.float32).eps * want_size.cpu()).clamp(min=2.0**-149)  # (the subnormals' spacing)
+            err = (got.double().cpu() - want.cpu()).abs() / ulp
+            assert err.max().item() <= 4, f"{name} {what}: max {err.max().item():.2f} ulps of its terms"
+        else:
+            assert_few_ulps(got, want, torch.float32, f"{name} {what}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float64_tails_below_exps_normal_range_against_mpmath(device):
+    """Float64's exp(-|z|) is subnormal for |z| > 708: f, f' and df/dbeta (on both sides) there against 40-digit
+    references."""
+    x = torch.linspace(-745.5, -700.0, 183, dtype=torch.float64)
+    for name, xs, beta in (("silu", x, 1.0), ("mish", x, None), ("swish_param", torch.cat([4 * x, -4 * x]), 0.25)):
+        xs = xs.to(device).reshape(1, -1).requires_grad_()
+        if name == "swish_param":  # one channel per element: df/dbeta element by element
+            b = torch.full((xs.shape[1],), beta, dtype=torch.float64, device=device, requires_grad=True)
+            y = fastact.swish(xs, b)
+            outs = (y, *torch.autograd.grad(y.sum(), (xs, b)))
+        else:
+            y = fastact.mish(xs) if name == "mish" else fastact.silu(xs)
+            outs = (y, *torch.autograd.grad(y.sum(), xs))
+        wants = mp_references("mish" if name == "mish" else "swish", beta, xs.detach().reshape(-1).cpu())
+        for got, want, what in zip(outs, wants, ("f", "f'", "df/dbeta")):
+            assert_few_ulps(got.reshape(-1), want, torch.float64, f"{name} {what}")
+
+
+# Points in the tails (exp(-|z|) subnormal or 0 while the derivatives are normal), around their thresholds, and
+# away from the first derivative's root near z = -1.28.
 TAIL_POINTS = {torch.float32: [-103.0, -100.0, -95.0, -89.0, -88.0, -85.0, -81.0, -79.0, -30.0, -3.0, 0.5, 3.0, 9.0,
                                15.0, 30.0, 50.0, 85.0, 95.0],
                torch.float64: [-745.0, -740.0, -720.0, -709.5, -705.0, -699.0, -40.0, -3.0, 0.5, 3.0, 20.0, 30.0,
