@@ -1925,6 +1925,30 @@ def test_cuda_more_than_2_to_the_31_elements():
     torch.cuda.empty_cache()
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", [(2**31 // 64 + 3, 64), (1, 64, 2**25 + 1)], ids=["columns", "rows"])
+def test_cuda_parameter_gradient_over_more_than_2_to_the_31_elements(shape):
+    """PReLU's weight gradient past 2^31 elements, through both reductions: the columns kernel (channel innermost)
+    and the rows kernel (long runs per channel), with their partial sums. x = -1 and grad = 1 except one element
+    per channel, so that each channel's sum is known exactly: -(count - 1) - 3."""
+    x = torch.full(shape, -1.0, dtype=torch.bfloat16, device="cuda")
+    grad = torch.ones_like(x)
+    if len(shape) == 2:  # the last element of every channel: x > 0, no term
+        x[-1, :] = 3.0
+    else:
+        x[..., -1] = 3.0
+    grad[(0,) * len(shape)] = 3.0  # (one element of channel 0)
+    weight = torch.full((64,), 0.25, device="cuda")
+    grad_input, grad_weight = torch.ops.fastact.prelu_backward(grad, x, weight)
+    per_channel = x.numel() // 64
+    want = torch.full((64,), -(per_channel - 1.0), dtype=torch.float64)
+    want[0] -= 2.0
+    torch.testing.assert_close(grad_weight.double().cpu(), want, rtol=1e-6, atol=0)
+    assert grad_input.flatten()[-1].item() == 1.0 and grad_input.flatten()[0].item() == 0.75
+    del x, grad, grad_input
+    torch.cuda.empty_cache()
+
+
 # Sizes around the edges of the CUDA flat kernel's blocks (256 threads x 1 or 4 vectors of 2 float64, 4 float32
 # or 8 16-bit elements: 512 to 8192 elements) and of its tail (numel % vector), which the last block does.
 BLOCK_EDGE_SIZES = [1, 3, 8, 9, 511, 512, 513, 1023, 1024, 1025, 2047, 2048, 2049, 4101, 8192, 8199, 3 * 8192 + 1, 2**17 + 13]

@@ -56,9 +56,10 @@ struct ParamAccess {
 };
 
 // float with the GPU's fast exp (ex2.approx) and division, the compute type of float16/bfloat16 tensors:
-// their 11- or 8-bit results cannot tell its few-ulp float error apart, while the exact expf and division
-// would make those kernels compute-bound (they move half the bytes of float32 per element). (A parameter's
-// float32 gradient sums terms with that error too, a few float ulps each, where the CPU's are within ~1.) The functors
+// their 11- or 8-bit results cannot tell its float error (2 + 1.17 |x| ulps for __expf, ~100 near |z| = 87) apart,
+// while the exact expf and division would make those kernels compute-bound (they move half the bytes of float32 per
+// element). (A parameter's float32 gradient sums terms with that error too, up to ~1e-5 relative each in the far
+// tails, where the CPU's are within a few ulps.) The functors
 // run on it unchanged: the operators and fa_* overloads below are found by argument-dependent lookup.
 struct FastFloat {
   float v;
