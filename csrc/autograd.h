@@ -125,7 +125,18 @@ struct Tail {
   }
   // e^-a (1 - a): the first derivative's tail, z -> -inf, of Swish (e^z (1 + z)) and Mish
   Tensor exp_times_one_minus_a() const { return (kTailScale - a).exp() * (1 - a) * std::exp(-kTailScale); }
+  // 1 + k (a - 1) e^-a: the first derivative's tail, z -> +inf, of Swish (k = 1; for Mish a = 2x and k = 2).
+  // 1 in value, but its derivative is the second derivative's tail, which torch.func takes from it.
+  Tensor one_plus_exp_times(double k) const {
+    return 1 + k * (a - 1) * (kTailScale - a).exp() * std::exp(-kTailScale);
+  }
 };
+
+// beta x, the Swish argument, with beta = 0 giving z = 0 also at x = +-inf or NaN (f = x / 2, as the kernels
+// take it, where beta x would be NaN); it stays beta times x, so that its derivative in beta is x, at beta = 0 too.
+inline Tensor swish_argument(const Tensor& beta, const Tensor& x) {
+  return beta * at::where((beta == 0).logical_and(x.isfinite().logical_not()), at::zeros_like(x), x);
+}
 
 // df/dparam, elementwise (unreduced), for the activations with a tensor parameter; in torch ops, so that a
 // tangent built from it stays differentiable.
@@ -137,7 +148,7 @@ inline Tensor param_partial(ActivationId activation, const Tensor& x_in, const T
       // x^2 s(1 - s) with s(1 - s) = sigmoid(z) sigmoid(-z) (1 - s cancels to 0 early); in the tails x^2 e^-|z|,
       // as (|x| e^((C - a)/2) e^-C) |x| e^((C - a)/2), whose factors neither overflow nor underflow, and 0 at
       // x = +-inf (the limit, not inf * 0).
-      const Tensor z = at::where(p == 0, at::zeros_like(x), p * x);
+      const Tensor z = swish_argument(p, x);
       const Tensor q = at::sigmoid(z) * at::sigmoid(-z);
       const Tail tail(z);
       const Tensor u = x.abs() * ((kTailScale - tail.a) / 2).exp();
@@ -177,31 +188,41 @@ auto call_backward(std::initializer_list<const Tensor*> inputs, Fn&& fn) {
   return fn();
 }
 
-// df/dx, elementwise, in torch ops (the first derivative inside torch.func transforms). `param` is undefined
-// for Mish; for LeakyReLU and fixed-beta Swish it is the float as a 0-d tensor.
+// df/dx, elementwise, in torch ops (the first derivative inside torch.func transforms, which differentiate these
+// ops again for a second derivative: each is written so that its torch derivative keeps its digits too). `param`
+// is undefined for Mish; for LeakyReLU and fixed-beta Swish it is the float as a 0-d tensor.
 inline Tensor input_partial(ActivationId activation, const Tensor& x_in, const Tensor& param) {
   const Tensor x = x_in.to(formula_type(x_in, param));
   switch (activation) {
     case ActivationId::Swish: {  // s + b x s(1 - s), the second term 0 where s(1 - s) is (x = +-inf)
-      const Tensor b = channel_view(param, x);
-      const Tensor z = at::where(b == 0, at::zeros_like(x), b * x);  // beta = 0: x / 2, also at x = +-inf
-      const Tensor s = at::sigmoid(z);
-      const Tensor q = s * at::sigmoid(-z);
+      const Tensor z = swish_argument(channel_view(param, x), x);
+      // s as 1 - sigmoid(-z) for z >= 0: the same value, and a derivative that does not cancel to 0 past z ~ 17
+      // (torch's sigmoid derivative is s (1 - s))
+      const Tensor s = at::where(z >= 0, 1 - at::sigmoid(-z), at::sigmoid(z));
+      const Tensor q = at::sigmoid(z) * at::sigmoid(-z);
       const Tail tail(z);
-      return at::where(tail.in_tail.logical_and(z < 0), tail.exp_times_one_minus_a(), at::where(q == 0, s, s + z * q));
+      return at::where(tail.in_tail, at::where(z < 0, tail.exp_times_one_minus_a(), tail.one_plus_exp_times(1.0)),
+                       at::where(q == 0, s, s + z * q));
     }
     case ActivationId::Mish: {  // t + x sigmoid(x) sech^2(softplus(x)), t = tanh(softplus(x))
-      const Tensor t = at::tanh(at::softplus(x));
-      // sech^2(softplus(x)) = 4 r^2 / (1 + r^2)^2, r = e^-softplus(x) = sigmoid(-x): 1 - t^2 would cancel to 0
+      // With r = e^-softplus(x) = sigmoid(-x): sech^2(softplus(x)) = 4 r^2 / (1 + r^2)^2, where 1 - t^2 would
+      // cancel to 0, and for x >= 0 t = (1 - r^2) / (1 + r^2), whose derivative does not cancel as tanh's does.
       const Tensor r2 = at::sigmoid(-x).square();
       const Tensor d = 4 * r2 / (1 + r2).square();
+      const Tensor t = at::where(x >= 0, (1 - r2) / (1 + r2), at::tanh(at::softplus(x)));
       const Tensor s = at::sigmoid(x);
       const Tail tail(x);
+      const Tail right_tail(2 * x);  // where d ~ 4 e^-2x leaves the normal range
       return at::where(tail.in_tail.logical_and(x < 0), tail.exp_times_one_minus_a(),
-                       at::where(d == 0, t, t + x * s * d));
+                       at::where(right_tail.in_tail.logical_and(x > 0), right_tail.one_plus_exp_times(2.0),
+                                 at::where(d == 0, t, t + x * s * d)));
     }
-    case ActivationId::Leaky:
-      return at::where(x > 0, at::ones_like(x), channel_view(param, x).expand_as(x));
+    case ActivationId::Leaky: {
+      // where() leaves x out of the graph (a condition has no derivative); as torch's leaky_relu_backward, the
+      // result stays connected to x, with a zero derivative, so that a gradient of a gradient can be taken.
+      const Tensor connected = at::leaky_relu_backward(at::zeros_like(x), x, 0.0, false);
+      return at::where(x > 0, at::ones_like(x), channel_view(param, x).expand_as(x)) + connected;
+    }
   }
   TORCH_CHECK(false, "fastact: unknown activation");
 }

@@ -425,10 +425,12 @@ def _backward_decomposition(kind: str, d: _Derivatives) -> Callable:
     take x's layout as the kernels' empty_like(x) does: f_x (x's layout) comes first in the product, and an
     elementwise op's output follows its first operand where the operands' layouts differ."""
     def backward(grad, x, *param):
-        grad_input = (d.f_x(x, *param) * grad).to(x.dtype)
+        # 16-bit x and grad in float, as the kernels compute them (the closed forms lose digits in bfloat16)
+        x_op, grad_op = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (x, grad))
+        grad_input = (d.f_x(x_op, *param) * grad_op).to(x.dtype)
         if kind != "tensor":
             return grad_input
-        grad_p = d.grad_p(grad, x, param[0]) if d.grad_p else grad * d.f_p(x, param[0])
+        grad_p = d.grad_p(grad_op, x_op, param[0]) if d.grad_p else grad_op * d.f_p(x_op, param[0])
         return grad_input, ref.reduce_to_param(grad_p, param[0])
     return backward
 

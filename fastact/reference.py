@@ -81,20 +81,24 @@ def swish(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
 
 
 def _swish_parts(x, beta):
-    # s (1 - s) as sigmoid(z) sigmoid(-z): 1 - s would cancel to 0 for z > 37 even in float64
+    # z = beta x, 0 for beta = 0 also at x = +-inf or NaN (f = x / 2), where the product would be NaN; s (1 - s) as
+    # sigmoid(z) sigmoid(-z): 1 - s would cancel to 0 for z > 37 even in float64
     b = channel_view(beta, x)
-    z = b * x
+    z = b * torch.where((b == 0) & ~x.isfinite(), 0.0, x)
     s = torch.sigmoid(z)
     return b, z, s, s * torch.sigmoid(-z)
 
 
 def swish_grad(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
     """df/dx = sigma(bx) + bx sigma(bx)(1 - sigma(bx)) (= beta f + sigma(bx)(1 - beta f)); e^z (1 + z) in the
-    tail z -> -inf (for z -> +inf the closed form has 1 + z e^-z)."""
-    _, z, s, p = _swish_parts(x, beta)
+    tail z -> -inf, and 1 + (z - 1) e^-z (1, with the tail of its derivative) as z -> +inf. Written so that
+    autograd through it (a decomposition's double backward) keeps the digits of the second derivative too: s is
+    1 - sigmoid(-z) for z >= 0, whose derivative does not cancel to 0 as sigmoid's s (1 - s) does."""
+    _, z, _, p = _swish_parts(x, beta)
+    s = torch.where(z >= 0, 1 - torch.sigmoid(-z), torch.sigmoid(z))
     in_tail, a = _tail(z)
-    tail = _exp_minus(a) * (1 - a) * _EXP_MINUS_C
-    return torch.where(in_tail & (z < 0), tail, torch.where(p == 0, s, s + z * p))  # (z p: inf * 0 where p = 0)
+    tail = torch.where(z < 0, _exp_minus(a) * (1 - a) * _EXP_MINUS_C, 1 + (a - 1) * _exp_minus(a) * _EXP_MINUS_C)
+    return torch.where(in_tail, tail, torch.where(p == 0, s, s + z * p))  # (z p: inf * 0 where p = 0)
 
 
 def swish_grad_beta(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
@@ -144,16 +148,22 @@ def mish_delta(x: Tensor) -> Tensor:
 
 
 def _mish_parts(x):
-    return torch.tanh(F.softplus(x)), torch.sigmoid(x), mish_delta(x)
+    # t = tanh(softplus(x)), for x >= 0 as (1 - r^2) / (1 + r^2) with r = sigmoid(-x): the same value, and a
+    # derivative that does not cancel to 0 past x ~ 9 as tanh's 1 - t^2 does
+    r2 = torch.sigmoid(-x).square()
+    t = torch.where(x >= 0, (1 - r2) / (1 + r2), torch.tanh(F.softplus(x)))
+    return t, torch.sigmoid(x), mish_delta(x)
 
 
 def mish_grad(x: Tensor) -> Tensor:
     """f'(x) = tanh(sp(x)) + x sigma(x) sech^2(sp(x)) = Delta(x) swish(x) + f(x)/x; e^x (1 + x) in the tail
-    x -> -inf."""
+    x -> -inf, and 1 + (4x - 2) e^-2x (1, with the tail of its derivative) as x -> +inf."""
     t, s, d = _mish_parts(x)
     in_tail, a = _tail(x)
-    tail = _exp_minus(a) * (1 - a) * _EXP_MINUS_C
-    return torch.where(in_tail & (x < 0), tail, torch.where(d == 0, t, t + x * s * d))  # (x d: inf * 0 at +inf)
+    in_right_tail, a2 = _tail(2 * x)
+    return torch.where(in_tail & (x < 0), _exp_minus(a) * (1 - a) * _EXP_MINUS_C,
+                       torch.where(in_right_tail & (x > 0), 1 + (2 * a2 - 2) * _exp_minus(a2) * _EXP_MINUS_C,
+                                   torch.where(d == 0, t, t + x * s * d)))  # (x d: inf * 0 at +inf)
 
 
 def mish_grad2(x: Tensor) -> Tensor:

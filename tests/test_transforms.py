@@ -8,14 +8,14 @@ import math
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as TF
 from torch import nn
 from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, stack_module_state, vjp, vmap
 
 import fastact
-from fastact import reference as R
 
 from conftest import DEVICES
-from test_ops import CASE_IDS, CASES
+from test_ops import CASE_IDS, CASES, TAIL_POINTS, mp_second_derivatives, ulp_errors
 
 INF = math.inf
 
@@ -396,3 +396,100 @@ def test_model_ensemble_with_vmap_over_parameters():
         out = vmap(run, in_dims=(0, 0, None))(params, buffers, x)
     for i, net in enumerate(nets):
         torch.testing.assert_close(out[i], net(x), rtol=1e-12, atol=1e-14)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Second derivatives under torch.func: it differentiates the first-derivative formulas (csrc/autograd.h)
+
+SECOND_ORDER_POINTS = {dtype: points + [17.5, 20.0, 25.0, 40.0, 60.0] for dtype, points in TAIL_POINTS.items()}
+
+
+def assert_second_order_close(got, want, dtype, what):
+    """Within 8 ulps, as autograd composes a second derivative from the first's formula (one rounding per op),
+    except near and below the subnormals (|f''| < 2^10 of the smallest normal), where an intermediate product
+    is subnormal: there within 1e-3 of it or 4 of the subnormals' spacing."""
+    info = torch.finfo(dtype)
+    err, _ = ulp_errors(got, want, dtype)
+    got, want = got.detach().double().cpu(), want.double()
+    near_subnormal = want.abs() < 2 ** 10 * info.smallest_normal
+    assert err[~near_subnormal].max().item() <= 8, f"{what}: max error {err[~near_subnormal].max().item():.2f} ulps"
+    allowed = torch.maximum(1e-3 * want.abs(), torch.full_like(want, 4 * info.smallest_normal * info.eps))
+    off = near_subnormal & ((got - want).abs() > allowed)
+    assert not off.any(), (what, got[off], want[off])
+
+
+def _swish_or_mish(name, beta):
+    if name == "mish":
+        return fastact.mish
+    return fastact.silu if name == "silu" else (lambda t: fastact.swish(t, beta))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name, beta", [("silu", 1.0), ("swish", 2.0), ("swish", -0.5), ("mish", None)])
+def test_torch_func_second_derivatives_keep_their_digits(dtype, name, beta):
+    """grad(grad(f)) and, for a learnable beta, d2f/dx dbeta in both orders and d2f/dbeta2, against 40-digit
+    references: in the tails, and where torch's own derivatives of sigmoid and tanh cancel to 0 (s (1 - s) past
+    z ~ 17, 1 - t^2 past x ~ 9), which the first-derivative formulas avoid."""
+    x = torch.tensor(SECOND_ORDER_POINTS[dtype], dtype=dtype)
+    f_xx, f_xp, f_pp = mp_second_derivatives("mish" if name == "mish" else "swish", beta, x)
+    assert_second_order_close(vmap(grad(grad(_swish_or_mish(name, beta))))(x), f_xx, dtype, f"{name} f'' by grad(grad)")
+    if name == "swish":
+        b = torch.tensor([beta], dtype=dtype)
+        def f(t, bb):
+            return fastact.swish(t, bb).sum()
+        def df_dbeta(t, bb):
+            return grad(f, 1)(t, bb).sum()
+        per_element = {"d/dbeta df/dx": vmap(grad(grad(f, 0), 1), (0, None))(x, b),
+                       "d/dx df/dbeta": vmap(grad(df_dbeta, 0), (0, None))(x, b)}
+        for what, got in per_element.items():
+            assert_second_order_close(got.reshape(-1), f_xp, dtype, f"{name} {what}")
+        assert_second_order_close(vmap(grad(df_dbeta, 1), (0, None))(x, b).reshape(-1), f_pp, dtype,
+                                  f"{name} d2f/dbeta2")
+
+
+def test_torch_func_mixed_derivative_at_a_zero_beta():
+    """beta = 0 (a learnable Swish initialised to x / 2): d2f/dx dbeta = x / 2 in both orders, and the limits at
+    x = +-inf stay finite (beta x is taken as 0 there, not NaN)."""
+    x = torch.tensor([0.7, -1.3, 2.0, 0.0], dtype=torch.float64)
+    b = torch.zeros(1, dtype=torch.float64)
+    def f(t, bb):
+        return fastact.swish(t, bb).sum()
+    for got in (jacrev(grad(f, 0), 1)(x, b).reshape(-1), jacrev(grad(f, 1), 0)(x, b).reshape(-1)):
+        torch.testing.assert_close(got, x / 2, rtol=1e-15, atol=0)
+    edges = torch.tensor([INF, -INF], dtype=torch.float64)
+    def swish_at_zero_beta(t):
+        return fastact.swish(t, b).sum()
+    assert torch.equal(vmap(grad(swish_at_zero_beta))(edges), torch.full((2,), 0.5, dtype=torch.float64))
+    assert torch.equal(vmap(grad(grad(swish_at_zero_beta)))(edges), torch.zeros(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", ["leaky_relu", "prelu"])
+def test_gradient_penalty_through_torch_func_grad_of_leaky(name):
+    """A gradient taken with torch.func.grad stays connected to x, as torch's leaky_relu_backward keeps it (with a
+    zero derivative), so that a penalty on it can be differentiated again."""
+    c = torch.tensor([0.5, 1.0, 1.5])
+    weight = torch.tensor([0.3])
+    ours = {"leaky_relu": lambda t: fastact.leaky_relu(t, -0.4), "prelu": lambda t: fastact.prelu(t, weight)}
+    torchs = {"leaky_relu": lambda t: TF.leaky_relu(t, -0.4), "prelu": lambda t: TF.prelu(t, weight)}
+    results = []
+    for act in (ours[name], torchs[name]):
+        x = torch.tensor([-1.0, 0.5, 2.0], requires_grad=True)
+        g = grad(lambda t: (c * act(t)).sum())(x)
+        penalty = (g * g).sum()
+        results.append((penalty.detach(), torch.autograd.grad(penalty, x)[0]))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("name, param", [("swish", 1.5), ("mish", None), ("swish_param", "channel")])
+def test_backward_decompositions_compute_16_bit_inputs_in_float(name, param):
+    """The backward ops' decompositions (run by DTensor and run_decompositions) evaluate the closed forms in float
+    for bfloat16 x, as the kernels do: they agree with the kernels to bfloat16's rounding, where bfloat16
+    arithmetic would be off by several of its ulps."""
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(2, 4, 64, generator=gen) * 4).bfloat16()
+    g = torch.randn(2, 4, 64, generator=gen).bfloat16()
+    args = {"swish": (1.5,), "mish": (), "swish_param": (torch.linspace(-1.3, 1.7, 4),)}[name]
+    op = getattr(torch.ops.fastact, f"{name}_backward").default
+    kernel, decomposed = op(g, x, *args), torch._decomp.decomposition_table[op](g, x, *args)
+    for k, d in zip(*(t if isinstance(t, tuple) else (t,) for t in (kernel, decomposed))):
+        torch.testing.assert_close(d.float(), k.float(), rtol=2 ** -7, atol=1e-6)
