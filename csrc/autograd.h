@@ -19,7 +19,6 @@
 #pragma once
 
 #include <array>
-#include <cmath>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -106,32 +105,6 @@ inline at::ScalarType formula_type(const Tensor& x, const Tensor& param) {
   return param.defined() ? at::promote_types(t, param.scalar_type()) : t;
 }
 
-// The derivatives' tails, as fastact/reference.py computes them: past |z| = 80 (float) or 700 (double),
-// e^-|z| heads for subnormals and then 0 while the derivatives that carry it as a factor (e^z (1 + z) as
-// z -> -inf) are still normal numbers, and torch's sigmoid products flush (to 0, or a wrong sign). There they
-// are e^(C - |z|) times their other factors times e^-C, so that no factor underflows where the result is
-// normal. in_tail: |z| in the tail; a: |z| clamped to the tail's range, past whose end (400, 3000) every term
-// is 0 anyway, so that the lanes a where() leaves out stay finite and their gradient is not NaN.
-constexpr double kTailScale = 64.0;  // C
-
-struct Tail {
-  Tensor in_tail;
-  Tensor a;
-  explicit Tail(const Tensor& z) {
-    const bool dbl = z.scalar_type() == at::kDouble;
-    const Tensor abs_z = z.abs();
-    in_tail = abs_z > (dbl ? 700.0 : 80.0);
-    a = abs_z.clamp(dbl ? 700.0 : 80.0, dbl ? 3000.0 : 400.0);
-  }
-  // e^-a (1 - a): the first derivative's tail, z -> -inf, of Swish (e^z (1 + z)) and Mish
-  Tensor exp_times_one_minus_a() const { return (kTailScale - a).exp() * (1 - a) * std::exp(-kTailScale); }
-  // 1 + k (a - 1) e^-a: the first derivative's tail, z -> +inf, of Swish (k = 1; for Mish a = 2x and k = 2).
-  // 1 in value, but its derivative is the second derivative's tail, which torch.func takes from it.
-  Tensor one_plus_exp_times(double k) const {
-    return 1 + k * (a - 1) * (kTailScale - a).exp() * std::exp(-kTailScale);
-  }
-};
-
 // beta x, the Swish argument, with beta = 0 giving z = 0 also at x = +-inf or NaN (f = x / 2, as the kernels
 // take it, where beta x would be NaN); it stays beta times x, so that its derivative in beta is x, at beta = 0 too.
 inline Tensor swish_argument(const Tensor& beta, const Tensor& x) {
@@ -145,15 +118,12 @@ inline Tensor param_partial(ActivationId activation, const Tensor& x_in, const T
   const Tensor p = channel_view(param, x);
   switch (activation) {
     case ActivationId::Swish: {
-      // x^2 s(1 - s) with s(1 - s) = sigmoid(z) sigmoid(-z) (1 - s cancels to 0 early); in the tails x^2 e^-|z|,
-      // as (|x| e^((C - a)/2) e^-C) |x| e^((C - a)/2), whose factors neither overflow nor underflow, and 0 at
-      // x = +-inf (the limit, not inf * 0).
+      // x^2 s(1 - s) with s(1 - s) = sigmoid(z) sigmoid(-z) (1 - s cancels to 0 early); x zeroed where that factor
+      // is 0, so that x = +-inf gives the limit 0, not inf * 0 (in value or gradient).
       const Tensor z = swish_argument(p, x);
       const Tensor q = at::sigmoid(z) * at::sigmoid(-z);
-      const Tail tail(z);
-      const Tensor u = x.abs() * ((kTailScale - tail.a) / 2).exp();
-      const Tensor far = at::where(x.isinf(), at::zeros_like(x), u * std::exp(-kTailScale) * u);
-      return at::where(tail.in_tail, far, x * q * x);
+      const Tensor x_near = at::where(q == 0, at::zeros_like(x), x);
+      return x_near * q * x_near;
     }
     case ActivationId::Leaky:  // prelu: x where x <= 0, else 0
       return at::where(x > 0, at::zeros_like(x), x);
@@ -188,34 +158,30 @@ auto call_backward(std::initializer_list<const Tensor*> inputs, Fn&& fn) {
   return fn();
 }
 
-// df/dx, elementwise, in torch ops (the first derivative inside torch.func transforms, which differentiate these
-// ops again for a second derivative: each is written so that its torch derivative keeps its digits too). `param`
-// is undefined for Mish; for LeakyReLU and fixed-beta Swish it is the float as a 0-d tensor.
-inline Tensor input_partial(ActivationId activation, const Tensor& x_in, const Tensor& param) {
+// df/dx, elementwise, in torch ops: the first derivative inside torch.func transforms, which differentiate these
+// ops again for a second derivative. They are torch's formulas, at torch's speed (per-sample gradients run them
+// for every sample) and accuracy: where e^-|z| is subnormal (|z| > 87 in float32) and, for a second derivative,
+// where sigmoid's and tanh's own derivatives cancel (z > 17, x > 9), they have the digits torch's have, not the
+// fused kernels' (the eager double backward uses fastact/reference.py's tail-exact forms). `param` is undefined
+// for Mish; for LeakyReLU and fixed-beta Swish it is the float as a 0-d tensor, `nonzero_param` when it is
+// known not to be 0.
+inline Tensor input_partial(ActivationId activation, const Tensor& x_in, const Tensor& param,
+                            bool nonzero_param = false) {
   const Tensor x = x_in.to(formula_type(x_in, param));
   switch (activation) {
-    case ActivationId::Swish: {  // s + b x s(1 - s), the second term 0 where s(1 - s) is (x = +-inf)
-      const Tensor z = swish_argument(channel_view(param, x), x);
-      // s as 1 - sigmoid(-z) for z >= 0: the same value, and a derivative that does not cancel to 0 past z ~ 17
-      // (torch's sigmoid derivative is s (1 - s))
-      const Tensor s = at::where(z >= 0, 1 - at::sigmoid(-z), at::sigmoid(z));
-      const Tensor q = at::sigmoid(z) * at::sigmoid(-z);
-      const Tail tail(z);
-      return at::where(tail.in_tail, at::where(z < 0, tail.exp_times_one_minus_a(), tail.one_plus_exp_times(1.0)),
-                       at::where(q == 0, s, s + z * q));
+    case ActivationId::Swish: {  // s + z s (1 - s), z = beta x, s = sigmoid(z)
+      const Tensor b = channel_view(param, x);
+      const Tensor z = nonzero_param ? b * x : swish_argument(b, x);
+      const Tensor s = at::sigmoid(z);
+      const Tensor q = s * at::sigmoid(-z);
+      // z zeroed where s (1 - s) is 0 (z may be inf there): no inf * 0, in value or gradient
+      return s + at::where(q == 0, at::zeros_like(z), z) * q;
     }
-    case ActivationId::Mish: {  // t + x sigmoid(x) sech^2(softplus(x)), t = tanh(softplus(x))
-      // With r = e^-softplus(x) = sigmoid(-x): sech^2(softplus(x)) = 4 r^2 / (1 + r^2)^2, where 1 - t^2 would
-      // cancel to 0, and for x >= 0 t = (1 - r^2) / (1 + r^2), whose derivative does not cancel as tanh's does.
-      const Tensor r2 = at::sigmoid(-x).square();
-      const Tensor d = 4 * r2 / (1 + r2).square();
-      const Tensor t = at::where(x >= 0, (1 - r2) / (1 + r2), at::tanh(at::softplus(x)));
+    case ActivationId::Mish: {  // t + x sigmoid(x) (1 - t^2), t = tanh(softplus(x))
+      const Tensor t = at::tanh(at::softplus(x));
+      const Tensor d = 1 - t * t;
       const Tensor s = at::sigmoid(x);
-      const Tail tail(x);
-      const Tail right_tail(2 * x);  // where d ~ 4 e^-2x leaves the normal range
-      return at::where(tail.in_tail.logical_and(x < 0), tail.exp_times_one_minus_a(),
-                       at::where(right_tail.in_tail.logical_and(x > 0), right_tail.one_plus_exp_times(2.0),
-                                 at::where(d == 0, t, t + x * s * d)));
+      return at::where((d == 0).logical_or(s == 0), t, t + x * s * d);
     }
     case ActivationId::Leaky: {
       // where() leaves x out of the graph (a condition has no derivative); as torch's leaky_relu_backward, the
@@ -300,6 +266,9 @@ struct Derivatives {
     return Tensor();
   }
 
+  // A float parameter that is not 0 (SiLU's beta): the formulas skip their guard for beta = 0.
+  static bool nonzero_scalar(const CallParam& p) { return K == ParamKind::Scalar && p.scalar != 0.0; }
+
   // d(loss)/dx and d(loss)/d(param) (undefined unless the parameter is a tensor) from d(loss)/dy.
   static std::tuple<Tensor, Tensor> gradients(const Tensor& grad, const Tensor& x_saved, const CallParam& p_saved) {
     // A saved-tensor hook may hand x and the parameter back in another dtype (say, stored in a narrower one):
@@ -317,7 +286,7 @@ struct Derivatives {
       return call_backward({&grad, &x, &p.tensor}, [&] { return Calls::backward(grad, x, p); });
     }
     const Tensor pt = param_tensor(x, p);
-    Tensor grad_input = (grad * input_partial(Info::get().activation, x, pt)).to(x.scalar_type());
+    Tensor grad_input = (grad * input_partial(Info::get().activation, x, pt, nonzero_scalar(p))).to(x.scalar_type());
     Tensor grad_param;
     if constexpr (K == ParamKind::Tensor) {
       grad_param = reduce_to_param(param_gradient(Info::get().activation, grad, x, pt), pt);
@@ -330,7 +299,8 @@ struct Derivatives {
     Tensor t;
     if (t_x.defined()) {
       if (in_functorch_transform()) {
-        t = (input_partial(Info::get().activation, x, param_tensor(x, p)) * t_x).to(x.scalar_type());
+        t = (input_partial(Info::get().activation, x, param_tensor(x, p), nonzero_scalar(p)) * t_x)
+                .to(x.scalar_type());
       } else {
         t = std::get<0>(Calls::backward(t_x, x, p));
       }

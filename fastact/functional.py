@@ -44,7 +44,8 @@ def _check_tensor(op: str, arg: str, value) -> None:
 def _check_number(op: str, arg: str, value) -> float:
     if isinstance(value, Tensor) and value.numel() == 1 and not value.requires_grad:
         return float(value)
-    if _np is not None and isinstance(value, _np.ndarray) and value.ndim == 0:
+    if _np is not None and isinstance(value, _np.ndarray) and value.ndim == 0 and (
+            torch.compiler.is_compiling() or value.dtype.kind in "fiu"):  # (dynamo cannot read an array's dtype)
         # a numpy scalar as torch.compile passes it (a 0-d array; float64 traces as a constant, float32
         # as a symbolic float that a custom op's float argument does not take)
         value = float(value)

@@ -266,10 +266,10 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
         @staticmethod
         def backward(ctx, gg_input, gg_param=None):
             out_dtypes = [t.dtype for t in ctx.saved_tensors[:2]]
-            grad, x, p = _saved(ctx, ctx.saved_tensors)
-            grad, x = _opmath(grad, x)
+            grad, x_saved, p = _saved(ctx, ctx.saved_tensors)
+            d_grad = _times_f_x(ctx, gg_input, x_saved, p)
+            grad, x = _opmath(grad, x_saved)
             gg_input = torch.zeros_like(x) if gg_input is None else _opmath(gg_input)[0]
-            d_grad = gg_input * d.f_x(x, p)
             d_x = gg_input * grad * d.f_xx(x, p)
             if has_tensor_param:
                 f_xp = d.f_xp(x, p)
@@ -287,9 +287,10 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
             # d(g f_x) = t_g f_x + g f_xx t_x + g f_xp t_p, and for a tensor parameter
             # d reduce(g f_p) = reduce(t_g f_p + g f_xp t_x + g f_pp t_p).
             out_dtype = ctx.saved_tensors[0].dtype
-            grad, x, p = _saved(ctx, ctx.saved_tensors)
-            grad, x = _opmath(grad, x)
-            t_grad, t_x = (None if t is None else _opmath(t)[0] for t in (t_grad, t_x))
+            grad, x_saved, p = _saved(ctx, ctx.saved_tensors)
+            t_grad_f_x = None if t_grad is None else _times_f_x(ctx, t_grad, x_saved, p)
+            grad, x = _opmath(grad, x_saved)
+            t_x = None if t_x is None else _opmath(t_x)[0]
             t_p = tangent_view(t_param[0], x) if has_tensor_param and t_param else None
             def sum_of(*terms):  # sum of tangent * factor over the tangents that are present
                 total = torch.zeros_like(x, dtype=torch.promote_types(x.dtype, grad.dtype))
@@ -298,13 +299,23 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
                         total = total + tangent * factor()
                 return total
 
-            t_input = sum_of((t_grad, lambda: d.f_x(x, p)), (t_x, lambda: grad * d.f_xx(x, p)),
-                             (t_p, lambda: grad * d.f_xp(x, p)))
+            t_input = sum_of((t_x, lambda: grad * d.f_xx(x, p)), (t_p, lambda: grad * d.f_xp(x, p)))
+            if t_grad_f_x is not None:
+                t_input = t_input + t_grad_f_x
             if not has_tensor_param:
                 return t_input.to(out_dtype)
+            t_grad = None if t_grad is None else _opmath(t_grad)[0]
             t_elem = sum_of((t_grad, lambda: d.f_p(x, p)), (t_x, lambda: grad * d.f_xp(x, p)),
                             (t_p, lambda: grad * d.f_pp(x, p)))
             return t_input.to(out_dtype), ref.reduce_to_param(t_elem, p)
+
+    def _times_f_x(ctx, t, x, p):
+        """t f'(x), where t is d(grad)'s incoming gradient or tangent: the fused backward itself, in one pass
+        (under create_graph this op again, so differentiable), rather than f''s closed form in torch ops."""
+        if t is None:
+            return torch.zeros_like(x)
+        out = backward_op(t.to(x.dtype), x, *((p,) if has_tensor_param else ctx.param))
+        return out[0] if has_tensor_param else out
 
     def _opmath(*tensors):
         # The second derivatives of 16-bit inputs in float, as the kernels compute the first ones: the closed

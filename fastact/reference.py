@@ -97,8 +97,9 @@ def swish_grad(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
     _, z, _, p = _swish_parts(x, beta)
     s = torch.where(z >= 0, 1 - torch.sigmoid(-z), torch.sigmoid(z))
     in_tail, a = _tail(z)
-    tail = torch.where(z < 0, _exp_minus(a) * (1 - a) * _EXP_MINUS_C, 1 + (a - 1) * _exp_minus(a) * _EXP_MINUS_C)
-    return torch.where(in_tail, tail, torch.where(p == 0, s, s + z * p))  # (z p: inf * 0 where p = 0)
+    t = _exp_minus(a) * (1 - a) * _EXP_MINUS_C
+    # (z zeroed in the tails, where p = 0 and z may be inf: no inf * 0 in the branch where() leaves out)
+    return torch.where(in_tail, torch.where(z < 0, t, 1 - t), s + torch.where(in_tail, 0.0, z) * p)
 
 
 def swish_grad_beta(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
@@ -148,22 +149,23 @@ def mish_delta(x: Tensor) -> Tensor:
 
 
 def _mish_parts(x):
-    # t = tanh(softplus(x)), for x >= 0 as (1 - r^2) / (1 + r^2) with r = sigmoid(-x): the same value, and a
-    # derivative that does not cancel to 0 past x ~ 9 as tanh's 1 - t^2 does
-    r2 = torch.sigmoid(-x).square()
-    t = torch.where(x >= 0, (1 - r2) / (1 + r2), torch.tanh(F.softplus(x)))
-    return t, torch.sigmoid(x), mish_delta(x)
+    # With r = e^-softplus(x) = sigmoid(-x): t = tanh(softplus(x)) is (1 - r^2) / (1 + r^2) for x >= 0, whose
+    # derivative does not cancel to 0 past x ~ 9 as tanh's 1 - t^2 does, and sigmoid(x) (1 + r) / (1 + r^2) for
+    # x < 0 (1 - r^2 = (1 - r)(1 + r) without the cancellation); sech^2(softplus(x)) = 4 r^2 / (1 + r^2)^2
+    r, s = torch.sigmoid(-x), torch.sigmoid(x)
+    r2 = r.square()
+    inv = (1 + r2).reciprocal()
+    return torch.where(x >= 0, 1 - r2, s * (1 + r)) * inv, s, 4 * r2 * inv.square()
 
 
 def mish_grad(x: Tensor) -> Tensor:
     """f'(x) = tanh(sp(x)) + x sigma(x) sech^2(sp(x)) = Delta(x) swish(x) + f(x)/x; e^x (1 + x) in the tail
-    x -> -inf, and 1 + (4x - 2) e^-2x (1, with the tail of its derivative) as x -> +inf."""
+    x -> -inf, and 1 (1 + (4x - 2) e^-2x rounded) as x -> +inf."""
     t, s, d = _mish_parts(x)
     in_tail, a = _tail(x)
-    in_right_tail, a2 = _tail(2 * x)
-    return torch.where(in_tail & (x < 0), _exp_minus(a) * (1 - a) * _EXP_MINUS_C,
-                       torch.where(in_right_tail & (x > 0), 1 + (2 * a2 - 2) * _exp_minus(a2) * _EXP_MINUS_C,
-                                   torch.where(d == 0, t, t + x * s * d)))  # (x d: inf * 0 at +inf)
+    # (x zeroed in the tails, where d = 0 and x may be inf: no inf * 0 in the branch where() leaves out)
+    closed_form = t + torch.where(in_tail, 0.0, x) * s * d
+    return torch.where(in_tail, torch.where(x < 0, _exp_minus(a) * (1 - a) * _EXP_MINUS_C, 1.0), closed_form)
 
 
 def mish_grad2(x: Tensor) -> Tensor:

@@ -501,16 +501,20 @@ def test_diverged_runs_write_strict_json_and_read_back(tmp_path, capsys):
     from fastact.homework.checks import json_text
 
     saved = json.loads((REPO / "benchmarks/results/homework/mnist_results.json").read_text())
-    runs = [r for r in saved["runs"] if r["name"] in ("leaky(-1)", "mish")]
-    assert len(runs) == 4
+    runs = [r for r in saved["runs"] if r["name"] in ("leaky(-1)", "mish", "prelu")]
+    assert len(runs) == 6
     runs[0]["test_loss"], runs[0]["val_loss"] = math.nan, math.nan
     runs[0]["history"][-1]["val_loss"] = math.nan
+    prelu = next(r for r in runs if r["name"] == "prelu")
+    prelu["learned"]["act1"][2] = math.nan  # its parameters diverged too (printed by the rebuild)
     text = mnist_sweep.results_json(saved["meta"], runs)
     written = _strict_json(text)
     assert written["runs"][0]["test_loss"] is None and written["runs"][0]["val_loss"] is None
     assert written["runs"][0]["history"][-1]["val_loss"] is None
     assert _strict_json(json_text({"a": [math.inf, -math.inf, 1.5]})) == {"a": [None, None, 1.5]}
-    assert written["runs"][0]["alpha"] == -1.0 and written["runs"][2]["alpha"] is None  # mish: no alpha
+    assert written["runs"][0]["alpha"] == -1.0
+    assert [r["alpha"] for r in written["runs"] if r["name"] == "mish"] == [None, None]  # mish: no alpha
+    assert [r["learned"]["act1"][2] for r in written["runs"] if r["name"] == "prelu"][0] is None
     (tmp_path / "direct").mkdir()
     table = mnist_sweep.write_reports(runs, tmp_path / "direct")
     assert "nan" in table

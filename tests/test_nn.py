@@ -1797,8 +1797,9 @@ def test_numpy_float64_numbers_under_fullgraph_compile():
         compiled = torch.compile(lambda t, v, fn=fn: fn(t, v), backend="aot_eager", fullgraph=True)
         assert torch.equal(compiled(x, np.float64(0.3)), fn(x, 0.3))
     assert torch.equal(F.leaky_relu(x, np.array(-0.5)), F.leaky_relu(x, -0.5))  # a 0-d array, eagerly too
-    with pytest.raises(TypeError, match=r"fastact\.swish: beta must be a real number, got ndarray"):
-        F.swish(x, np.array([1.5]))
+    for bad in (np.array([1.5]), np.array(True), np.array("0.5"), np.array(0.5 + 1j)):
+        with pytest.raises(TypeError, match=r"fastact\.swish: beta must be a real number, got ndarray"):
+            F.swish(x, bad)
 
 
 X8 = lambda: torch.randn(2, 8, 4)  # noqa: E731

@@ -67,8 +67,11 @@ def test_import_without_the_compiled_extension_says_how_to_build_it(tmp_path, li
     shutil.copytree(ROOT / "fastact", tmp_path / "fastact", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     if library == "broken":
         (tmp_path / "fastact" / f"_C{sysconfig.get_config_var('EXT_SUFFIX')}").write_bytes(b"not a library")
-    result = subprocess.run([sys.executable, "-c", "import fastact"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    # -S: no site module, so no .pth file (an editable install's finder) brings the real fastact back; the
+    # environment's site-packages (torch) come through PYTHONPATH, after the copy
+    paths = [str(tmp_path), *dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))]
+    result = subprocess.run([sys.executable, "-S", "-c", "import fastact"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)})
     assert result.returncode != 0
     last = result.stderr[result.stderr.index("ImportError: fastact's compiled extension"):]
     if library == "missing":

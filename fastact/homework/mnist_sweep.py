@@ -719,6 +719,9 @@ def _null_as_nan(run: dict) -> dict:
     if isinstance(run.get("history"), list):
         run["history"] = [{k: math.nan if v is None else v for k, v in epoch.items()} if isinstance(epoch, dict)
                           else epoch for epoch in run["history"]]
+    if isinstance(run.get("learned"), dict):  # a diverged PReLU's or learnable Swish's parameters
+        run["learned"] = {layer: [math.nan if v is None else v for v in values] if isinstance(values, list)
+                          else values for layer, values in run["learned"].items()}
     return run
 
 
