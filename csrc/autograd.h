@@ -181,7 +181,8 @@ inline Tensor input_partial(ActivationId activation, const Tensor& x_in, const T
       const Tensor t = at::tanh(at::softplus(x));
       const Tensor d = 1 - t * t;
       const Tensor s = at::sigmoid(x);
-      return at::where((d == 0).logical_or(s == 0), t, t + x * s * d);
+      // x zeroed where the second term vanishes (x may be inf there): no inf * 0, in value or gradient
+      return t + at::where((d == 0).logical_or(s == 0), at::zeros_like(x), x) * s * d;
     }
     case ActivationId::Leaky: {
       // where() leaves x out of the graph (a condition has no derivative); as torch's leaky_relu_backward, the

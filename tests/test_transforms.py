@@ -479,3 +479,13 @@ def test_backward_decompositions_compute_16_bit_inputs_in_float(name, param):
     kernel, decomposed = op(g, x, *args), torch._decomp.decomposition_table[op](g, x, *args)
     for k, d in zip(*(t if isinstance(t, tuple) else (t,) for t in (kernel, decomposed))):
         torch.testing.assert_close(d.float(), k.float(), rtol=2 ** -7, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["silu", "swish", "swish_param", "mish"])
+def test_torch_func_second_derivative_at_infinities_is_the_limit(name):
+    """grad(grad(f)) at +-inf, and at finite x where beta x overflows, is the limit 0 (torch's own functions give
+    NaN there: their formulas multiply inf by 0 in the branch a where() leaves out, and its gradient keeps it)."""
+    f = {"silu": fastact.silu, "swish": lambda t: fastact.swish(t, 2.0), "mish": fastact.mish,
+         "swish_param": lambda t: fastact.swish(t, torch.tensor([2.0]))}[name]
+    x = torch.tensor([INF, -INF, 3e38, -3e38])
+    assert torch.equal(vmap(grad(grad(f)))(x), torch.zeros(4))
