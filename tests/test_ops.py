@@ -1463,6 +1463,44 @@ def test_fork_while_another_thread_builds_a_table(capability):
     assert result.stdout.strip().splitlines()[-1] == "0", "forked children hung"
 
 
+@pytest.mark.parametrize("capability", TABLE_CAPABILITIES)
+def test_lookup_tables_follow_the_flush_denormal_mode_of_the_call(capability):
+    """A table built under torch.set_flush_denormal(True) kept its flushed results after the mode was turned off,
+    and one built with it off ignored it when it was turned on: the bits of subnormal results depended on the
+    call history and the tensor's size. One thread, so that every element runs on the thread whose mode is set."""
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    grad = torch.ones_like(every)
+    threads = torch.get_num_threads()
+    with _table_kernels(capability):
+        torch.set_num_threads(1)
+        try:
+            for op, (forward, backward) in LOOKUP_OPS.items():
+                run = lambda: (forward(every), backward(grad, every))  # noqa: E731
+                fastact.ops.set_cpu_lookup_threshold(1 << 62)
+                default = run()
+                torch.set_flush_denormal(True)
+                try:
+                    flushed = run()
+                    fastact.ops.set_cpu_lookup_threshold(0)
+                    for name, a, b in zip(["forward", "backward"], run(), flushed):  # tables built while flushing
+                        _assert_same_bits(a, b, f"{op} {name}, flushing")
+                finally:
+                    torch.set_flush_denormal(False)
+                assert not torch.equal(default[0].view(torch.int16), flushed[0].view(torch.int16)), op
+                for name, a, b in zip(["forward", "backward"], run(), default):
+                    _assert_same_bits(a, b, f"{op} {name}, after flushing")
+                torch.set_flush_denormal(True)  # now with tables built in the default mode
+                try:
+                    for name, a, b in zip(["forward", "backward"], run(), flushed):
+                        _assert_same_bits(a, b, f"{op} {name}, flushing again")
+                finally:
+                    torch.set_flush_denormal(False)
+        finally:
+            torch.set_num_threads(threads)
+
+
 def test_lookup_threshold_rejects_negative():
     with pytest.raises(RuntimeError, match="set_cpu_lookup_threshold: numel must be >= 0"):
         fastact.ops.set_cpu_lookup_threshold(-1)

@@ -22,6 +22,9 @@
 #if !defined(_WIN32)
 #include <pthread.h>
 #endif
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#endif
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -174,6 +177,28 @@ const Capability*& active() {
 // computed backward's time, at 2^21 ~0.95x. The tables of the last kMaxTables (op, dtype, parameter,
 // direction, parameter gradient) are kept: 128 KiB for a forward, 256 KiB for a backward, 512 KiB for a
 // backward with a parameter gradient.
+// The tables hold the bits of the default floating-point environment. torch.set_flush_denormal(True) sets
+// MXCSR's flush-to-zero and denormals-are-zero bits on the calling thread; a table built or read under them
+// would keep or ignore that mode whatever the current one is. So a caller that flushes gets the computed
+// kernel (which flushes as torch's own kernels do), and a build clears the bits on each thread for its work.
+#if defined(__x86_64__) || defined(_M_X64)
+constexpr unsigned kFlushDenormalBits = 0x8040;  // MXCSR FTZ (bit 15) | DAZ (bit 6)
+bool flushing_denormals() { return (_mm_getcsr() & kFlushDenormalBits) != 0; }
+class DefaultDenormals {
+ public:
+  DefaultDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ & ~kFlushDenormalBits); }
+  ~DefaultDenormals() { _mm_setcsr(saved_); }
+  DefaultDenormals(const DefaultDenormals&) = delete;
+  DefaultDenormals& operator=(const DefaultDenormals&) = delete;
+
+ private:
+  unsigned saved_;
+};
+#else
+bool flushing_denormals() { return false; }
+struct DefaultDenormals {};
+#endif
+
 constexpr int kMaxTables = 8;
 constexpr int64_t kBuildFactor = 4;
 constexpr int64_t kPairsBuildFactor = 8;
@@ -267,7 +292,12 @@ std::shared_ptr<Table> build_table(const ElementwiseProblem& p, const RangeKerne
   build.param_scalar = param;
   build.param_grad = nullptr;
   build.stream_out = false;
-  auto for_every_value = [&](auto&& fn) { at::parallel_for(0, kTableSize, kGrain, fn); };
+  auto for_every_value = [&](auto&& fn) {
+    at::parallel_for(0, kTableSize, kGrain, [&](int64_t begin, int64_t end) {
+      DefaultDenormals environment;
+      fn(begin, end);
+    });
+  };
   if (!backward) {
     table->values.resize(kTableSize + 1);  // + 1: the AVX-512 gathers read 32 bits at the last entry
     build.x = every_value.data();
@@ -318,7 +348,9 @@ std::shared_ptr<const Table> lookup_table(const ElementwiseProblem& p, const Ran
                          : param_grad ? k.lookup_backward_param != nullptr && k.derivative_pairs != nullptr
                                       : k.lookup_backward != nullptr;
   const int64_t min_numel = lookup_min_numel().load(std::memory_order_relaxed);
-  if (!available || !half_type || !long_math || p.channels != 1 || p.numel < min_numel) return nullptr;
+  if (!available || !half_type || !long_math || p.channels != 1 || p.numel < min_numel || flushing_denormals()) {
+    return nullptr;
+  }
   // The parameter as the kernel sees it (float for the half types).
   const float param = p.param != nullptr ? *static_cast<const float*>(p.param) : static_cast<float>(p.param_scalar);
   TableKey key{&k, p.activation, p.dtype, 0, backward, param_grad};
