@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
+#include <utility>
 
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
@@ -143,6 +145,28 @@ void check_writable(const OpInfo& op, const char* arg, const at::Tensor& out,
   }
 }
 
+// Two outputs of one call must not share any memory: each is written without regard to the other. (For an
+// exact alias get_overlap_status says Full, and TooHard where either is not dense: then the byte ranges decide.)
+void check_separate_outputs(const OpInfo& op, const std::string& arg, const at::Tensor& out, const char* other_name,
+                            const at::Tensor& other) {
+  if (out.numel() == 0 || other.numel() == 0) return;
+  const auto status = at::get_overlap_status(out, other);
+  bool shared = status == at::MemOverlapStatus::Full || status == at::MemOverlapStatus::Partial;
+  if (status == at::MemOverlapStatus::TooHard) {
+    auto bytes = [](const at::Tensor& t) {
+      int64_t last = 0;  // the offset of the last element (torch's strides are never negative)
+      for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+      const char* begin = static_cast<const char*>(t.data_ptr());
+      return std::make_pair(begin, begin + (last + 1) * t.element_size());
+    };
+    const auto [a0, a1] = bytes(out);
+    const auto [b0, b1] = bytes(other);
+    shared = a0 < b1 && b0 < a1;
+  }
+  TORCH_CHECK(!shared, "fastact.", op.name, ": ", arg, " shares memory with ", other_name,
+              "; the two outputs must be separate tensors");
+}
+
 }  // namespace
 
 at::Tensor forward(const OpInfo& op, const at::Tensor& x, const ParamArg& param) {
@@ -199,8 +223,9 @@ void backward_out(const OpInfo& op, const at::Tensor& grad, const at::Tensor& x,
                 "fastact.", op.name, ": grad_", op.param_name, " must have the shape, dtype and device of ",
                 op.param_name, " (", w.sizes(), ", ", w.scalar_type(), ", ", w.device(), "), got (",
                 grad_param->sizes(), ", ", grad_param->scalar_type(), ", ", grad_param->device(), ")");
-    check_writable(op, (std::string("grad_") + op.param_name).c_str(), *grad_param,
-                   {{"grad", &grad}, {"x", &x}, {op.param_name, &w}, {"grad_input", &grad_input}});
+    const std::string grad_param_name = std::string("grad_") + op.param_name;
+    check_writable(op, grad_param_name.c_str(), *grad_param, {{"grad", &grad}, {"x", &x}, {op.param_name, &w}});
+    check_separate_outputs(op, grad_param_name, *grad_param, "grad_input", grad_input);
     // The kernels write (not accumulate) the gradient: straight into grad_param when it has the layout and
     // dtype they write, else into a temporary that is copied over.
     const bool direct_param = grad_param->is_contiguous() && grad_param->scalar_type() == p.param.scalar_type();

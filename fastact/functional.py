@@ -43,6 +43,9 @@ def _check_tensor(op: str, arg: str, value) -> None:
 
 def _check_number(op: str, arg: str, value) -> float:
     if isinstance(value, Tensor) and value.numel() == 1 and not value.requires_grad:
+        if value.dtype == torch.bool or value.is_complex() or value.is_meta:  # a real number's value, not these
+            raise TypeError(f"fastact.{op}: {arg} must be a real number, got a "
+                            f"{'meta' if value.is_meta else str(value.dtype).replace('torch.', '')} tensor")
         return float(value)
     if _np is not None and isinstance(value, _np.ndarray) and value.ndim == 0 and (
             torch.compiler.is_compiling() or value.dtype.kind in "fiu"):  # (dynamo cannot read an array's dtype)

@@ -60,6 +60,8 @@ def cpu_huge_pages() -> bool:
 def set_cpu_huge_pages(enabled: bool) -> bool:
     """Turn huge pages for large CPU outputs on or off; returns the previous setting. Turning them on where
     the system does not hand them out on request leaves them off."""
+    if type(enabled).__name__ in ("bool_", "bool") and type(enabled).__module__ == "numpy":
+        enabled = bool(enabled)  # numpy's bool
     if not isinstance(enabled, bool):  # bool("no") is True: a string must not turn them on
         raise TypeError(f"fastact.set_cpu_huge_pages: enabled must be True or False, got {type(enabled).__name__}")
     return bool(_lib.set_cpu_huge_pages(enabled))
@@ -80,7 +82,7 @@ def _threshold(fn: str, arg: str, value) -> int:
     except TypeError:
         raise TypeError(f"fastact.ops.{fn}: {arg} must be a non-negative int (or math.inf), "
                         f"got {type(value).__name__}") from None
-    return min(value, _INT64_MAX)  # a negative value is refused by the C++ side
+    return max(min(value, _INT64_MAX), -1)  # a negative value is refused by the C++ side, with its message
 
 
 def cpu_streaming_threshold() -> int:
@@ -216,6 +218,18 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
             raise RuntimeError(f"fastact.{name}: {param_name} must have 1 element or one per channel (x.size(1) = "
                                f"{x.shape[1]}), got shape {list(p.shape)}")
 
+    def check_grad_param(p, grad_param: dict):
+        for arg, t in grad_param.items():  # (the kernel's check of the parameter gradient's output)
+            if t.shape != p.shape or t.dtype != p.dtype or t.device != p.device:
+                raise RuntimeError(
+                    f"fastact.{name}: {arg} must have the shape, dtype and device of {param_name} ({list(p.shape)}, "
+                    f"{_c10_dtype(p.dtype)}, {p.device}), got ({list(t.shape)}, {_c10_dtype(t.dtype)}, {t.device})")
+
+    def fake_backward_out(grad, x, p, *, grad_input, **grad_param):
+        check(x, (p,), grad=grad, grad_input=grad_input)
+        check_grad_param(p, grad_param)
+        return (grad_input, *grad_param.values())
+
     def fake_forward(x, *param):
         check(x, param)
         return torch.empty_like(x)
@@ -230,9 +244,7 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
     torch.library.register_fake(f"{qualname}.out")(lambda x, *param, out: (check(x, param, out=out), out)[1])
     torch.library.register_fake(f"{qualname}_backward")(fake_backward)
     if has_tensor_param:
-        torch.library.register_fake(f"{qualname}_backward.out")(
-            lambda grad, x, p, *, grad_input, **grad_param: (check(x, (p,), grad=grad, grad_input=grad_input),
-                                                             (grad_input, *grad_param.values()))[1])
+        torch.library.register_fake(f"{qualname}_backward.out")(fake_backward_out)
     else:
         torch.library.register_fake(f"{qualname}_backward.out")(
             lambda grad, x, *param, grad_input: (check(x, param, grad=grad, grad_input=grad_input), grad_input)[1])
@@ -331,6 +343,9 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
 
     def autograd_kernel(grad, x, *param):
         tensors = (grad, x, *param) if has_tensor_param else (grad, x)
+        for arg, t in zip(("grad", "x", param_name), tensors):  # (read below before the kernel's checks run)
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"fastact.{name}: {arg} must be a tensor, got {type(t).__name__}")
         if _records_nothing(tensors):  # skip torch.autograd.Function (~100 us a call)
             with torch._C._AutoDispatchBelowAutograd():
                 return backward_op(grad, x, *param)
@@ -375,6 +390,12 @@ def _fold_batch_into_channels(ts: list[Tensor], per_channel: bool) -> tuple[list
     return folded, lambda r: r.reshape(shape)
 
 
+def _fits_sample(x: Tensor, p: Tensor) -> bool:
+    """Whether p is a parameter the op takes for the sample x (one element, or one per channel): else a batching
+    rule calls the op on one sample, for its own error in the caller's terms (folded, the sizes are not theirs)."""
+    return p.dim() <= 1 and (p.numel() == 1 or (x.dim() >= 2 and p.numel() == x.shape[1]))
+
+
 def _register_vmap(name: str, kind: str) -> None:
     forward_op = getattr(_lib, name).default
     backward_op = getattr(_lib, f"{name}_backward").default
@@ -394,7 +415,7 @@ def _register_vmap(name: str, kind: str) -> None:
             x = _batch_first(x, x_dim, info.batch_size)
             if p_dim is not None:
                 p = p.movedim(p_dim, 0)
-            if x.dim() < 3 and (p.numel() if p_dim is None else p[0].numel()) > 1:
+            if not _fits_sample(x[0], p if p_dim is None else p[0]):
                 return forward_op(x[0], p if p_dim is None else p[0]), 0  # the op's own error
             if p_dim is None:  # one parameter per channel for every batch element: fold the batch into dim 0
                 return forward_op(x.flatten(0, 1), p).unflatten(0, x.shape[:2]), 0
@@ -406,7 +427,7 @@ def _register_vmap(name: str, kind: str) -> None:
             # into the channels.
             grad, x, p = (_batch_first(t, d, info.batch_size) for t, d in zip((grad, x, p), in_dims))
             per_channel = p[0].numel() > 1
-            if per_channel and x.dim() < 3:
+            if not _fits_sample(x[0], p[0]):
                 return backward_op(grad[0], x[0], p[0]), (0, 0)  # the op's own error
             (grad, x), unfold = _fold_batch_into_channels([grad, x], per_channel)
             grad_input, grad_param = backward_op(grad, x, p.reshape(-1))

@@ -1864,6 +1864,15 @@ def test_number_like_slopes_are_accepted():
         torch.testing.assert_close(F.leaky_relu(x, slope), expected)
 
 
+@pytest.mark.parametrize("slope,what", [(torch.tensor(True), "a bool tensor"), (torch.tensor(1 + 0j), "a complex64"),
+                                        (torch.tensor(0.5, device="meta"), "a meta tensor")])
+def test_tensor_slopes_that_are_not_real_numbers_name_op_and_argument(slope, what):
+    """A bool tensor was taken as slope 1.0 (a Python True is refused); a meta or complex one failed with torch's
+    conversion messages."""
+    with pytest.raises(TypeError, match=rf"fastact\.leaky_relu: negative_slope must be a real number, got {what}"):
+        F.leaky_relu(X8(), slope)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Import order
 # ---------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fastact
 from fastact import reference as R
@@ -1502,8 +1503,11 @@ def test_lookup_tables_follow_the_flush_denormal_mode_of_the_call(capability):
 
 
 def test_lookup_threshold_rejects_negative():
-    with pytest.raises(RuntimeError, match="set_cpu_lookup_threshold: numel must be >= 0"):
-        fastact.ops.set_cpu_lookup_threshold(-1)
+    for value in (-1, -2 ** 64):  # (a value past int64 got torch's "Expected a value of type 'int' ... 'int'")
+        with pytest.raises(RuntimeError, match="set_cpu_lookup_threshold: numel must be >= 0"):
+            fastact.ops.set_cpu_lookup_threshold(value)
+    with pytest.raises(RuntimeError, match="set_cpu_streaming_threshold: nbytes must be >= 0"):
+        fastact.ops.set_cpu_streaming_threshold(-2 ** 70)
 
 
 @pytest.mark.parametrize("name", ["set_cpu_lookup_threshold", "set_cpu_streaming_threshold"])
@@ -1530,6 +1534,8 @@ def test_set_cpu_huge_pages_takes_only_a_bool():
             with pytest.raises(TypeError, match="fastact.set_cpu_huge_pages: enabled must be True or False"):
                 fastact.set_cpu_huge_pages(bad)
         assert fastact.cpu_huge_pages() is False  # bool("no") would have turned them on
+        np = pytest.importorskip("numpy")
+        assert fastact.set_cpu_huge_pages(np.bool_(False)) is False  # numpy's bool is a bool
     finally:
         fastact.set_cpu_huge_pages(previous)
 
@@ -1744,6 +1750,69 @@ def test_out_partly_overlapping_the_parameter_is_an_error(name):
     # a parameter in other memory is fine
     w = buf[:3].clone()
     torch.testing.assert_close(op.out(x, w, out=torch.empty_like(x)), op(x, w))
+
+
+@pytest.mark.parametrize("name", ["swish_param", "prelu"])
+def test_parameter_gradient_sharing_memory_with_grad_input_is_an_error(name):
+    """Two outputs of one call: an exact alias (Full) or one that is not dense (TooHard) was accepted, and one
+    output overwrote the other (grad_input [-6.0] for [1.5])."""
+    grad_name = {"swish_param": "grad_beta", "prelu": "grad_weight"}[name]
+    bop = getattr(torch.ops.fastact, f"{name}_backward")
+    message = rf"fastact\.{name}: {grad_name} shares memory with grad_input; the two outputs must be separate"
+    buf = torch.empty(1)
+    with pytest.raises(RuntimeError, match=message):  # exactly the same memory
+        bop.out(torch.tensor([3.0]), torch.tensor([-2.0]), torch.tensor([0.5]), grad_input=buf, **{grad_name: buf})
+    buf = torch.empty(24)
+    x, g, w = torch.randn(4, 3), torch.randn(4, 3), torch.rand(3)
+    with pytest.raises(RuntimeError, match=message):  # grad_input not dense, grad_param inside its span
+        bop.out(g, x, w, grad_input=buf.view(4, 6)[:, ::2], **{grad_name: buf[1:4]})
+    with pytest.raises(RuntimeError, match=message):  # bfloat16 grad_input over a float32 parameter gradient
+        bop.out(g.bfloat16(), x.bfloat16(), w, grad_input=buf.view(torch.bfloat16)[:12].view(4, 3),
+                **{grad_name: buf[:3]})
+    with pytest.raises(RuntimeError, match=message):  # interleaved: within each other's span, refused too
+        bop.out(g, x, w, grad_input=buf.view(4, 6)[:, ::2], **{grad_name: buf.view(4, 6)[0, 1::2]})
+    # the two outputs in one buffer, apart, are fine
+    gi, gp = buf[:12].view(4, 3)[:, :], buf[12:15]
+    bop.out(g, x, w, grad_input=gi, **{grad_name: gp})
+    want_gi, want_gp = bop(g, x, w)
+    torch.testing.assert_close(gi, want_gi)
+    torch.testing.assert_close(gp, want_gp)
+
+
+@pytest.mark.parametrize("name", ["swish_param", "prelu"])
+def test_fake_kernels_check_the_parameter_gradient_output(name):
+    """A grad_weight left on the meta device sent the call to the fake kernel, which returned without writing
+    grad_input or checking grad_weight: grad_input kept its old values, silently. Tracing accepted any shape,
+    dtype or device for it, where the kernel refuses them."""
+    grad_name, pname = {"swish_param": ("grad_beta", "beta"), "prelu": ("grad_weight", "weight")}[name]
+    bop = getattr(torch.ops.fastact, f"{name}_backward")
+    x, g, w = torch.randn(2, 3), torch.randn(2, 3), torch.rand(3)
+    message = rf"fastact\.{name}: {grad_name} must have the shape, dtype and device of {pname}"
+    for bad in (torch.empty(3, device="meta"), torch.empty(5), torch.empty(3, dtype=torch.float64)):
+        with pytest.raises(RuntimeError, match=message):
+            bop.out(g, x, w, grad_input=torch.full_like(x, 12345.0), **{grad_name: bad})
+        mode = FakeTensorMode()
+        fake = [mode.from_tensor(t) for t in (g, x, w, torch.empty_like(x), bad)]
+        with mode:
+            with pytest.raises(RuntimeError, match=message):
+                bop.out(*fake[:3], grad_input=fake[3], **{grad_name: fake[4]})
+
+
+@pytest.mark.parametrize("name,args", [("swish", (1.0,)), ("mish", ()), ("leaky_relu", (0.1,)),
+                                       ("swish_param", (torch.ones(1),)), ("prelu", (torch.ones(1),))])
+def test_backward_ops_given_none_name_the_argument(name, args):
+    """None for a tensor argument of a backward op failed inside fastact/ops.py with an AttributeError
+    ('NoneType' object has no attribute 'requires_grad'), or a TypeError of functorch under no_grad."""
+    bop = getattr(torch.ops.fastact, f"{name}_backward")
+    x = torch.randn(3)
+    calls = {"grad": (None, x, *args), "x": (x, None, *args)}
+    if args and isinstance(args[0], torch.Tensor):
+        calls[{"swish_param": "beta", "prelu": "weight"}[name]] = (x, x, None)
+    for arg, call in calls.items():
+        for grad_mode in (True, False):
+            with torch.set_grad_enabled(grad_mode):
+                with pytest.raises((RuntimeError, TypeError), match=rf"fastact\.{name}: {arg} must be a tensor"):
+                    bop(*call)
 
 
 @pytest.mark.parametrize("name", list(OUT_OPS))

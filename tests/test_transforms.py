@@ -489,3 +489,19 @@ def test_torch_func_second_derivative_at_infinities_is_the_limit(name):
          "swish_param": lambda t: fastact.swish(t, torch.tensor([2.0]))}[name]
     x = torch.tensor([INF, -INF, 3e38, -3e38])
     assert torch.equal(vmap(grad(grad(f)))(x), torch.zeros(4))
+
+
+def test_vmap_of_a_wrong_per_sample_parameter_is_the_ops_error_for_one_sample():
+    """Folded into the channels, a wrong per-sample weight was reported in sizes the caller never passed
+    ("x.size(1) = 15, got shape [35]"), and a 2-d per-sample weight, which the op refuses, was accepted."""
+    x = torch.randn(5, 2, 3, 4)
+    with pytest.raises(RuntimeError, match=r"fastact\.prelu: weight must have 1 element or one per channel "
+                                           r"\(x\.size\(1\) = 3\), got shape \[7\]"):
+        torch.vmap(fastact.prelu)(x, torch.rand(5, 7))
+    with pytest.raises(RuntimeError, match=r"fastact\.prelu: weight must be 0-d or 1-d .*got shape \[1, 3\]"):
+        torch.vmap(fastact.prelu)(x, torch.rand(5, 1, 3))
+    with pytest.raises(RuntimeError, match=r"fastact\.swish\w*: beta must be 0-d or 1-d .*got shape \[1, 3\]"):
+        torch.func.vmap(torch.func.grad(lambda x, b: fastact.swish(x, b).sum(), argnums=1))(x, torch.rand(5, 1, 3))
+    # the right ones still work, and equal the loop over samples
+    w = torch.rand(5, 3)
+    torch.testing.assert_close(torch.vmap(fastact.prelu)(x, w), torch.stack([fastact.prelu(a, b) for a, b in zip(x, w)]))
