@@ -81,7 +81,7 @@ if want bench 45; then
   timeout $(limit 150) $PY -m fastact.bench kernels --device cuda --json "$WORK/gpu_kernels.json" \
     --plot "$WORK/gpu_kernels.png" --dtypes float32,bfloat16,float16 --impls fastact,native,eager \
     --min-run-time 0.05 --no-progress >"$WORK/bench.log" 2>&1
-  grep -a -A40 "targets" "$WORK/bench.log" | cut -c1-160 | head -45; pack
+  grep -a -A45 "Targets (issue 3" "$WORK/bench.log" | cut -c1-160 | head -50; pack
 fi
 
 FLAT_OPS=swish,mish,leaky_0.5,leaky_-0.5
