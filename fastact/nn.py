@@ -154,7 +154,14 @@ def _replacement(module: nn.Module, path: str, left: list[str]) -> nn.Module | N
         if why:
             left.append(_left(path, module, why))
             return None
-    # Exact types only: a user's subclass of a torch activation may change its behaviour.
+    # Exact types only: a subclass of a torch activation (a user's, or a library's such as timm's PReLU) may
+    # change what it computes. It is left, and said so: silently left, it would keep torch's kernels unnoticed.
+    if isinstance(module, _CONVERTED) and type(module) not in _CONVERTED and not parametrized:
+        base = next(c for c in _CONVERTED if isinstance(module, c)).__name__
+        left.append(f"fastact.nn.convert: left {path} ({type(module).__module__}.{type(module).__qualname__}) as it "
+                    f"is: a subclass of torch.nn.{base} may compute something else; where its forward is torch's, "
+                    f"replace it with fastact.nn.{base} by hand")
+        return None
     if type(module) is nn.SiLU:
         new = SiLU(inplace=module.inplace)
     elif type(module) is nn.Mish:

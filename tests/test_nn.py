@@ -846,9 +846,18 @@ def test_convert_subclass_not_replaced():
         def forward(self, x):
             return super().forward(x) + 1
 
-    m = nn.Sequential(MySiLU())
-    fnn.convert(m)
-    assert type(m[0]) is MySiLU
+    class LibraryPReLU(nn.PReLU):  # as timm.layers.activations.PReLU: it was left without a word
+        pass
+
+    m = nn.Sequential(MySiLU(), LibraryPReLU(), nn.SiLU())
+    with pytest.warns(UserWarning) as record:
+        fnn.convert(m)
+    assert type(m[0]) is MySiLU and type(m[1]) is LibraryPReLU and type(m[2]) is fnn.SiLU
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 2, messages
+    assert "left Sequential.0 (" in messages[0] and "MySiLU) as it is: a subclass of torch.nn.SiLU" in messages[0]
+    assert "a subclass of torch.nn.PReLU may compute something else" in messages[1]
+    assert "replace it with fastact.nn.PReLU by hand" in messages[1]
 
 
 # ---------------------------------------------------------------------------------------------------------
