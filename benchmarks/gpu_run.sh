@@ -10,7 +10,7 @@
 #   OUT=/tmp/out bash benchmarks/gpu_run.sh                  (the device tool sets OUT)
 #   PHASES="tests bench" bash benchmarks/gpu_run.sh          (a subset; the build always runs)
 #
-# Phases (default: tests bench flat flat_tests compile layouts suite), in that order:
+# Phases (default: tests bench flat flat_tests compile fusion layouts suite), in that order:
 #   tests       tests.log: the CUDA tests of tests/test_ops.py and tests/test_nn.py, and the CPU build test
 #   bench       gpu_kernels.json/.png, bench.log: fastact-bench kernels --device cuda (fastact, native, eager)
 #   flat        flat_<v>.json, flat.log, flat_pick.txt: SiLU, Mish and LeakyReLU with the rows kernel
@@ -18,6 +18,8 @@
 #               in each run (benchmarks/gpu_flat_pick.py sums them up)
 #   flat_tests  flat_tests.log: the CUDA tests with FASTACT_CUDA_FLAT=0, 2 and 4 (the settings not the default)
 #   compile     gpu_compile.json, compile.log: the learnable ops against torch.compile of their eager composition
+#   fusion      gpu_compile_fusion.json, compile_fusion.log: whole models under torch.compile, compile fusion
+#               on and off (benchmarks/compile_fusion.py)
 #   layouts     layouts.log: the layout experiment (benchmarks/gpu_experiments)
 #   suite       suite.log: the rest of the test suite under this machine's torch (pytest-xdist, 12 workers)
 #   pieces      pieces.log: the rows kernel at 1, 2 and 4 vectors per thread (FASTACT_CUDA_PIECE_VECTORS);
@@ -30,7 +32,7 @@ rm -rf "$WORK"   # a warm machine keeps /tmp between calls: pack only this call'
 mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-PHASES=${PHASES:-tests bench flat flat_tests compile layouts suite}
+PHASES=${PHASES:-tests bench flat flat_tests compile fusion layouts suite}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}   # the in-place build, also for scripts run from elsewhere
 SECONDS=0
 
@@ -72,7 +74,7 @@ if [ $status -ne 0 ]; then grep -a -B2 -A8 "error" "$WORK/build.log" | head -80;
 
 if want tests 140; then
   # The CUDA tests, and the CPU kernel-build test (this host may run other CPU builds than the dev machine).
-  timeout $(limit 200) $PY -m pytest tests/test_ops.py tests/test_nn.py -q --tb=short --maxfail=15 \
+  timeout $(limit 200) $PY -m pytest tests/test_ops.py tests/test_nn.py tests/test_compile_fusion.py -q --tb=short --maxfail=15 \
     -p no:cacheprovider --durations=20 -k "cuda or capability" >"$WORK/tests.log" 2>&1
   grep -a -E "passed|failed|error" "$WORK/tests.log" | tail -5; pack
 fi
@@ -117,6 +119,14 @@ if want compile 40; then
     --ops swish_beta,swish_beta_pc,prelu_pc --impls fastact,eager,compile --regimes user --passes fwd,fwd+bwd \
     --dtypes float32,bfloat16 --min-run-time 0.05 --no-progress >"$WORK/compile.log" 2>&1
   tail -25 "$WORK/compile.log" | cut -c1-160; pack
+fi
+
+if want fusion 90; then
+  # Whole Conv-BN-activation models under torch.compile: torch's activations, fastact's fused forms and fastact's
+  # kernels (benchmarks/compile_fusion.py), to check compile fusion's default on this GPU.
+  timeout $(limit 200) $PY benchmarks/compile_fusion.py --device cuda --rounds 3 --min-run-time 0.2 \
+    --json "$WORK/gpu_compile_fusion.json" >"$WORK/compile_fusion.log" 2>&1
+  grep -a -v "^W" "$WORK/compile_fusion.log" | tail -20 | cut -c1-160; pack
 fi
 
 if want layouts 30; then

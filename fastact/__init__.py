@@ -24,6 +24,7 @@ except ImportError as exc:  # no silent fallback: the package is the compiled ke
 from . import ops  # noqa: E402,F401  (registers fake kernels and autograd)
 from . import nn  # noqa: E402,F401
 from . import reference  # noqa: E402,F401
+from .compiled import compile_fusion, set_compile_fusion  # noqa: E402
 from .functional import leaky_relu, mish, prelu, silu, swish  # noqa: E402
 from .ops import (  # noqa: E402
     cpu_capability, cpu_huge_pages, has_cuda_kernels, set_cpu_capability, set_cpu_huge_pages,
@@ -34,5 +35,5 @@ __version__ = "0.1.0"
 __all__ = [
     "swish", "silu", "mish", "leaky_relu", "prelu", "nn", "reference",
     "cpu_capability", "set_cpu_capability", "supported_cpu_capabilities", "cpu_huge_pages", "set_cpu_huge_pages",
-    "has_cuda_kernels",
+    "has_cuda_kernels", "compile_fusion", "set_compile_fusion",
 ]

@@ -1,5 +1,6 @@
 """Functions mirroring torch.nn.functional (silu, mish, leaky_relu, prelu: the same names, arguments and
-defaults) plus swish with a float or tensor beta. All are differentiable (twice), traceable by torch.compile, and run fastact's kernels."""
+defaults) plus swish with a float or tensor beta. All are differentiable (twice) and run fastact's kernels;
+torch.compile traces them as plain torch ops that it fuses with their neighbours (fastact/compiled.py)."""
 from __future__ import annotations
 
 import numbers
@@ -9,6 +10,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from . import _C as _eager  # the ops' entry points for plain eager calls (csrc/python_module.cpp)
+from . import compiled as _compiled
 
 try:
     import numpy as _np
@@ -30,9 +32,14 @@ _ops = torch.ops.fastact
 _TensorLike = (Tensor, torch.fx.Proxy)
 
 
-def _call(op, x, *args) -> Tensor:
-    """op's default overload; for torch.fx's Proxy the overload packet, so that TorchScript can script the
-    traced graph (it cannot look an overload up by name, as torch.ops.fastact.prelu.default)."""
+def _call(name: str, x, *args) -> Tensor:
+    """torch.ops.fastact.<name>'s default overload; for torch.fx's Proxy the overload packet, so that
+    TorchScript can script the traced graph (it cannot look an overload up by name, as
+    torch.ops.fastact.prelu.default). Under torch.compile, the op as plain torch ops that it fuses
+    (fastact/compiled.py)."""
+    if isinstance(x, Tensor) and _compiled.fuses(name, x):
+        return _compiled.call(name, x, *args)
+    op = getattr(_ops, name)
     return (op if isinstance(x, torch.fx.Proxy) else op.default)(x, *args)
 
 
@@ -85,7 +92,7 @@ def _exporting_functionally() -> bool:
     return _EXPORT_TAKES_COPY_FORM and torch.compiler.is_exporting()
 
 
-def _inplace(name: str, op, eager_inplace, x: Tensor, *args) -> Tensor:
+def _inplace(name: str, op_name: str, eager_inplace, x: Tensor, *args) -> Tensor:
     """op(x, *args) written into x, as torch's in-place activations do: under autograd x becomes the output
     (its old value is kept for the backward, as torch's in-place SiLU and Mish keep it, and for a negative-slope
     LeakyReLU, which torch refuses in place under autograd; a leaf that requires grad is refused by torch's
@@ -97,10 +104,11 @@ def _inplace(name: str, op, eager_inplace, x: Tensor, *args) -> Tensor:
         if y is not NotImplemented:
             return y
         if not (torch.is_grad_enabled() and x.requires_grad):
-            return op.out(x, *args, out=x)  # no copy: the kernel reads each element before writing it
+            # no copy: the kernel reads each element before writing it
+            return getattr(_ops, op_name).out(x, *args, out=x)
     # Autograd, transforms, tangents, compile, jit.trace (one graph whatever the grad mode, which trace's check
     # changes): a differentiable, functionalizable copy (torch.compile removes it)
-    return x.copy_(_call(op, x.clone(), *args))
+    return x.copy_(_call(op_name, x.clone(), *args))
 
 
 class _LeakyReLUSavingOutput(torch.autograd.Function):
@@ -112,7 +120,11 @@ class _LeakyReLUSavingOutput(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, negative_slope: float) -> Tensor:
-        y = _ops.leaky_relu.default(x, negative_slope)
+        ctx.fused = _compiled.fuses("leaky_relu", x)  # under torch.compile: plain torch ops (fastact/compiled.py)
+        if ctx.fused:
+            _compiled.check("leaky_relu", x, negative_slope)
+        y = (_compiled.forward("leaky_relu", x, negative_slope) if ctx.fused
+             else _ops.leaky_relu.default(x, negative_slope))
         ctx.save_for_backward(y)
         ctx.negative_slope = negative_slope
         return y
@@ -120,6 +132,8 @@ class _LeakyReLUSavingOutput(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         y, = ctx.saved_tensors
+        if ctx.fused:
+            return _compiled.backward("leaky_relu", grad, y, ctx.negative_slope), None
         return _ops.leaky_relu_backward.default(grad, y, ctx.negative_slope), None
 
 
@@ -137,6 +151,7 @@ class _LeakyReLUInPlace(_LeakyReLUSavingOutput):
         ctx.mark_dirty(x)
         ctx.save_for_backward(x)
         ctx.negative_slope = negative_slope
+        ctx.fused = False  # (eager only)
         return x
 
 
@@ -188,8 +203,8 @@ def swish(input: Tensor, beta: float | Tensor = 1.0) -> Tensor:
             return y
     _check_tensor("swish", "input", input)
     if isinstance(beta, _TensorLike):
-        return _call(_ops.swish_param, input, beta)
-    return _call(_ops.swish, input, _check_number("swish", "beta", beta))
+        return _call("swish_param", input, beta)
+    return _call("swish", input, _check_number("swish", "beta", beta))
 
 
 def silu(input: Tensor, inplace: bool = False) -> Tensor:
@@ -200,13 +215,13 @@ def silu(input: Tensor, inplace: bool = False) -> Tensor:
         y = torch.ops.fastact.swish(input.clone() if inplace else input, 1.0)
         return input.copy_(y) if inplace else y
     if inplace:
-        return _inplace("silu", _ops.swish, _eager.swish_, input, 1.0)
+        return _inplace("silu", "swish", _eager.swish_, input, 1.0)
     if not torch.compiler.is_compiling():
         y = _eager.swish(input, 1.0)
         if y is not NotImplemented:
             return y
     _check_tensor("silu", "input", input)
-    return _call(_ops.swish, input, 1.0)
+    return _call("swish", input, 1.0)
 
 
 def mish(input: Tensor, inplace: bool = False) -> Tensor:
@@ -217,13 +232,13 @@ def mish(input: Tensor, inplace: bool = False) -> Tensor:
         y = torch.ops.fastact.mish(input.clone() if inplace else input)
         return input.copy_(y) if inplace else y
     if inplace:
-        return _inplace("mish", _ops.mish, _eager.mish_, input)
+        return _inplace("mish", "mish", _eager.mish_, input)
     if not torch.compiler.is_compiling():
         y = _eager.mish(input)
         if y is not NotImplemented:
             return y
     _check_tensor("mish", "input", input)
-    return _call(_ops.mish, input)
+    return _call("mish", input)
 
 
 def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
@@ -249,9 +264,9 @@ def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = Fals
         # there, and where torch refuses the write, the output is computed apart and copied (copy_ checks first).
         return input.copy_(_LeakyReLUSavingOutput.apply(input, negative_slope))
     if inplace:
-        return _inplace("leaky_relu", _ops.leaky_relu, _eager.leaky_relu_, input, negative_slope)
+        return _inplace("leaky_relu", "leaky_relu", _eager.leaky_relu_, input, negative_slope)
     _check_tensor("leaky_relu", "input", input)
-    return _call(_ops.leaky_relu, input, negative_slope)
+    return _call("leaky_relu", input, negative_slope)
 
 
 def prelu(input: Tensor, weight: Tensor) -> Tensor:
@@ -264,4 +279,4 @@ def prelu(input: Tensor, weight: Tensor) -> Tensor:
             return y
     _check_tensor("prelu", "input", input)
     _check_tensor("prelu", "weight", weight)
-    return _call(_ops.prelu, input, weight)
+    return _call("prelu", input, weight)

@@ -170,6 +170,11 @@ def _c10_dtype(dtype: torch.dtype) -> str:
             }.get(dtype, str(dtype).removeprefix("torch."))
 
 
+# op name -> its argument checks, check(x, param): also run where torch.compile traces the op's plain form
+# (fastact/compiled.py), which would otherwise broadcast a wrong parameter or compute on an integer x.
+CHECKS: dict[str, Callable] = {}
+
+
 def _register(name: str, kind: str, d: _Derivatives) -> None:
     qualname = f"fastact::{name}"
     backward_op = getattr(_lib, f"{name}_backward").default
@@ -199,7 +204,9 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
         # to the kernel, so as not to specialize it)
         if kind == "scalar" and isinstance(param[0], (int, float)):
             v = float(param[0])
-            if x.dtype != torch.float64 and math.isfinite(v) and abs(v) > torch.finfo(torch.float32).max:
+            # (comparisons rather than math.isfinite: torch.compile traces them on a symbolic float, where the
+            # plain form of the op runs this check)
+            if x.dtype != torch.float64 and math.inf > abs(v) > torch.finfo(torch.float32).max:
                 raise RuntimeError(f"fastact.{name}: {param_name} = {v:g} cannot be converted to float (the compute "
                                    f"type of {_c10_dtype(x.dtype)} x) without overflow")
         if not has_tensor_param:
@@ -240,6 +247,7 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
             return torch.empty_like(x), torch.empty_like(param[0], memory_format=torch.contiguous_format)
         return torch.empty_like(x)
 
+    CHECKS[name] = check
     torch.library.register_fake(qualname)(fake_forward)
     torch.library.register_fake(f"{qualname}.out")(lambda x, *param, out: (check(x, param, out=out), out)[1])
     torch.library.register_fake(f"{qualname}_backward")(fake_backward)
@@ -441,7 +449,9 @@ def _register_vmap(name: str, kind: str) -> None:
 # it needs an op's meaning rather than its kernel: torch.onnx.export lowers the forward ops through it (so the
 # exported model needs neither fastact nor its kernels), and DTensor traces it to learn how an op shards (the
 # shards still run fastact's kernels). torch.compile and torch.export keep fastact's ops: their tables are their
-# own. (prelu is written with torch.where: DTensor cannot shard through torch's prelu.)
+# own (under torch.compile, fastact's functions and modules trace plain forms instead, fastact/compiled.py, but a
+# direct torch.ops.fastact call stays one). (prelu is written with torch.where: DTensor cannot shard through
+# torch's prelu.)
 _DECOMPOSITIONS = {
     "swish": lambda x, beta: TF.silu(x) if beta == 1.0 else x * torch.sigmoid(beta * x),
     "swish_param": lambda x, beta: ref.swish(x, beta.to(x.dtype)),
