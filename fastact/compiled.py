@@ -183,7 +183,8 @@ def backward(name: str, grad: Tensor, x: Tensor, *param):
 
 class _Fused(torch.autograd.Function):
     """fastact.<name>(x, *param) as plain torch ops, with the kernels' backward (saving x and the parameter).
-    The backward is itself plain torch ops, so it is differentiable again."""
+    (torch.compile traces a Function's backward as differentiable once: with backend="eager" a gradient taken
+    with create_graph=True comes back without a graph; aot_eager and inductor refuse double backward.)"""
 
     @staticmethod
     def forward(ctx, name: str, x: Tensor, *param) -> Tensor:

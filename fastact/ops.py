@@ -207,7 +207,7 @@ def _register(name: str, kind: str, d: _Derivatives) -> None:
             # (comparisons rather than math.isfinite: torch.compile traces them on a symbolic float, where the
             # plain form of the op runs this check)
             if x.dtype != torch.float64 and math.inf > abs(v) > torch.finfo(torch.float32).max:
-                raise RuntimeError(f"fastact.{name}: {param_name} = {v:g} cannot be converted to float (the compute "
+                raise RuntimeError(f"fastact.{name}: {param_name} = {v} cannot be converted to float (the compute "
                                    f"type of {_c10_dtype(x.dtype)} x) without overflow")
         if not has_tensor_param:
             return

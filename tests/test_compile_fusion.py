@@ -231,3 +231,16 @@ def test_compiled_forms_check_their_arguments(call, message):
     compiled_call = torch.compile(call, backend="aot_eager", fullgraph=True)
     with pytest.raises(Exception, match=message):
         compiled_call()
+
+
+def test_an_out_of_range_float_gets_the_ops_error_once_it_is_symbolic():
+    """After two values a float slope is a symbolic input of the graph; a value float cannot hold still gets the
+    op's error, as in eager mode (formatting it in the message once crashed torch.compile's tracing)."""
+    torch._dynamo.reset()
+    compiled_call = torch.compile(lambda t, s: fastact.leaky_relu(t, s), backend="aot_eager")
+    x = torch.randn(2, 4, 3)
+    compiled_call(x, 0.1)
+    compiled_call(x, 0.2)
+    with pytest.raises(RuntimeError, match=r"fastact\.leaky_relu: negative_slope = 1e\+39 cannot be converted to "
+                                           r"float \(the compute type of Float x\) without overflow"):
+        compiled_call(x, 1e39)
