@@ -6,6 +6,8 @@ Environment:
   CUDA_HOME                the CUDA toolkit; if unset it is found from nvcc (also through a wrapper script)
   TORCH_CUDA_ARCH_LIST     GPU architectures (default "8.0;9.0+PTX")
   MAX_JOBS                 parallel compile jobs (ninja)
+  FASTACT_SANITIZE         e.g. "address,undefined": a CPU build instrumented with those sanitizers, for testing
+                           (tests/run_sanitized.sh builds one and runs the tests with it)
 """
 import glob
 import os
@@ -121,7 +123,9 @@ class BuildExtensionPerCapability(BuildExtension):
     """
 
     def build_extension(self, ext):
-        pool = ThreadPoolExecutor(max_workers=len(CPU_CAPABILITY_FLAGS))
+        # at most MAX_JOBS at once where it is set: a sanitizer build of one of these files holds ~7 GiB
+        max_jobs = int(os.environ.get("MAX_JOBS") or len(CPU_CAPABILITY_FLAGS))
+        pool = ThreadPoolExecutor(max_workers=max(1, min(max_jobs, len(CPU_CAPABILITY_FLAGS))))
         jobs = []
         for source, flags in CPU_CAPABILITY_FLAGS.items():
             args = dict(ext.extra_compile_args)  # by now holds torch's own flags (ABI, C++ standard)
@@ -175,6 +179,13 @@ if with_cuda:
     include_dirs += wheel_only_cuda_headers(cuda_home)
 if platform.system() == "Darwin":
     cxx_flags.remove("-fopenmp")
+sanitize = os.environ.get("FASTACT_SANITIZE", "")
+if sanitize:
+    if with_cuda:
+        raise SystemExit("FASTACT_SANITIZE instruments the CPU code only: build it with FASTACT_BUILD=cpu")
+    # -O1 and frame pointers keep the reports' stacks readable; any UBSan finding aborts instead of printing
+    sanitizer_flags = [f"-fsanitize={sanitize}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+    cxx_flags = [f for f in cxx_flags if f != "-O3"] + ["-O1"] + sanitizer_flags
 
 setup(
     name="fastact",
@@ -188,7 +199,8 @@ setup(
             include_dirs=include_dirs,
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-            extra_link_args=["-fopenmp"] if "-fopenmp" in cxx_flags else [],
+            extra_link_args=(["-fopenmp"] if "-fopenmp" in cxx_flags else [])
+            + ([f"-fsanitize={sanitize}"] if sanitize else []),
         )
     ],
     cmdclass={"build_ext": BuildExtensionPerCapability},
