@@ -7,10 +7,9 @@
 #   bash tests/run_sanitized.sh [pytest arguments]      (default: the whole suite)
 #
 # Run it from an environment set up as in README.md. It builds into a copy of the tree's tracked files in
-# $FASTACT_SANITIZED_DIR (default /tmp/fastact_sanitized), leaving the in-place build alone; a later run there
-# recompiles only what changed.
-# The first build is slow and large: ~50 min on a 2-core host, with up to ~7 GiB of memory for each kernel
-# file compiled at once (MAX_JOBS, default 2, bounds how many). The tests take ~7 min there.
+# $FASTACT_SANITIZED_DIR (default /tmp/fastact_sanitized), leaving the in-place build alone.
+# The build is slow and large: ~50 min on a 2-core host, with up to ~7 GiB of memory for each kernel file
+# compiled at once (MAX_JOBS, default 2, bounds how many). The tests take ~7 min there.
 # Python and torch are not instrumented, so the sanitizers' runtimes are preloaded, and leak checking is off
 # (the interpreter does not free all it holds at exit).
 # GCC does not instrument masked vector loads and stores, so the AVX-512 builds' partial tails are checked only
