@@ -58,6 +58,7 @@ import itertools
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -254,14 +255,13 @@ def _summary(times: list[float], number: int) -> dict:
 def time_interleaved(fns: dict[str, Callable], device: str, threads: int, min_run_time: float, warmup: int = 3,
                      min_blocks: int = 5) -> dict[str, dict | Exception]:
     """Median seconds per call of each fn() over blocks of calls, timed by torch.utils.benchmark.Timer (whose
-    clock synchronizes CUDA), the implementations taking turns block by block, in an order that rotates from
-    round to round: a slow spell of a shared machine, or a state of the heap, then falls on all of them alike
-    instead of on whichever ran then or first (while they still need samples: a slow peer's fewer, longer
-    blocks are not padded out). Each
-    block lasts about min_run_time / 10 (sized from the warm-up), each fn gets at least min_blocks and
-    min_run_time in all. (Timer.blocked_autorange sizes blocks so that its loop overhead is under 1e-4 of a
-    block, which at fast ops means few long blocks and slow short runs.) A fn that raises is dropped and its
-    exception returned in its place."""
+    clock synchronizes CUDA), the implementations taking turns block by block, in an order shuffled anew for
+    every round: a slow spell of a shared machine, or a state of the heap, then falls on all of them alike
+    instead of on whichever ran then or after a given peer (while they still need samples: a slow peer's
+    fewer, longer blocks are not padded out). Each block lasts about min_run_time / 10 (sized from the
+    warm-up), each fn gets at least min_blocks and min_run_time in all. (Timer.blocked_autorange sizes blocks
+    so that its loop overhead is under 1e-4 of a block, which at fast ops means few long blocks and slow short
+    runs.) A fn that raises is dropped and its exception returned in its place."""
     from torch.utils import benchmark  # noqa: PLC0415
 
     results: dict[str, dict | Exception] = {}
@@ -279,14 +279,14 @@ def time_interleaved(fns: dict[str, Callable], device: str, threads: int, min_ru
         def wanted(name: str) -> bool:
             return totals[name] < min_run_time or len(times[name]) < min_blocks
 
-        # The order of the turns rotates from round to round: the block that runs first in a round, or right
-        # after the copy, can pay for the heap the block before it left (measured: a LeakyReLU fwd+bwd at 2^20
-        # read 1.04x native's time when fastact went first and 0.99x when native did, in back-to-back runs).
-        turn = 0
+        # Each round takes its turns in a new order (shuffled, seeded): a block can pay for the state of the heap
+        # that the block before it left, so no implementation should always follow the same one (measured: a
+        # LeakyReLU fwd+bwd at 2^20 read 1.04x native's time when fastact went first, right after the copy,
+        # and 0.99x when native did, in back-to-back runs).
+        order_rng = random.Random(0)
         while any(wanted(n) for n in timers):
-            names = list(timers)
-            order = names[turn % len(names):] + names[:turn % len(names)]
-            turn += 1
+            order = list(timers)
+            order_rng.shuffle(order)
             for name in [n for n in order if wanted(n)]:  # one that has its samples sits out the rest
                 try:
                     seconds = _time_block(timers[name], numbers[name])

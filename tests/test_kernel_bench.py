@@ -464,17 +464,18 @@ def test_timing_makes_no_hidden_calls():
     assert len(calls) == 3 + result["runs"]
 
 
-def test_turns_rotate_their_order():
-    """No implementation always runs first in a round (or right after the copy): the block that does can pay
+def test_turns_change_their_order():
+    """No implementation always runs first in a round, or always right after the same peer: a block can pay
     for the state of the heap that the block before it left."""
     log = []
-    fns = {name: (lambda name=name: log.append(name)) for name in "abc"}
-    kb.time_interleaved(fns, "cpu", 1, 0.0, warmup=2, min_blocks=6)
-    blocks = log[6:]  # after two warm-up calls each; with min_run_time 0 a block is one call
-    rounds = [blocks[i:i + 3] for i in range(0, len(blocks), 3)]
-    assert len(rounds) == 6 and all(sorted(r) == ["a", "b", "c"] for r in rounds)
-    assert {r[0] for r in rounds} == {"a", "b", "c"}  # each takes the first turn
-    assert rounds[0] != rounds[1]
+    fns = {name: (lambda name=name: log.append(name)) for name in "abcd"}
+    kb.time_interleaved(fns, "cpu", 1, 0.0, warmup=2, min_blocks=12)
+    blocks = log[8:]  # after two warm-up calls each; with min_run_time 0 a block is one call
+    rounds = [blocks[i:i + 4] for i in range(0, len(blocks), 4)]
+    assert len(rounds) == 12 and all(sorted(r) == list("abcd") for r in rounds)
+    assert {r[0] for r in rounds} == set("abcd")  # each takes the first turn
+    predecessors = {name: {r[r.index(name) - 1] for r in rounds if r.index(name) > 0} for name in "abcd"}
+    assert all(len(p) > 1 for p in predecessors.values())
 
 
 def test_streamed_rows_follow_the_threshold():
