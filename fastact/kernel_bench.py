@@ -39,7 +39,8 @@ CPU: fastact/native time <= 1 (user regime, fwd and fwd+bwd, every size: swish, 
 native at 2^20; learnable swish and per-channel prelu fwd+bwd >= 3x eager and >= 1x torch.compile; kernel
 regime fwd and bwd >= 0.8 of the copy bandwidth at 2^24 (mish 0.6). CUDA: fastact/native time <= 1 for every
 op with a native, and >= 0.85 of the copy bandwidth at 2^28. A target whose rows failed is not met; one whose
-rows are not in the run (a --quick run has no 2^24) is "not run" and not counted.
+rows are not in the run (a --quick run has no 2^24) is "not run" and not counted. A verdict whose deciding
+rows had an interquartile range over 25% of their median is marked "noisy" (it still counts).
 A torch.compile (or any peer) that fails is reported as a missing row with the error, not a crash.
 
 Examples:
@@ -1024,17 +1025,20 @@ def compute_targets(result: dict) -> list[dict]:
                         if broken:
                             failed.append(f"{'/'.join(broken)} {where}")
                             continue
+                        # the widest interquartile range, relative to its median, of the rows compared
+                        spread = max((r.get("iqr_ms") or 0.0) / r["median_ms"] for r in needed.values())
                         if t.peer:
                             speedup = needed[t.peer]["median_ms"] / fa["median_ms"]
-                            values.append((1 / speedup if t.cmp == "<=" else speedup, where))
+                            values.append((1 / speedup if t.cmp == "<=" else speedup, where, spread))
                         else:
-                            values.append((fa["copy_fraction"], where))
+                            values.append((fa["copy_fraction"], where, spread))
                 entry = {"device": device, "dtype": dtype, "target": t.name, "cmp": t.cmp, "threshold": t.threshold,
-                         "value": None, "where": None, "ok": None, "failed": failed, "not_run": not_run}
+                         "value": None, "where": None, "spread": None, "ok": None, "failed": failed,
+                         "not_run": not_run}
                 if values:
                     worst = (max if t.cmp == "<=" else min)(values, key=lambda v: v[0])
                     met = worst[0] <= t.threshold if t.cmp == "<=" else worst[0] >= t.threshold
-                    entry.update(value=worst[0], where=worst[1], ok=met and not failed)
+                    entry.update(value=worst[0], where=worst[1], spread=worst[2], ok=met and not failed)
                 if failed:
                     entry["ok"] = False
                 targets.append(entry)
@@ -1131,12 +1135,18 @@ def print_results(result: dict, console=None) -> None:
             print(f"  {r['device']} {r['dtype']} {r['numel']} {r['op']} {r['impl']} ({r['regime']}): {r.get('error')}")
 
 
+# A decisive row whose interquartile range exceeds this fraction of its median is marked "noisy" in the targets
+# table: its verdict says more about the machine at that moment than about the code. It still counts.
+NOISY_SPREAD = 0.25
+
+
 def _target_cell(t: dict) -> str:
     if t["failed"]:
         return f"FAILED ({', '.join(t['failed'])})"
     if t["ok"] is None:
         return "not run"
-    return f"{t['value']:.2f} {'ok' if t['ok'] else 'MISS'} ({t['where']})"
+    noisy = f"; noisy, IQR {t['spread']:.0%} of median" if (t.get("spread") or 0) > NOISY_SPREAD else ""
+    return f"{t['value']:.2f} {'ok' if t['ok'] else 'MISS'} ({t['where']}{noisy})"
 
 
 def print_targets(targets: list[dict], threads: int | None = None, console=None) -> None:

@@ -185,6 +185,25 @@ def test_compute_targets_from_rows():
     assert copy["value"] == pytest.approx(0.7) and copy["where"] == "bwd 2^24" and not copy["ok"]
 
 
+def test_a_noisy_decisive_row_is_marked_but_still_counts():
+    """The targets table says when the row that decided a verdict had an interquartile range over a quarter of
+    its median (a host's page faults at 2^24 gave one 120 ms on 64): the verdict stands, with the warning."""
+    def row(impl, ms, iqr):
+        return {"op": "leaky_0.5", "impl": impl, "pass": "fwd", "median_ms": ms, "iqr_ms": iqr, "regime": "user",
+                "numel": 2 ** 20, "dtype": "float32", "device": "cpu", "copy_fraction": None}
+    rows = [row("fastact", 1.2, 0.6), row("native", 1.0, 0.01)]
+    kb.add_speedups(rows)
+    t = next(t for t in kb.compute_targets({"rows": rows}) if t["target"] == "leaky_0.5: fastact/native time")
+    assert t["ok"] is False and t["spread"] == pytest.approx(0.5)
+    assert kb._target_cell(t) == "1.20 MISS (fwd 2^20; noisy, IQR 50% of median)"
+    rows[0]["iqr_ms"] = 0.1  # both rows steady: no mark
+    t = next(t for t in kb.compute_targets({"rows": rows}) if t["target"] == "leaky_0.5: fastact/native time")
+    assert t["spread"] == pytest.approx(0.1 / 1.2) and kb._target_cell(t) == "1.20 MISS (fwd 2^20)"
+    rows[1]["iqr_ms"] = 0.3  # the peer's range counts too
+    t = next(t for t in kb.compute_targets({"rows": rows}) if t["target"] == "leaky_0.5: fastact/native time")
+    assert "noisy, IQR 30% of median" in kb._target_cell(t)
+
+
 def test_a_failed_row_fails_its_target():
     """A row that was run and failed (an impl that raised) is not a pass: it used to drop out, and the worst of
     the rows left decided (a MISS turned into ok), or the target disappeared."""
