@@ -9,13 +9,18 @@
 // and fastact/functional.py then takes the torch.ops path, with its checks and messages.
 #include <Python.h>
 
+#include <cctype>
+#include <string>
+
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <c10/core/DispatchKeySet.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/Exceptions.h>
+#include <torch/csrc/autograd/python_cpp_function.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/jit/frontend/tracer.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include "autograd.h"
 #include "ops.h"
@@ -172,10 +177,101 @@ PyMethodDef methods[] = {
 #undef FASTACT_INPLACE_METHOD
 #undef FASTACT_METHOD
 
+// The Python types of the graph nodes: y.grad_fn of a fastact call is a FastactSwishBackward (FastactMishBackward,
+// ...), where an unregistered node would be torch's generic CppFunction, as torch's own are SiluBackward0 and so
+// on; graph printers (torchviz) label nodes with this name. Like torch's, each has its saved values as properties:
+// _saved_x (the input, or the output that an in-place call saved instead) and _saved_<parameter>, and
+// _raw_saved_x, the SavedTensor whose register_hooks sets saved-tensor hooks on that one value.
+template <ParamKind K, typename Info>
+struct NodeType {
+  using Node = autograd::ActivationNode<K, Info>;
+  static torch::autograd::THPCppFunction& wrapper(PyObject* self) {
+    return *reinterpret_cast<torch::autograd::THPCppFunction*>(self);
+  }
+  static Node& node(PyObject* self) { return *static_cast<Node*>(wrapper(self).cdata.get()); }
+
+  static PyObject* saved_x(PyObject* self, void*) {
+    HANDLE_TH_ERRORS
+    return THPVariable_Wrap(node(self).x.unpack(wrapper(self).cdata));  // (the node: x may be its own output)
+    END_HANDLE_TH_ERRORS
+  }
+  static PyObject* raw_saved_x(PyObject* self, void*) {
+    HANDLE_TH_ERRORS
+    return pybind11::cast(node(self).x, pybind11::return_value_policy::reference).release().ptr();
+    END_HANDLE_TH_ERRORS
+  }
+  static PyObject* saved_param(PyObject* self, void*) {
+    HANDLE_TH_ERRORS
+    if constexpr (K == ParamKind::Tensor) {
+      return THPVariable_Wrap(node(self).param_tensor.unpack(wrapper(self).cdata));
+    } else {
+      return PyFloat_FromDouble(node(self).param_scalar);
+    }
+    END_HANDLE_TH_ERRORS
+  }
+
+  // "swish_param" -> "FastactSwishParamBackward"
+  static std::string type_name() {
+    std::string name = "Fastact";
+    bool word_start = true;
+    for (const char* c = Info::get().name; *c != '\0'; ++c) {
+      if (*c == '_') {
+        word_start = true;
+        continue;
+      }
+      name += word_start ? static_cast<char>(std::toupper(static_cast<unsigned char>(*c))) : *c;
+      word_start = false;
+    }
+    return name + "Backward";
+  }
+
+  static bool add_to(PyObject* module) {
+    static const std::string name = type_name();
+    static const std::string param_property = std::string("_saved_") + Info::get().param_name;
+    using namespace torch::autograd;  // NOLINT: the macro names torch's default getters unqualified
+    static PyGetSetDef properties[] = {
+        THP_FUNCTION_DEFAULT_PROPERTIES,
+        {"_saved_x", saved_x, nullptr, nullptr, nullptr},
+        {"_raw_saved_x", raw_saved_x, nullptr, nullptr, nullptr},
+        {K == ParamKind::None ? nullptr : param_property.c_str(), saved_param, nullptr, nullptr, nullptr},
+        {nullptr, nullptr, nullptr, nullptr, nullptr},  // (the end, or already the end without a parameter)
+    };
+    static PyTypeObject type{};
+    torch::autograd::_initFunctionPyTypeObject(type, name.c_str(), properties, nullptr);
+    Py_INCREF(&type);
+    if (PyModule_AddObject(module, name.c_str(), reinterpret_cast<PyObject*>(&type)) < 0) {
+      Py_DECREF(&type);
+      return false;
+    }
+    torch::autograd::registerCppFunction(typeid(Node), &type);
+    return true;
+  }
+};
+
+bool add_node_types(PyObject* module) {
+  bool ok = true;
+#define FASTACT_NODE_TYPE(name, Id, Kind, param) ok = ok && NodeType<ParamKind::Kind, name##_info>::add_to(module);
+  FASTACT_FOR_EACH_ACTIVATION(FASTACT_NODE_TYPE)
+#undef FASTACT_NODE_TYPE
+  return ok;
+}
+
 }  // namespace
 }  // namespace fastact
 
 extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, fastact::methods};
-  return PyModule_Create(&module);
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, fastact::methods};
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) return nullptr;
+  try {
+    if (!fastact::add_node_types(module)) {
+      Py_DECREF(module);
+      return nullptr;
+    }
+  } catch (const std::exception& e) {  // _initFunctionPyTypeObject throws where PyType_Ready fails
+    PyErr_SetString(PyExc_ImportError, e.what());
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }

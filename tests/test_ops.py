@@ -1956,6 +1956,60 @@ def test_eager_entry_point_is_the_torch_ops_op(name):
         assert getattr(fastact._C, name)(*args).dtype == getattr(torch.ops.fastact, name)(*args).dtype
 
 
+# Each forward op's graph node: its Python type, and the saved parameter's property with its value in _eager_args.
+NODE_TYPES = {"swish": ("FastactSwishBackward", "_saved_beta"),
+              "swish_param": ("FastactSwishParamBackward", "_saved_beta"), "mish": ("FastactMishBackward", None),
+              "leaky_relu": ("FastactLeakyReluBackward", "_saved_negative_slope"),
+              "prelu": ("FastactPreluBackward", "_saved_weight")}
+
+
+@pytest.mark.parametrize("name", list(EAGER_PARAMS))
+def test_grad_fn_is_a_named_node_with_its_saved_values(name):
+    """y.grad_fn was torch's generic CppFunction for every op, which graph printers label alike; now a type per op,
+    with the saved values as properties, as torch's own nodes (SiluBackward0._saved_self)."""
+    type_name, param_property = NODE_TYPES[name]
+    x = torch.randn(3, 5, 7, requires_grad=True)
+    args = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in _eager_args(name, x)[1:]]
+    y = getattr(torch.ops.fastact, name)(x, *args)
+    node = y.grad_fn
+    assert type(node).__name__ == type_name and type(node) is getattr(fastact._C, type_name)
+    assert node.name() == f"fastact::{name}_backward" and node.next_functions[0][0].variable is x
+    assert node._saved_x is x
+    if param_property is None:
+        assert not any(a.startswith("_saved_") and a != "_saved_x" for a in dir(node))
+    elif isinstance(args[0], torch.Tensor):
+        assert getattr(node, param_property) is args[0]
+    else:
+        assert getattr(node, param_property) == args[0]
+    # saved-tensor hooks on the one saved x (torch's _raw_saved_self.register_hooks)
+    calls = []
+    node._raw_saved_x.register_hooks(lambda t: calls.append("pack") or t.clone(), lambda t: calls.append("unpack") or t)
+    dy = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, *[a for a in args if isinstance(a, torch.Tensor)]], dy)
+    assert calls == ["pack", "unpack"]
+    expected = torch.autograd.grad(getattr(torch.ops.fastact, name)(x, *args),
+                                   [x, *[a for a in args if isinstance(a, torch.Tensor)]], dy)
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
+    with pytest.raises(RuntimeError, match="after they have already been freed"):
+        node._saved_x  # noqa: B018
+
+
+def test_in_place_nodes_show_what_they_saved():
+    """An in-place LeakyReLU with a slope >= 0 saves its output (as torch's leaky_relu_), an in-place SiLU a copy
+    of x's old values: _saved_x is that tensor."""
+    x = torch.randn(4, 6, requires_grad=True)
+    h = x * 1
+    y = fastact.leaky_relu(h, 0.1, inplace=True)
+    assert type(y.grad_fn).__name__ == "FastactLeakyReluBackward"
+    saved = y.grad_fn._saved_x
+    assert saved.data_ptr() == y.data_ptr() and saved._version == y._version and saved.grad_fn is y.grad_fn
+    h = x * 1
+    y = fastact.silu(h, inplace=True)
+    assert type(y.grad_fn).__name__ == "FastactSwishBackward"
+    assert y.grad_fn._saved_x.data_ptr() != y.data_ptr() and torch.equal(y.grad_fn._saved_x, x * 1)
+
+
 class _SubclassTensor(torch.Tensor):
     pass
 
