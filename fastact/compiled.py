@@ -85,15 +85,21 @@ def _signed_zero_like(x: Tensor) -> Tensor:
 
 # --- forwards: (x in compute type, parameter) -> f ------------------------------------------------------------
 def _swish(x: Tensor, beta) -> Tensor:
+    # f = x / (1 + e^-z), z = beta x: one division, as the kernels' (and inductor's own SiLU) form, where
+    # x * sigmoid(z) is a division and a product
     if isinstance(beta, Tensor):
         b = channel_view(beta, x)
         z = b * torch.where((b == 0) & ~x.isfinite(), 0.0, x)  # beta = 0: f = x / 2, also at +-inf
-    elif beta == 0:
+        # z = -inf: the limit 0 with x's sign, not inf / inf
+        return torch.where(z == -_INF, _signed_zero_like(x), x / (1 + torch.exp(-z)))
+    if beta == 0:
         return x * 0.5
-    else:
-        z = beta * x
-    # z = -inf: the limit 0 with x's sign, not inf * 0
-    return torch.where(z == -_INF, _signed_zero_like(x), x * torch.sigmoid(z))
+    # A fixed beta's sign says which infinite x meets z = -inf (the limit 0, with x's sign): that x is clamped to
+    # the largest finite value, so that the quotient is that 0 rather than inf / inf. One max per element,
+    # where a select on z == -inf took two comparisons and two blends (1.3x the time of torch's compiled SiLU).
+    big = torch.finfo(x.dtype).max
+    z = x if beta == 1 else beta * x
+    return (x.clamp(min=-big) if beta > 0 else x.clamp(max=big)) / (1 + torch.exp(-z))
 
 
 def _mish(x: Tensor, _=None) -> Tensor:
