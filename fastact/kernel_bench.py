@@ -253,8 +253,14 @@ def _summary(times: list[float], number: int) -> dict:
             "blocks": len(times)}
 
 
+# Samples (blocks) each implementation of a row gets at least. A slow row reaches min_run_time in a few long
+# blocks; with 5, the 2^24 user-regime rows that a host's page faults hit had medians of 6 samples with
+# interquartile ranges twice the median. 11 cost ~40 s more on a 7.5-minute CPU run.
+MIN_BLOCKS = 11
+
+
 def time_interleaved(fns: dict[str, Callable], device: str, threads: int, min_run_time: float, warmup: int = 3,
-                     min_blocks: int = 5) -> dict[str, dict | Exception]:
+                     min_blocks: int = MIN_BLOCKS) -> dict[str, dict | Exception]:
     """Median seconds per call of each fn() over blocks of calls, timed by torch.utils.benchmark.Timer (whose
     clock synchronizes CUDA), the implementations taking turns block by block, in an order shuffled anew for
     every round: a slow spell of a shared machine, or a state of the heap, then falls on all of them alike
@@ -313,7 +319,7 @@ def _time_block(timer, number: int) -> float:
 
 
 def time_median(fn: Callable, device: str, threads: int, min_run_time: float, warmup: int = 3,
-                min_blocks: int = 5) -> dict:
+                min_blocks: int = MIN_BLOCKS) -> dict:
     """time_interleaved of one fn."""
     result = time_interleaved({"fn": fn}, device, threads, min_run_time, warmup, min_blocks)["fn"]
     if isinstance(result, Exception):
