@@ -255,7 +255,8 @@ def _summary(times: list[float], number: int) -> dict:
 
 # Samples (blocks) each implementation of a row gets at least. A slow row reaches min_run_time in a few long
 # blocks; with 5, the 2^24 user-regime rows that a host's page faults hit had medians of 6 samples with
-# interquartile ranges twice the median. 11 cost ~40 s more on a 7.5-minute CPU run.
+# interquartile ranges twice the median. The full CPU run took 534 s with 11, 440 s with 5 (the first in a
+# slower phase of the host; the rows below 11 samples added up to ~40 s).
 MIN_BLOCKS = 11
 
 
