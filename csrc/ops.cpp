@@ -256,4 +256,42 @@ std::tuple<at::Tensor, at::Tensor> backward(const OpInfo& op, const at::Tensor& 
   return {grad_input, grad_param};
 }
 
+bool sign_mask_supported(const at::Tensor& x) {
+  return x.layout() == at::kStrided && x.device().is_cpu() && is_supported_dtype(x.scalar_type()) &&
+         x.is_contiguous() && x.numel() > 0;
+}
+
+std::tuple<at::Tensor, at::Tensor> leaky_relu_with_sign_mask(const at::Tensor& x, double negative_slope) {
+  Prepared p = prepare(leaky_relu_info::get(), x, {negative_slope, nullptr});
+  TORCH_CHECK(sign_mask_supported(x), "fastact.leaky_relu: the sign mask is kept for contiguous CPU tensors only");
+  at::Tensor out = empty_output_like(p.x);  // contiguous, as x
+  at::Tensor mask = at::empty({(x.numel() + 7) / 8}, x.options().dtype(at::kByte));
+  p.problem.out = out.data_ptr();
+  cpu::forward_with_sign_mask(p.problem, mask.data_ptr<uint8_t>());
+  return {out, mask};
+}
+
+at::Tensor leaky_relu_mask_backward(const at::Tensor& grad, const at::Tensor& mask, double negative_slope) {
+  static const OpInfo op{"leaky_relu_mask_backward", ActivationId::Leaky, ParamKind::Scalar, "negative_slope"};
+  check_tensor(op, "grad", grad);
+  TORCH_CHECK(grad.device().is_cpu(), "fastact.leaky_relu_mask_backward: grad must be a CPU tensor, got ",
+              grad.device());
+  const int64_t bytes = (grad.numel() + 7) / 8;
+  TORCH_CHECK(mask.defined() && mask.layout() == at::kStrided && mask.scalar_type() == at::kByte &&
+                  mask.dim() == 1 && mask.numel() == bytes && mask.device() == grad.device(),
+              "fastact.leaky_relu_mask_backward: mask must be a 1-d uint8 tensor of (grad.numel() + 7) / 8 = ", bytes,
+              " bytes on ", grad.device(), " (one bit per element of grad), got ",
+              mask.defined() ? c10::str(mask.scalar_type(), " of shape ", mask.sizes(), " on ", mask.device())
+                             : std::string("None"));
+  // The bits follow the elements in row-major order, the order of a contiguous grad.
+  Prepared p = prepare(op, grad.contiguous(), {negative_slope, nullptr});
+  const at::Tensor bits = mask.contiguous();
+  at::Tensor grad_input = empty_output_like(p.x);
+  p.problem.grad = p.problem.x;
+  p.problem.x = nullptr;
+  p.problem.out = grad_input.data_ptr();
+  if (p.problem.numel > 0) cpu::backward_from_sign_mask(p.problem, bits.data_ptr<uint8_t>());
+  return grad_input;
+}
+
 }  // namespace fastact

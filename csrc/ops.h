@@ -102,6 +102,13 @@ std::tuple<at::Tensor, at::Tensor> backward(const OpInfo& op, const at::Tensor& 
 void backward_out(const OpInfo& op, const at::Tensor& grad, const at::Tensor& x, const ParamArg& param,
                   at::Tensor& grad_input, at::Tensor* grad_param);
 
+// LeakyReLU with the sign mask autograd saves instead of x (autograd.h, SignMaskNode), for a contiguous CPU x:
+// (y, mask), mask a uint8 tensor of (numel + 7) / 8 bytes, bit i % 8 of byte i / 8 being x.flatten()[i] > 0.
+std::tuple<at::Tensor, at::Tensor> leaky_relu_with_sign_mask(const at::Tensor& x, double negative_slope);
+bool sign_mask_supported(const at::Tensor& x);
+// fastact::leaky_relu_mask_backward: grad where the mask's bit is set, else grad * negative_slope (contiguous).
+at::Tensor leaky_relu_mask_backward(const at::Tensor& grad, const at::Tensor& mask, double negative_slope);
+
 namespace cpu {
 void forward(const ElementwiseProblem& p);
 void backward(const ElementwiseProblem& p);
@@ -121,6 +128,10 @@ int64_t set_streaming_threshold(int64_t nbytes);  // returns the previous one
 int64_t lookup_threshold();
 int64_t set_lookup_threshold(int64_t numel);  // returns the previous one
 int64_t lookup_tables_cached();
+// LeakyReLU (p.param_scalar the slope) on a contiguous x that also writes x's sign mask, (numel + 7) / 8 bytes:
+// bit i % 8 of mask[i / 8] is x[i] > 0. And its backward from that mask (p.x unused).
+void forward_with_sign_mask(const ElementwiseProblem& p, uint8_t* mask);
+void backward_from_sign_mask(const ElementwiseProblem& p, const uint8_t* mask);
 }  // namespace cpu
 
 namespace cuda {

@@ -248,8 +248,52 @@ struct NodeType {
   }
 };
 
+// LeakyReLU's node where it saves x's sign mask instead of x (autograd.h): FastactLeakyReluMaskBackward, with
+// _saved_mask (uint8, one bit per element of x), _raw_saved_mask and _saved_negative_slope.
+struct SignMaskNodeType {
+  using Node = autograd::SignMaskNode;
+  static Node& node(PyObject* self) {
+    return *static_cast<Node*>(reinterpret_cast<torch::autograd::THPCppFunction*>(self)->cdata.get());
+  }
+  static PyObject* saved_mask(PyObject* self, void*) {
+    HANDLE_TH_ERRORS
+    return THPVariable_Wrap(node(self).mask.unpack());
+    END_HANDLE_TH_ERRORS
+  }
+  static PyObject* raw_saved_mask(PyObject* self, void*) {
+    HANDLE_TH_ERRORS
+    return pybind11::cast(node(self).mask, pybind11::return_value_policy::reference).release().ptr();
+    END_HANDLE_TH_ERRORS
+  }
+  static PyObject* saved_slope(PyObject* self, void*) {
+    HANDLE_TH_ERRORS
+    return PyFloat_FromDouble(node(self).negative_slope);
+    END_HANDLE_TH_ERRORS
+  }
+  static bool add_to(PyObject* module) {
+    static const char* name = "FastactLeakyReluMaskBackward";
+    using namespace torch::autograd;  // NOLINT: as in NodeType
+    static PyGetSetDef properties[] = {
+        THP_FUNCTION_DEFAULT_PROPERTIES,
+        {"_saved_mask", saved_mask, nullptr, nullptr, nullptr},
+        {"_raw_saved_mask", raw_saved_mask, nullptr, nullptr, nullptr},
+        {"_saved_negative_slope", saved_slope, nullptr, nullptr, nullptr},
+        {nullptr, nullptr, nullptr, nullptr, nullptr},
+    };
+    static PyTypeObject type{};
+    torch::autograd::_initFunctionPyTypeObject(type, name, properties, nullptr);
+    Py_INCREF(&type);
+    if (PyModule_AddObject(module, name, reinterpret_cast<PyObject*>(&type)) < 0) {
+      Py_DECREF(&type);
+      return false;
+    }
+    torch::autograd::registerCppFunction(typeid(Node), &type);
+    return true;
+  }
+};
+
 bool add_node_types(PyObject* module) {
-  bool ok = true;
+  bool ok = SignMaskNodeType::add_to(module);
 #define FASTACT_NODE_TYPE(name, Id, Kind, param) ok = ok && NodeType<ParamKind::Kind, name##_info>::add_to(module);
   FASTACT_FOR_EACH_ACTIVATION(FASTACT_NODE_TYPE)
 #undef FASTACT_NODE_TYPE

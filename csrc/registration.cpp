@@ -140,6 +140,11 @@ TORCH_LIBRARY(fastact, m) {
   m.def("cpu_lookup_threshold() -> int", [] { return cpu::lookup_threshold(); });
   m.def("set_cpu_lookup_threshold(int numel) -> int", [](int64_t numel) { return cpu::set_lookup_threshold(numel); });
   m.def("cpu_lookup_tables_cached() -> int", [] { return cpu::lookup_tables_cached(); });
+  // LeakyReLU's backward from the sign mask it saves instead of x (autograd.h, SignMaskNode), and the switch.
+  m.def("leaky_relu_mask_backward(Tensor grad, Tensor mask, float negative_slope) -> Tensor");
+  m.def("leaky_relu_saves_mask() -> bool", [] { return autograd::sign_mask_enabled().load(); });
+  m.def("set_leaky_relu_saves_mask(bool enabled) -> bool",
+        [](bool enabled) { return autograd::sign_mask_enabled().exchange(enabled); });
   m.def("has_cuda_kernels() -> bool", [] {
 #if defined(FASTACT_WITH_CUDA)
     return true;
@@ -149,9 +154,15 @@ TORCH_LIBRARY(fastact, m) {
   });
 }
 
-TORCH_LIBRARY_IMPL(fastact, CPU, m) { FASTACT_FOR_EACH_ACTIVATION(FASTACT_IMPL) }
+TORCH_LIBRARY_IMPL(fastact, CPU, m) {
+  FASTACT_FOR_EACH_ACTIVATION(FASTACT_IMPL)
+  m.impl("leaky_relu_mask_backward", TORCH_FN(leaky_relu_mask_backward));
+}
 
-TORCH_LIBRARY_IMPL(fastact, Autograd, m) { FASTACT_FOR_EACH_ACTIVATION(FASTACT_AUTOGRAD_IMPL) }
+TORCH_LIBRARY_IMPL(fastact, Autograd, m) {
+  FASTACT_FOR_EACH_ACTIVATION(FASTACT_AUTOGRAD_IMPL)
+  m.impl("leaky_relu_mask_backward", TORCH_FN(autograd::mask_backward_kernel));
+}
 
 TORCH_LIBRARY_IMPL(fastact, ADInplaceOrView, m) { FASTACT_FOR_EACH_ACTIVATION(FASTACT_INPLACE_OR_VIEW_IMPL) }
 

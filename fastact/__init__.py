@@ -27,13 +27,13 @@ from . import reference  # noqa: E402,F401
 from .compiled import compile_fusion, set_compile_fusion  # noqa: E402
 from .functional import leaky_relu, mish, prelu, silu, swish  # noqa: E402
 from .ops import (  # noqa: E402
-    cpu_capability, cpu_huge_pages, has_cuda_kernels, set_cpu_capability, set_cpu_huge_pages,
-    supported_cpu_capabilities,
+    cpu_capability, cpu_huge_pages, has_cuda_kernels, leaky_relu_saves_mask, set_cpu_capability, set_cpu_huge_pages,
+    set_leaky_relu_saves_mask, supported_cpu_capabilities,
 )
 
 __version__ = "0.1.0"
 __all__ = [
     "swish", "silu", "mish", "leaky_relu", "prelu", "nn", "reference",
     "cpu_capability", "set_cpu_capability", "supported_cpu_capabilities", "cpu_huge_pages", "set_cpu_huge_pages",
-    "has_cuda_kernels", "compile_fusion", "set_compile_fusion",
+    "has_cuda_kernels", "compile_fusion", "set_compile_fusion", "leaky_relu_saves_mask", "set_leaky_relu_saves_mask",
 ]

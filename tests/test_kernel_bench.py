@@ -119,9 +119,13 @@ def test_speedups_and_saved_bytes(tiny_run):
             assert value == pytest.approx(other["median_ms"] / r["median_ms"])
         if r["regime"] == "user":
             assert "eager" in r["speedup_vs"]
-            # fastact's forward keeps the input (and the small parameter) for backward, nothing else
+            # fastact's forward keeps the input (and the small parameter) for backward, nothing else; LeakyReLU
+            # keeps one bit per element instead
             itemsize = 4 if r["dtype"] == "float32" else 2
-            assert NUMEL * itemsize <= r["saved_bytes"] <= NUMEL * itemsize + 1024, r
+            if r["op"].startswith("leaky"):
+                assert r["saved_bytes"] == NUMEL // 8, r
+            else:
+                assert NUMEL * itemsize <= r["saved_bytes"] <= NUMEL * itemsize + 1024, r
     # eager mish keeps intermediates on top of x
     m = index[("mish", "eager", "user", "float32", "fwd+bwd")]
     assert m["saved_bytes"] > NUMEL * 4

@@ -30,7 +30,16 @@ struct RangeKernels {
   // The table lookup_backward_param reads, for a float problem with one parameter value: df/dx and
   // df/dparam (at grad = 1) of x[i] into pairs[2 i], pairs[2 i + 1], for i in [begin, end).
   void (*derivative_pairs)(const ElementwiseProblem& p, int64_t begin, int64_t end, float* pairs);
+  // LeakyReLU over [begin, end) of a contiguous x, also writing the sign mask of x (bit i % 8 of mask[i / 8]:
+  // x[i] > 0); begin is a multiple of kSignMaskUnit.
+  void (*forward_with_sign_mask)(const ElementwiseProblem& p, uint8_t* mask, int64_t begin, int64_t end);
+  // LeakyReLU's grad_input from grad and that mask (p.x unused), likewise.
+  void (*backward_from_sign_mask)(const ElementwiseProblem& p, const uint8_t* mask, int64_t begin, int64_t end);
 };
+
+// The unit the sign-mask kernels' ranges are cut in: whole bytes of the mask, and 64-byte aligned outputs for
+// non-temporal stores (at 8 bytes per element or fewer).
+constexpr int64_t kSignMaskUnit = 64;
 
 namespace DEFAULT { extern const RangeKernels kRangeKernels; }
 #if defined(FASTACT_CPU_X86)

@@ -501,4 +501,27 @@ void backward(const ElementwiseProblem& problem) {
   backward_with_param_grad<float>(p, computed);
 }
 
+void forward_with_sign_mask(const ElementwiseProblem& problem, uint8_t* mask) {
+  ElementwiseProblem p = problem;
+  p.stream_out = should_stream(p, 2);
+  p.params_nonzero = params_nonzero(p);
+  p.params_at_most_one = params_at_most_one(p);
+  const RangeKernels& k = *active()->kernels;
+  const int64_t units = (p.numel + kSignMaskUnit - 1) / kSignMaskUnit;
+  at::parallel_for(0, units, kGrain / kSignMaskUnit, [&](int64_t first, int64_t last) {
+    k.forward_with_sign_mask(p, mask, first * kSignMaskUnit, std::min(p.numel, last * kSignMaskUnit));
+  });
+}
+
+void backward_from_sign_mask(const ElementwiseProblem& problem, const uint8_t* mask) {
+  ElementwiseProblem p = problem;
+  // (the ranges start 64-byte aligned from the output's start, which ops.cpp allocates)
+  p.stream_out = should_stream(p, 2) && reinterpret_cast<std::uintptr_t>(p.out) % 64 == 0;
+  const RangeKernels& k = *active()->kernels;
+  const int64_t units = (p.numel + kSignMaskUnit - 1) / kSignMaskUnit;
+  at::parallel_for(0, units, kGrain / kSignMaskUnit, [&](int64_t first, int64_t last) {
+    k.backward_from_sign_mask(p, mask, first * kSignMaskUnit, std::min(p.numel, last * kSignMaskUnit));
+  });
+}
+
 }  // namespace fastact::cpu

@@ -322,15 +322,22 @@ FASTACT_HOST_DEVICE void for_each_block(int64_t n, const typename B::scalar_type
   if (i < n) block(i, n - i, false);
 }
 
+// What a forward does after each block besides storing it: nothing, or (LeakyReLU's sign mask) after(i, count).
+struct NothingAfterBlock {
+  FASTACT_HOST_DEVICE void operator()(int64_t, int64_t) const {}
+};
+
 // One run of n elements. Lanewise: element k uses param[k] (channels_last, where the channel is the
 // fastest-moving index); otherwise the whole run uses param[0].
-template <typename Op, typename scalar_t, bool kLanewise>
-void forward_run(const scalar_t* x, scalar_t* y, int64_t n, const at::opmath_type<scalar_t>* param, bool stream) {
+template <typename Op, typename scalar_t, bool kLanewise, typename AfterBlock = NothingAfterBlock>
+void forward_run(const scalar_t* x, scalar_t* y, int64_t n, const at::opmath_type<scalar_t>* param, bool stream,
+                 const AfterBlock& after_block = {}) {
   using B = Block<scalar_t, kLanewise>;
   for_each_block<B>(n, y, stream, [&](int64_t i, int64_t count, bool stream_block) FASTACT_ALWAYS_INLINE_LAMBDA {
     if (stream_block) prefetch_block_ahead<B>(x + i);
     const auto p = B::template load_param<kLanewise>(param, i, count);
     B::store(y + i, count, Op::forward(B::load(x + i, count), p), stream_block);
+    after_block(i, count);
   });
 }
 
@@ -409,15 +416,18 @@ void for_each_run(const ElementwiseProblem& p, int64_t begin, int64_t end, Fn&& 
   }
 }
 
-template <typename Op, typename scalar_t>
-void forward_range_typed(const ElementwiseProblem& p, int64_t begin, int64_t end) {
+// after_block(offset, count) follows each block of count elements at memory offset `offset`.
+template <typename Op, typename scalar_t, typename AfterBlock = NothingAfterBlock>
+void forward_range_typed(const ElementwiseProblem& p, int64_t begin, int64_t end, const AfterBlock& after_block = {}) {
   using UnitOp = typename UnitParamForward<Op>::type;
   using NonzeroOp = typename NonzeroParamForward<Op>::type;
   if constexpr (!std::is_same_v<UnitOp, NonzeroOp>) {
-    if (p.params_nonzero && p.params_at_most_one) return forward_range_typed<UnitOp, scalar_t>(p, begin, end);
+    if (p.params_nonzero && p.params_at_most_one) {
+      return forward_range_typed<UnitOp, scalar_t>(p, begin, end, after_block);
+    }
   }
   if constexpr (!std::is_same_v<NonzeroOp, Op>) {
-    if (p.params_nonzero) return forward_range_typed<NonzeroOp, scalar_t>(p, begin, end);
+    if (p.params_nonzero) return forward_range_typed<NonzeroOp, scalar_t>(p, begin, end, after_block);
   }
   using opmath_t = at::opmath_type<scalar_t>;
   const auto* x = static_cast<const scalar_t*>(p.x);
@@ -425,10 +435,11 @@ void forward_range_typed(const ElementwiseProblem& p, int64_t begin, int64_t end
   const opmath_t scalar_param = static_cast<opmath_t>(p.param_scalar);
   const opmath_t* param = p.param ? static_cast<const opmath_t*>(p.param) : &scalar_param;
   for_each_run(p, begin, end, [&](int64_t offset, int64_t length, int64_t channel, bool lanewise) {
+    auto after = [&](int64_t i, int64_t count) FASTACT_ALWAYS_INLINE_LAMBDA { after_block(offset + i, count); };
     if (lanewise) {
-      forward_run<Op, scalar_t, true>(x + offset, y + offset, length, param + channel, p.stream_out);
+      forward_run<Op, scalar_t, true>(x + offset, y + offset, length, param + channel, p.stream_out, after);
     } else {
-      forward_run<Op, scalar_t, false>(x + offset, y + offset, length, param + channel, p.stream_out);
+      forward_run<Op, scalar_t, false>(x + offset, y + offset, length, param + channel, p.stream_out, after);
     }
   });
   if (p.stream_out) fa_store_fence();
@@ -890,10 +901,228 @@ constexpr decltype(RangeKernels::lookup_backward_param) kLookupBackwardParam = n
 constexpr decltype(RangeKernels::derivative_pairs) kDerivativePairs = nullptr;
 #endif
 
+
+// ---------------------------------------------------------------------------------------------------------
+// LeakyReLU's sign mask, which autograd saves instead of x (autograd.h, SignMaskNode): bit i % 8 of byte i / 8
+// is x[i] > 0 (false for NaN), i counted from the start of a contiguous tensor. The backward needs only that bit
+// per element, so it reads 1/32 of a float32 x (1/16 of a 16-bit one) instead of x. Every range starts at a
+// multiple of kSignMaskUnit elements, so no two threads write one byte.
+
+// The bits of x[0, count) into mask[0, (count + 7) / 8): one vector of x per step, the tail one element at a time.
+template <typename scalar_t>
+void write_sign_bits(const scalar_t* x, uint8_t* mask, int64_t count) {
+  int64_t i = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    for (; i + 16 <= count; i += 16) {
+      const __mmask16 bits = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), _mm512_setzero_ps(), _CMP_GT_OQ);
+      std::memcpy(mask + i / 8, &bits, sizeof(bits));
+    }
+  } else if constexpr (std::is_same_v<scalar_t, double>) {
+    for (; i + 8 <= count; i += 8) {
+      mask[i / 8] = _mm512_cmp_pd_mask(_mm512_loadu_pd(x + i), _mm512_setzero_pd(), _CMP_GT_OQ);
+    }
+  } else {
+    // A 16-bit float is > 0 where its bits, as a signed integer, are in (0, +inf]: above are the NaNs.
+    const __m512i inf = _mm512_set1_epi16(static_cast<int16_t>(std::is_same_v<scalar_t, c10::BFloat16> ? 0x7f80 : 0x7c00));
+    for (; i + 32 <= count; i += 32) {
+      const __m512i v = _mm512_loadu_si512(x + i);
+      const __mmask32 bits = _mm512_cmpgt_epi16_mask(v, _mm512_setzero_si512()) & _mm512_cmple_epi16_mask(v, inf);
+      std::memcpy(mask + i / 8, &bits, sizeof(bits));
+    }
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    for (; i + 8 <= count; i += 8) {
+      mask[i / 8] = static_cast<uint8_t>(
+          _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), _mm256_setzero_ps(), _CMP_GT_OQ)));
+    }
+  } else if constexpr (std::is_same_v<scalar_t, double>) {
+    for (; i + 8 <= count; i += 8) {
+      const int low = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(x + i), _mm256_setzero_pd(), _CMP_GT_OQ));
+      const int high = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(x + i + 4), _mm256_setzero_pd(), _CMP_GT_OQ));
+      mask[i / 8] = static_cast<uint8_t>(low | high << 4);
+    }
+  } else {
+    const __m256i above_inf = _mm256_set1_epi16(static_cast<int16_t>(std::is_same_v<scalar_t, c10::BFloat16> ? 0x7f81 : 0x7c01));
+    auto positive = [&](__m256i v) {
+      return _mm256_and_si256(_mm256_cmpgt_epi16(v, _mm256_setzero_si256()), _mm256_cmpgt_epi16(above_inf, v));
+    };
+    for (; i + 32 <= count; i += 32) {
+      const auto* p = reinterpret_cast<const __m256i*>(x + i);
+      // packs interleaves the two vectors' 64-bit quarters (a0 b0 a1 b1); the permute puts them back in order.
+      const __m256i bytes = _mm256_permute4x64_epi64(
+          _mm256_packs_epi16(positive(_mm256_loadu_si256(p)), positive(_mm256_loadu_si256(p + 1))), 0xd8);
+      const uint32_t bits = static_cast<uint32_t>(_mm256_movemask_epi8(bytes));
+      std::memcpy(mask + i / 8, &bits, sizeof(bits));
+    }
+  }
+#endif
+  for (; i < count; i += 8) {
+    uint8_t byte = 0;
+    for (int64_t k = 0; k < std::min<int64_t>(8, count - i); ++k) {
+      byte |= static_cast<uint8_t>(static_cast<at::opmath_type<scalar_t>>(x[i + k]) > 0) << k;
+    }
+    mask[i / 8] = byte;
+  }
+}
+
+// LeakyReLU's forward that also writes the bits, each block's right after the block, while its x is in L1 (a
+// second pass over x, even in pieces of 8192 elements, cost the forward 5-30% at 2^20). That needs the blocks to
+// start on whole bytes of the mask: they do where y is aligned for streaming at `begin` (no alignment head), as
+// a fresh output is; otherwise the bits take their own pass.
+template <typename scalar_t>
+void forward_with_sign_mask_typed(const ElementwiseProblem& p, uint8_t* mask, int64_t begin, int64_t end) {
+  const auto* x = static_cast<const scalar_t*>(p.x);
+  const auto y = reinterpret_cast<std::uintptr_t>(static_cast<scalar_t*>(p.out) + begin);
+  if (y % kStreamAlignment != 0) {
+    forward_range_typed<LeakyOp, scalar_t>(p, begin, end);
+    write_sign_bits(x + begin, mask + begin / 8, end - begin);
+    return;
+  }
+  forward_range_typed<LeakyOp, scalar_t>(p, begin, end, [&](int64_t offset, int64_t count) FASTACT_ALWAYS_INLINE_LAMBDA {
+    write_sign_bits(x + offset, mask + offset / 8, count);
+  });
+}
+
+// grad_input = grad where the bit is set, else grad * slope (rounded once, as torch's leaky_relu_backward), over
+// [begin, end); a streamed output (p.stream_out) must be aligned to 64 bytes at begin.
+template <typename scalar_t>
+void backward_from_sign_mask_typed(const ElementwiseProblem& p, const uint8_t* mask, int64_t begin, int64_t end) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const auto* g = static_cast<const scalar_t*>(p.grad) + begin;
+  auto* gx = static_cast<scalar_t*>(p.out) + begin;
+  const uint8_t* bits = mask + begin / 8;
+  const int64_t count = end - begin;
+  const opmath_t slope = static_cast<opmath_t>(p.param_scalar);
+  const bool stream = p.stream_out;
+  int64_t i = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const __m512 s = _mm512_set1_ps(slope);
+    for (; i + 16 <= count; i += 16) {
+      __mmask16 m;
+      std::memcpy(&m, bits + i / 8, sizeof(m));
+      const __m512 v = _mm512_loadu_ps(g + i);
+      const __m512 r = _mm512_mask_blend_ps(m, _mm512_mul_ps(v, s), v);
+      stream ? _mm512_stream_ps(gx + i, r) : _mm512_storeu_ps(gx + i, r);
+    }
+  } else if constexpr (std::is_same_v<scalar_t, double>) {
+    const __m512d s = _mm512_set1_pd(slope);
+    for (; i + 8 <= count; i += 8) {
+      const __m512d v = _mm512_loadu_pd(g + i);
+      const __m512d r = _mm512_mask_blend_pd(bits[i / 8], _mm512_mul_pd(v, s), v);
+      stream ? _mm512_stream_pd(gx + i, r) : _mm512_storeu_pd(gx + i, r);
+    }
+  } else {
+    const __m512 s = _mm512_set1_ps(slope);
+    for (; i + 16 <= count; i += 16) {
+      __mmask16 m;
+      std::memcpy(&m, bits + i / 8, sizeof(m));
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + i));
+      __m256i scaled;
+      if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+        const __m512 f = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+        scaled = narrow_bf16_ordered(_mm512_mul_ps(f, s));
+      } else {
+        scaled = _mm512_cvtps_ph(_mm512_mul_ps(_mm512_cvtph_ps(v), s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      }
+      const __m256i r = _mm256_mask_blend_epi16(m, scaled, v);
+      auto* dst = reinterpret_cast<__m256i*>(gx + i);
+      stream ? _mm256_stream_si256(dst, r) : _mm256_storeu_si256(dst, r);
+    }
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  // One byte of the mask as 8 lanes (all ones where the bit is set).
+  auto lanes32 = [](uint8_t byte) {
+    const __m256i select = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(byte), select), select);
+  };
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const __m256 s = _mm256_set1_ps(slope);
+    for (; i + 8 <= count; i += 8) {
+      const __m256 v = _mm256_loadu_ps(g + i);
+      const __m256 r = _mm256_blendv_ps(_mm256_mul_ps(v, s), v, _mm256_castsi256_ps(lanes32(bits[i / 8])));
+      stream ? _mm256_stream_ps(gx + i, r) : _mm256_storeu_ps(gx + i, r);
+    }
+  } else if constexpr (std::is_same_v<scalar_t, double>) {
+    const __m256d s = _mm256_set1_pd(slope);
+    const __m256i select_low = _mm256_setr_epi64x(1, 2, 4, 8);
+    const __m256i select_high = _mm256_setr_epi64x(16, 32, 64, 128);
+    for (; i + 8 <= count; i += 8) {
+      const __m256i byte = _mm256_set1_epi64x(bits[i / 8]);
+      const __m256i low = _mm256_cmpeq_epi64(_mm256_and_si256(byte, select_low), select_low);
+      const __m256i high = _mm256_cmpeq_epi64(_mm256_and_si256(byte, select_high), select_high);
+      const __m256d v0 = _mm256_loadu_pd(g + i);
+      const __m256d v1 = _mm256_loadu_pd(g + i + 4);
+      const __m256d r0 = _mm256_blendv_pd(_mm256_mul_pd(v0, s), v0, _mm256_castsi256_pd(low));
+      const __m256d r1 = _mm256_blendv_pd(_mm256_mul_pd(v1, s), v1, _mm256_castsi256_pd(high));
+      stream ? _mm256_stream_pd(gx + i, r0) : _mm256_storeu_pd(gx + i, r0);
+      stream ? _mm256_stream_pd(gx + i + 4, r1) : _mm256_storeu_pd(gx + i + 4, r1);
+    }
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    // 16 at a time through the build's unordered widening and narrowing (kernels.h, top), which put the
+    // elements back in order; an ordered conversion of 8 took 1.2x the time of the saved-x backward.
+    const Vectorized<float> s(slope);
+    const __m256i select = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
+                                             static_cast<int16_t>(0x8000));
+    for (; i + 16 <= count; i += 16) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + i));
+      Vectorized<float> even, odd;
+      widen_bf16_unordered(v, even, odd);
+      const __m256i scaled = narrow_bf16_unordered(even * s, odd * s);
+      uint16_t m;
+      std::memcpy(&m, bits + i / 8, sizeof(m));
+      const __m256i set = _mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16(static_cast<int16_t>(m)), select), select);
+      const __m256i r = _mm256_blendv_epi8(scaled, v, set);
+      auto* dst = reinterpret_cast<__m256i*>(gx + i);
+      stream ? _mm256_stream_si256(dst, r) : _mm256_storeu_si256(dst, r);
+    }
+  } else {
+    const __m256 s = _mm256_set1_ps(slope);
+    const __m128i select = _mm_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128);
+    for (; i + 8 <= count; i += 8) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g + i));
+      const __m128i scaled =
+          _mm256_cvtps_ph(_mm256_mul_ps(_mm256_cvtph_ps(v), s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m128i set = _mm_cmpeq_epi16(_mm_and_si128(_mm_set1_epi16(bits[i / 8]), select), select);
+      const __m128i r = _mm_blendv_epi8(scaled, v, set);
+      auto* dst = reinterpret_cast<__m128i*>(gx + i);
+      stream ? _mm_stream_si128(dst, r) : _mm_storeu_si128(dst, r);
+    }
+  }
+#endif
+  for (; i < count; ++i) {
+    const opmath_t v = static_cast<opmath_t>(g[i]);
+    gx[i] = static_cast<scalar_t>((bits[i / 8] >> (i % 8)) & 1 ? v : v * slope);
+  }
+  if (stream) fa_store_fence();
+}
+
+template <typename Fn>
+void dispatch_dtype(c10::ScalarType dtype, Fn&& fn) {
+  switch (dtype) {
+    case c10::ScalarType::Float: return fn(float{});
+    case c10::ScalarType::Double: return fn(double{});
+    case c10::ScalarType::Half: return fn(c10::Half{});
+    case c10::ScalarType::BFloat16: return fn(c10::BFloat16{});
+    default: return;  // ops.cpp admits only these four
+  }
+}
+
+void forward_with_sign_mask(const ElementwiseProblem& p, uint8_t* mask, int64_t begin, int64_t end) {
+  dispatch_dtype(p.dtype, [&](auto scalar) { forward_with_sign_mask_typed<decltype(scalar)>(p, mask, begin, end); });
+}
+
+void backward_from_sign_mask(const ElementwiseProblem& p, const uint8_t* mask, int64_t begin, int64_t end) {
+  dispatch_dtype(p.dtype, [&](auto scalar) { backward_from_sign_mask_typed<decltype(scalar)>(p, mask, begin, end); });
+}
+
 }  // namespace
 
 // The entry the dispatcher picks at run time.
-const RangeKernels kRangeKernels{&forward_range,       &backward_range,   kLookupForward,
-                                 kLookupBackward,      kLookupBackwardParam, kDerivativePairs};
+const RangeKernels kRangeKernels{&forward_range,         &backward_range,       kLookupForward,
+                                 kLookupBackward,        kLookupBackwardParam,  kDerivativePairs,
+                                 &forward_with_sign_mask, &backward_from_sign_mask};
 
 }  // namespace fastact::cpu::CPU_CAPABILITY
