@@ -329,6 +329,48 @@ Ptr self_pointer(N* node) {
   }
 }
 
+// Which gradients a node's backward returns (toward its first and second edge), as a node of at most two edges.
+using NeedsGrad = std::array<bool, 2>;
+inline NeedsGrad needs_grad_of(const torch::autograd::Node& node) {
+  return {node.task_should_compute_output(0), node.num_outputs() > 1 && node.task_should_compute_output(1)};
+}
+
+// Compiled autograd (torch._dynamo.compiled_autograd): the node lifted into its graph as one call of
+// N::backward_packed(grads, args), as torch's own nodes are lifted (run in the trace instead, a node would be
+// handed placeholders for the gradients that lifted nodes produce). args: the node's needs_grad_of, then what
+// pack(PackedArgs&) adds, of the types schema_tail lists; `saved_values` are swapped for the traced ones
+// meanwhile. Dynamo traces that call in turn: the backward ops have fake kernels. (torch < 2.7 has no
+// interface to lift a node through: the node then runs in the trace.)
+template <typename N, typename PackFn>
+variable_list lift_into_compiled_autograd(N& node, const variable_list& grads,
+                                          torch::dynamo::autograd::SwapSavedVariables& saved,
+                                          const std::vector<torch::autograd::SavedVariable*>& saved_values,
+                                          const std::string& name, const std::vector<at::TypePtr>& schema_tail,
+                                          PackFn&& pack) {
+  for (auto* value : saved_values) saved.before(*value);
+#if FASTACT_LIFTS_NODES
+  using torch::dynamo::autograd::IValuePacker;
+  const auto& compiler = torch::dynamo::autograd::getPyCompilerInterface();
+  static const std::string function_name = [&] {
+    // Bound once per process (the Python namespace it lands in is global), as torch's generated nodes are.
+    std::vector<at::TypePtr> schema{IValuePacker<NeedsGrad>::packed_type()};
+    schema.insert(schema.end(), schema_tail.begin(), schema_tail.end());
+    return compiler->bind_function(saved.get_py_compiler(), name, &N::backward_packed, schema);
+  }();
+  torch::dynamo::autograd::PackedArgs packed;
+  packed.pack(needs_grad_of(node));
+  pack(packed);
+  const auto output_metadata = IValuePacker<std::vector<std::optional<torch::autograd::InputMetadata>>>::pack(
+      torch::dynamo::autograd::get_input_metadata(node.next_edges()));
+  auto result = compiler->call_function(saved.get_py_compiler(), "apply_functional", function_name, grads,
+                                        packed.vec(), output_metadata);
+#else
+  auto result = node.apply(variable_list(grads));
+#endif
+  for (auto* value : saved_values) saved.after(*value);
+  return result;
+}
+
 // The graph node of one call: it saves x and the parameter (with their tangents, so that forward-over-reverse
 // differentiates the backward too), as PyTorch's generated code does for its own ops.
 template <ParamKind K, typename Info>
@@ -338,9 +380,8 @@ struct ActivationNode : torch::autograd::Node {
   torch::autograd::SavedVariable param_tensor;  // K == Tensor
   double param_scalar = 0.0;                    // K == Scalar
 
-  // Which gradients the backward returns (x's, the parameter's), with the saved values: the node's backward is
-  // a function of these alone, so that compiled autograd can put it in its graph as one call.
-  using NeedsGrad = std::array<bool, 2>;
+  // The node's backward as a function of the saved values alone, so that compiled autograd can put it in its
+  // graph as one call (backward_packed).
   static variable_list backward(const variable_list& grads, NeedsGrad needs, const Tensor& x, const CallParam& p) {
     const size_t outputs = K == ParamKind::Tensor ? 2 : 1;
     if (!grads[0].defined()) return variable_list(outputs);
@@ -355,7 +396,7 @@ struct ActivationNode : torch::autograd::Node {
     if (!grads[0].defined()) return variable_list(num_outputs());
     CallParam p{K == ParamKind::Tensor ? param_tensor.unpack() : Tensor(), param_scalar};
     // (x may be saved as the node's own output, by an in-place call: unpacking it then needs the node)
-    return backward(grads, needs_grad(), x.unpack(self_pointer(this)), p);
+    return backward(grads, needs_grad_of(*this), x.unpack(self_pointer(this)), p);
   }
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -364,60 +405,30 @@ struct ActivationNode : torch::autograd::Node {
   }
   std::string name() const override { return std::string("fastact::") + Info::get().name + "_backward"; }
 
-  // Compiled autograd (torch._dynamo.compiled_autograd): the node's inputs; then, when it traces, the node is
-  // lifted into its graph as one call of `backward` on the traced values, as torch's own nodes are. (Run in
-  // the trace instead, the node would be handed placeholders for the gradients that lifted nodes produce.)
-  // Dynamo traces that call in turn: the backward ops have fake kernels.
+  // Compiled autograd: the node's inputs; then, when it traces, the node lifted into its graph.
   void compiled_args(torch::dynamo::autograd::CompiledNodeArgs& args) const override {
     args.collect(x, x_is_output);
     if (K == ParamKind::Tensor) args.collect(param_tensor, /*is_output=*/false);
     args.collect(param_scalar);
   }
-#if FASTACT_LIFTS_NODES
   variable_list apply_with_saved(const variable_list& grads,
                                  torch::dynamo::autograd::SwapSavedVariables& saved) override {
     using torch::dynamo::autograd::IValuePacker;
-    using torch::dynamo::autograd::PackedArgs;
-    saved.before(x);  // now the traced value (saved as a plain input, so unpacked without the node)
-    if (K == ParamKind::Tensor) saved.before(param_tensor);
-    const auto& compiler = torch::dynamo::autograd::getPyCompilerInterface();
-    static const std::string function_name = [&] {
-      // Bound once per process (the Python namespace it lands in is global), as torch's generated nodes are.
-      std::vector<at::TypePtr> schema{IValuePacker<NeedsGrad>::packed_type(), IValuePacker<Tensor>::packed_type()};
-      if (K == ParamKind::Tensor) schema.push_back(IValuePacker<Tensor>::packed_type());
-      schema.push_back(IValuePacker<double>::packed_type());
-      const std::string name = std::string("fastact_") + Info::get().name + "_backward";
-      return compiler->bind_function(saved.get_py_compiler(), name, &backward_packed, schema);
-    }();
-    PackedArgs packed;
-    packed.pack(needs_grad());
-    packed.pack(x.unpack());
-    if (K == ParamKind::Tensor) packed.pack(param_tensor.unpack());
-    packed.pack(param_scalar);
-    const auto output_metadata = IValuePacker<std::vector<std::optional<torch::autograd::InputMetadata>>>::pack(
-        torch::dynamo::autograd::get_input_metadata(next_edges()));
-    auto result = compiler->call_function(saved.get_py_compiler(), "apply_functional", function_name, grads,
-                                          packed.vec(), output_metadata);
-    saved.after(x);
-    if (K == ParamKind::Tensor) saved.after(param_tensor);
-    return result;
+    std::vector<at::TypePtr> schema{IValuePacker<Tensor>::packed_type()};
+    if (K == ParamKind::Tensor) schema.push_back(IValuePacker<Tensor>::packed_type());
+    schema.push_back(IValuePacker<double>::packed_type());
+    std::vector<torch::autograd::SavedVariable*> values{&x};
+    if (K == ParamKind::Tensor) values.push_back(&param_tensor);
+    // (x is now the traced value, saved as a plain input, so unpacked without the node)
+    return lift_into_compiled_autograd(*this, grads, saved, values,
+                                       std::string("fastact_") + Info::get().name + "_backward", schema,
+                                       [&](torch::dynamo::autograd::PackedArgs& packed) {
+                                         packed.pack(x.unpack());
+                                         if (K == ParamKind::Tensor) packed.pack(param_tensor.unpack());
+                                         packed.pack(param_scalar);
+                                       });
   }
-#else  // torch < 2.7 has no interface to lift a node through: the node runs in the trace
-  variable_list apply_with_saved(const variable_list& grads,
-                                 torch::dynamo::autograd::SwapSavedVariables& saved) override {
-    saved.before(x);
-    if (K == ParamKind::Tensor) saved.before(param_tensor);
-    auto result = apply(variable_list(grads));
-    saved.after(x);
-    if (K == ParamKind::Tensor) saved.after(param_tensor);
-    return result;
-  }
-#endif
 
- private:
-  NeedsGrad needs_grad() const {
-    return {task_should_compute_output(0), num_outputs() > 1 && task_should_compute_output(1)};
-  }
   static variable_list backward_packed(const variable_list& grads, const std::vector<c10::IValue>& args) {
     torch::dynamo::autograd::PackedArgs packed(args);
     const auto needs = packed.unpack<NeedsGrad>();
@@ -513,7 +524,6 @@ struct SignMaskNode : torch::autograd::Node {
   torch::autograd::SavedVariable mask;
   double negative_slope = 0.0;
 
-  using NeedsGrad = std::array<bool, 2>;
   static variable_list backward(const variable_list& grads, NeedsGrad needs, const Tensor& mask_saved, double slope,
                                 size_t outputs, const torch::autograd::Edge* x_edge) {
     variable_list out(outputs);
@@ -528,7 +538,7 @@ struct SignMaskNode : torch::autograd::Node {
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
     const auto x_edge = next_edge(num_outputs() - 1);
-    return backward(grads, needs_grad(), mask.unpack(), negative_slope, num_outputs(), &x_edge);
+    return backward(grads, needs_grad_of(*this), mask.unpack(), negative_slope, num_outputs(), &x_edge);
   }
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -538,51 +548,25 @@ struct SignMaskNode : torch::autograd::Node {
     return num_outputs() == 1 ? "fastact::leaky_relu_backward" : "fastact::leaky_relu_backward_backward";
   }
 
-  // Compiled autograd: lifted into its graph as one call of `backward`, as ActivationNode is.
+  // Compiled autograd: lifted into its graph as ActivationNode is.
   void compiled_args(torch::dynamo::autograd::CompiledNodeArgs& args) const override {
     args.collect(mask, /*is_output=*/false);
     args.collect(negative_slope);
     args.collect(num_outputs() > 1);
   }
-#if FASTACT_LIFTS_NODES
   variable_list apply_with_saved(const variable_list& grads,
                                  torch::dynamo::autograd::SwapSavedVariables& saved) override {
     using torch::dynamo::autograd::IValuePacker;
-    using torch::dynamo::autograd::PackedArgs;
-    saved.before(mask);
-    const auto& compiler = torch::dynamo::autograd::getPyCompilerInterface();
-    static const std::string function_name = [&] {
-      std::vector<at::TypePtr> schema{IValuePacker<NeedsGrad>::packed_type(), IValuePacker<Tensor>::packed_type(),
-                                      IValuePacker<double>::packed_type(), IValuePacker<bool>::packed_type()};
-      return compiler->bind_function(saved.get_py_compiler(), "fastact_leaky_relu_mask_backward", &backward_packed,
-                                     schema);
-    }();
-    PackedArgs packed;
-    packed.pack(needs_grad());
-    packed.pack(mask.unpack());
-    packed.pack(negative_slope);
-    packed.pack(num_outputs() > 1);
-    const auto output_metadata = IValuePacker<std::vector<std::optional<torch::autograd::InputMetadata>>>::pack(
-        torch::dynamo::autograd::get_input_metadata(next_edges()));
-    auto result = compiler->call_function(saved.get_py_compiler(), "apply_functional", function_name, grads,
-                                          packed.vec(), output_metadata);
-    saved.after(mask);
-    return result;
+    return lift_into_compiled_autograd(
+        *this, grads, saved, {&mask}, "fastact_leaky_relu_mask_backward",
+        {IValuePacker<Tensor>::packed_type(), IValuePacker<double>::packed_type(), IValuePacker<bool>::packed_type()},
+        [&](torch::dynamo::autograd::PackedArgs& packed) {
+          packed.pack(mask.unpack());
+          packed.pack(negative_slope);
+          packed.pack(num_outputs() > 1);
+        });
   }
-#else
-  variable_list apply_with_saved(const variable_list& grads,
-                                 torch::dynamo::autograd::SwapSavedVariables& saved) override {
-    saved.before(mask);
-    auto result = apply(variable_list(grads));
-    saved.after(mask);
-    return result;
-  }
-#endif
 
- private:
-  NeedsGrad needs_grad() const {
-    return {task_should_compute_output(0), num_outputs() > 1 && task_should_compute_output(1)};
-  }
   static variable_list backward_packed(const variable_list& grads, const std::vector<c10::IValue>& args) {
     torch::dynamo::autograd::PackedArgs packed(args);
     const auto needs = packed.unpack<NeedsGrad>();

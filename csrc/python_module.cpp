@@ -11,6 +11,7 @@
 
 #include <cctype>
 #include <string>
+#include <typeinfo>
 
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <c10/core/DispatchKeySet.h>
@@ -182,6 +183,19 @@ PyMethodDef methods[] = {
 // on; graph printers (torchviz) label nodes with this name. Like torch's, each has its saved values as properties:
 // _saved_x (the input, or the output that an in-place call saved instead) and _saved_<parameter>, and
 // _raw_saved_x, the SavedTensor whose register_hooks sets saved-tensor hooks on that one value.
+// Makes `type` the Python type of the C++ node type `node` (y.grad_fn's type), named `name` in the module.
+bool add_node_type(PyObject* module, PyTypeObject& type, const char* name, PyGetSetDef* properties,
+                   const std::type_info& node) {
+  torch::autograd::_initFunctionPyTypeObject(type, name, properties, nullptr);
+  Py_INCREF(&type);
+  if (PyModule_AddObject(module, name, reinterpret_cast<PyObject*>(&type)) < 0) {
+    Py_DECREF(&type);
+    return false;
+  }
+  torch::autograd::registerCppFunction(node, &type);
+  return true;
+}
+
 template <ParamKind K, typename Info>
 struct NodeType {
   using Node = autograd::ActivationNode<K, Info>;
@@ -237,14 +251,7 @@ struct NodeType {
         {nullptr, nullptr, nullptr, nullptr, nullptr},  // (the end, or already the end without a parameter)
     };
     static PyTypeObject type{};
-    torch::autograd::_initFunctionPyTypeObject(type, name.c_str(), properties, nullptr);
-    Py_INCREF(&type);
-    if (PyModule_AddObject(module, name.c_str(), reinterpret_cast<PyObject*>(&type)) < 0) {
-      Py_DECREF(&type);
-      return false;
-    }
-    torch::autograd::registerCppFunction(typeid(Node), &type);
-    return true;
+    return add_node_type(module, type, name.c_str(), properties, typeid(Node));
   }
 };
 
@@ -281,14 +288,7 @@ struct SignMaskNodeType {
         {nullptr, nullptr, nullptr, nullptr, nullptr},
     };
     static PyTypeObject type{};
-    torch::autograd::_initFunctionPyTypeObject(type, name, properties, nullptr);
-    Py_INCREF(&type);
-    if (PyModule_AddObject(module, name, reinterpret_cast<PyObject*>(&type)) < 0) {
-      Py_DECREF(&type);
-      return false;
-    }
-    torch::autograd::registerCppFunction(typeid(Node), &type);
-    return true;
+    return add_node_type(module, type, name, properties, typeid(Node));
   }
 };
 
