@@ -287,3 +287,19 @@ def test_the_switch_takes_only_booleans():
     with pytest.raises(TypeError, match="enabled must be True or False"):
         fastact.set_leaky_relu_saves_mask(1)
     assert fastact.leaky_relu_saves_mask() is True
+
+
+def test_x_may_be_written_after_the_forward():
+    """The node keeps x's signs, not x: writing x in place after the forward leaves the gradient as it was (torch's
+    leaky_relu, which saves x, refuses the backward then)."""
+    a = torch.randn(50, requires_grad=True)
+    x = a * 1.0
+    y = fastact.leaky_relu(x, 0.3)
+    x.mul_(-1.0)
+    y.sum().backward()
+    assert torch.equal(a.grad, torch.where(a > 0, torch.ones_like(a), torch.full_like(a, 0.3)))
+    x = a * 1.0
+    y = TF.leaky_relu(x, 0.3)
+    x.mul_(-1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
