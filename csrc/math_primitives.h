@@ -309,8 +309,10 @@ FASTACT_HOST_DEVICE bool fa_any(const MaskPack<S, N>& mask) {
   fa_static_for<N>([&](auto i) FASTACT_HOST_DEVICE_LAMBDA { bits |= mask.m[i]; });
   return bits != 0;
 }
-#elif defined(FASTACT_GENERIC_VECTORIZED)
-// Comparisons give masks (-1 in a true lane), as Vectorized's do; ordered: false where either side is NaN.
+#else
+// Comparisons give masks (all bits set in a true lane), as Vectorized's do; ordered: false where either side
+// is NaN.
+#if defined(FASTACT_GENERIC_VECTORIZED)
 #define FASTACT_PACK_COMPARISON(op)                                                                   \
   template <typename S, int N>                                                                        \
   FASTACT_HOST_DEVICE VecPack<S, N> operator op(const VecPack<S, N>& a, const VecPack<S, N>& b) {     \
@@ -318,13 +320,18 @@ FASTACT_HOST_DEVICE bool fa_any(const MaskPack<S, N>& mask) {
       return fa_lanes<S>([](auto x, auto y) FASTACT_HOST_DEVICE_LAMBDA { return x op y; }, a.v[i], b.v[i]); \
     });                                                                                               \
   }
+#else
+#define FASTACT_PACK_COMPARISON(op) FASTACT_PACK_BINARY_OP(op)
+#endif
 FASTACT_PACK_COMPARISON(<)
 FASTACT_PACK_COMPARISON(<=)
 FASTACT_PACK_COMPARISON(>)
 FASTACT_PACK_COMPARISON(>=)
 FASTACT_PACK_COMPARISON(==)
 #undef FASTACT_PACK_COMPARISON
+#undef FASTACT_PACK_BINARY_OP
 
+#if defined(FASTACT_GENERIC_VECTORIZED)
 template <typename S, int N>
 FASTACT_HOST_DEVICE VecPack<S, N> fa_select(const VecPack<S, N>& mask, const VecPack<S, N>& a,
                                             const VecPack<S, N>& b) {
@@ -347,14 +354,6 @@ FASTACT_HOST_DEVICE bool fa_any(const VecPack<S, N>& mask) {
   return (any[0] | any[1]) != 0;
 }
 #else
-// Comparisons give masks (all bits set in a true lane), as Vectorized's do.
-FASTACT_PACK_BINARY_OP(<)
-FASTACT_PACK_BINARY_OP(<=)
-FASTACT_PACK_BINARY_OP(>)
-FASTACT_PACK_BINARY_OP(>=)
-FASTACT_PACK_BINARY_OP(==)
-#undef FASTACT_PACK_BINARY_OP
-
 template <typename S, int N>
 FASTACT_HOST_DEVICE VecPack<S, N> fa_select(const VecPack<S, N>& mask, const VecPack<S, N>& a,
                                             const VecPack<S, N>& b) {
@@ -376,7 +375,8 @@ FASTACT_HOST_DEVICE bool fa_any(const VecPack<S, N>& mask) {
 #endif
   return any.zero_mask() != (1 << at::vec::Vectorized<S>::size()) - 1;
 }
-#endif
+#endif  // FASTACT_GENERIC_VECTORIZED
+#endif  // CPU_CAPABILITY_AVX512
 template <typename S, int N>
 FASTACT_HOST_DEVICE VecPack<S, N> fa_select_negative(const VecPack<S, N>& v, const VecPack<S, N>& if_negative,
                                                      const VecPack<S, N>& otherwise) {
