@@ -40,6 +40,7 @@
 #include <torch/csrc/dynamo/compiled_autograd.h>
 #include <torch/version.h>
 
+#include "fork_safe.h"
 #include "ops.h"
 
 // Compiled autograd's interface for lifting a node into its graph (PyCompilerInterface::bind_function with a
@@ -50,12 +51,6 @@ namespace fastact::autograd {
 
 using at::Tensor;
 using torch::autograd::variable_list;
-
-// The dispatcher's handle of "fastact::<name>" (overload ""), looked up once.
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const std::string& name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(("fastact::" + name).c_str(), "").typed<Signature>();
-}
 
 // True when a graph must be recorded (grad mode on and an input requires grad); otherwise the kernel below
 // autograd is called directly, skipping the node.
@@ -221,12 +216,13 @@ struct OpCalls;
 template <typename Info>
 struct OpCalls<ParamKind::None, Info> {
   static Tensor forward(const Tensor& x, const CallParam&) {
-    static const auto op = find_op<Tensor(const Tensor&)>(Info::get().name);
+    static OpSlot<Tensor(const Tensor&)> op_slot;
+    const auto& op = op_slot.get(Info::get().name);
     return op.call(x);
   }
   static std::tuple<Tensor, Tensor> backward(const Tensor& grad, const Tensor& x, const CallParam&) {
-    static const auto op =
-        find_op<Tensor(const Tensor&, const Tensor&)>(std::string(Info::get().name) + "_backward");
+    static OpSlot<Tensor(const Tensor&, const Tensor&)> op_slot;
+    const auto& op = op_slot.get(Info::get().name, "_backward");
     return {op.call(grad, x), Tensor()};
   }
 };
@@ -234,12 +230,13 @@ struct OpCalls<ParamKind::None, Info> {
 template <typename Info>
 struct OpCalls<ParamKind::Scalar, Info> {
   static Tensor forward(const Tensor& x, const CallParam& p) {
-    static const auto op = find_op<Tensor(const Tensor&, double)>(Info::get().name);
+    static OpSlot<Tensor(const Tensor&, double)> op_slot;
+    const auto& op = op_slot.get(Info::get().name);
     return op.call(x, p.scalar);
   }
   static std::tuple<Tensor, Tensor> backward(const Tensor& grad, const Tensor& x, const CallParam& p) {
-    static const auto op =
-        find_op<Tensor(const Tensor&, const Tensor&, double)>(std::string(Info::get().name) + "_backward");
+    static OpSlot<Tensor(const Tensor&, const Tensor&, double)> op_slot;
+    const auto& op = op_slot.get(Info::get().name, "_backward");
     return {op.call(grad, x, p.scalar), Tensor()};
   }
 };
@@ -247,12 +244,13 @@ struct OpCalls<ParamKind::Scalar, Info> {
 template <typename Info>
 struct OpCalls<ParamKind::Tensor, Info> {
   static Tensor forward(const Tensor& x, const CallParam& p) {
-    static const auto op = find_op<Tensor(const Tensor&, const Tensor&)>(Info::get().name);
+    static OpSlot<Tensor(const Tensor&, const Tensor&)> op_slot;
+    const auto& op = op_slot.get(Info::get().name);
     return op.call(x, p.tensor);
   }
   static std::tuple<Tensor, Tensor> backward(const Tensor& grad, const Tensor& x, const CallParam& p) {
-    static const auto op = find_op<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&)>(
-        std::string(Info::get().name) + "_backward");
+    static OpSlot<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&)> op_slot;
+    const auto& op = op_slot.get(Info::get().name, "_backward");
     return op.call(grad, x, p.tensor);
   }
 };
@@ -508,7 +506,8 @@ inline Tensor mask_backward(const Tensor& grad, const Tensor& mask, double slope
   if (at::GradMode::is_enabled() && (grad.requires_grad() || x_needs)) {
     grad_input = record_mask_backward(g.primal, mask, slope, x_edge);
   } else {
-    static const auto op = find_op<Tensor(const Tensor&, const Tensor&, double)>("leaky_relu_mask_backward");
+    static OpSlot<Tensor(const Tensor&, const Tensor&, double)> op_slot;
+    const auto& op = op_slot.get("leaky_relu_mask_backward");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     grad_input = op.call(g.primal, mask, slope);
   }
@@ -588,7 +587,8 @@ inline Tensor record_mask_backward(const Tensor& grad, const Tensor& mask, doubl
   node->negative_slope = slope;
   Tensor grad_input;
   {
-    static const auto op = find_op<Tensor(const Tensor&, const Tensor&, double)>("leaky_relu_mask_backward");
+    static OpSlot<Tensor(const Tensor&, const Tensor&, double)> op_slot;
+    const auto& op = op_slot.get("leaky_relu_mask_backward");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     grad_input = op.call(grad, mask, slope);
   }
@@ -708,11 +708,6 @@ struct OutInplaceOrViewLayer {
   }
 };
 
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_out_op(const std::string& name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(("fastact::" + name).c_str(), "out").typed<Signature>();
-}
-
 // The written tensor's name in error messages: x itself for an in-place call (which passes out=x).
 inline const char* out_name(const Tensor& out, const Tensor& x) { return out.is_same(x) ? "x (written in place)" : "out"; }
 
@@ -722,7 +717,8 @@ struct OutKernels;
 template <typename Info, typename Layer>
 struct OutKernels<ParamKind::None, Info, Layer> {
   static Tensor& forward(const Tensor& x, Tensor& out) {
-    static const auto op = find_out_op<Tensor&(const Tensor&, Tensor&)>(Info::get().name);
+    static OpSlot<Tensor&(const Tensor&, Tensor&)> op_slot;
+    const auto& op = op_slot.get(Info::get().name, "", "out");
     Layer::before(Info::get().name, {{"x", &x}}, {{out_name(out, x), &out}});
     {
       typename Layer::Below below;
@@ -732,8 +728,8 @@ struct OutKernels<ParamKind::None, Info, Layer> {
     return out;
   }
   static Tensor& backward(const Tensor& grad, const Tensor& x, Tensor& grad_input) {
-    static const auto op =
-        find_out_op<Tensor&(const Tensor&, const Tensor&, Tensor&)>(std::string(Info::get().name) + "_backward");
+    static OpSlot<Tensor&(const Tensor&, const Tensor&, Tensor&)> op_slot;
+    const auto& op = op_slot.get(Info::get().name, "_backward", "out");
     Layer::before(Info::get().name, {{"grad", &grad}, {"x", &x}}, {{"grad_input", &grad_input}});
     {
       typename Layer::Below below;
@@ -747,7 +743,8 @@ struct OutKernels<ParamKind::None, Info, Layer> {
 template <typename Info, typename Layer>
 struct OutKernels<ParamKind::Scalar, Info, Layer> {
   static Tensor& forward(const Tensor& x, double param, Tensor& out) {
-    static const auto op = find_out_op<Tensor&(const Tensor&, double, Tensor&)>(Info::get().name);
+    static OpSlot<Tensor&(const Tensor&, double, Tensor&)> op_slot;
+    const auto& op = op_slot.get(Info::get().name, "", "out");
     Layer::before(Info::get().name, {{"x", &x}}, {{out_name(out, x), &out}});
     {
       typename Layer::Below below;
@@ -757,8 +754,8 @@ struct OutKernels<ParamKind::Scalar, Info, Layer> {
     return out;
   }
   static Tensor& backward(const Tensor& grad, const Tensor& x, double param, Tensor& grad_input) {
-    static const auto op = find_out_op<Tensor&(const Tensor&, const Tensor&, double, Tensor&)>(
-        std::string(Info::get().name) + "_backward");
+    static OpSlot<Tensor&(const Tensor&, const Tensor&, double, Tensor&)> op_slot;
+    const auto& op = op_slot.get(Info::get().name, "_backward", "out");
     Layer::before(Info::get().name, {{"grad", &grad}, {"x", &x}}, {{"grad_input", &grad_input}});
     {
       typename Layer::Below below;
@@ -772,7 +769,8 @@ struct OutKernels<ParamKind::Scalar, Info, Layer> {
 template <typename Info, typename Layer>
 struct OutKernels<ParamKind::Tensor, Info, Layer> {
   static Tensor& forward(const Tensor& x, const Tensor& param, Tensor& out) {
-    static const auto op = find_out_op<Tensor&(const Tensor&, const Tensor&, Tensor&)>(Info::get().name);
+    static OpSlot<Tensor&(const Tensor&, const Tensor&, Tensor&)> op_slot;
+    const auto& op = op_slot.get(Info::get().name, "", "out");
     Layer::before(Info::get().name, {{"x", &x}, {Info::get().param_name, &param}}, {{out_name(out, x), &out}});
     {
       typename Layer::Below below;
@@ -783,10 +781,10 @@ struct OutKernels<ParamKind::Tensor, Info, Layer> {
   }
   static std::tuple<Tensor&, Tensor&> backward(const Tensor& grad, const Tensor& x, const Tensor& param,
                                                Tensor& grad_input, Tensor& grad_param) {
-    static const auto op =
-        find_out_op<std::tuple<Tensor&, Tensor&>(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&)>(
-            std::string(Info::get().name) + "_backward");
-    static const std::string grad_param_name = std::string("grad_") + Info::get().param_name;  // as in the schema
+    static OpSlot<std::tuple<Tensor&, Tensor&>(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&)>
+        op_slot;
+    const auto& op = op_slot.get(Info::get().name, "_backward", "out");
+    const std::string grad_param_name = std::string("grad_") + Info::get().param_name;  // as in the schema
     Layer::before(Info::get().name, {{"grad", &grad}, {"x", &x}, {Info::get().param_name, &param}},
                   {{"grad_input", &grad_input}, {grad_param_name.c_str(), &grad_param}});
     {

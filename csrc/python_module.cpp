@@ -111,8 +111,8 @@ struct EagerCall<ParamKind::Tensor> {
 
 #define FASTACT_EAGER_ENTRY(name, Id, Kind, param)                                                      \
   PyObject* eager_##name(PyObject*, PyObject* const* args, Py_ssize_t nargs) {                          \
-    static const auto op = autograd::find_op<EagerCall<ParamKind::Kind>::Signature>(#name);              \
-    return EagerCall<ParamKind::Kind>::call(op, args, nargs);                                          \
+    static OpSlot<EagerCall<ParamKind::Kind>::Signature> op; /* fork_safe.h */                           \
+    return EagerCall<ParamKind::Kind>::call(op.get(#name), args, nargs);                               \
   }
 FASTACT_FOR_EACH_ACTIVATION(FASTACT_EAGER_ENTRY)
 #undef FASTACT_EAGER_ENTRY

@@ -9,6 +9,7 @@
 #include <string>
 
 #include <ATen/autocast_mode.h>
+#include <ATen/core/stack.h>
 #include <torch/library.h>
 
 #include "autograd.h"
@@ -115,10 +116,72 @@ struct Kernels<ParamKind::Tensor, Info> {
 template <c10::DeviceType D>
 Tensor prelu_autocast(const Tensor& x, const Tensor& weight) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(at::autocast::get_autocast_dispatch_key_from_device_type(D));
-  static const auto prelu = autograd::find_op<Tensor(const Tensor&, const Tensor&)>("prelu");
+  static OpSlot<Tensor(const Tensor&, const Tensor&)> prelu_slot;  // fork_safe.h
+  const auto& prelu = prelu_slot.get("prelu");
   const auto dtype = at::autocast::get_autocast_dtype(D);
   return prelu.call(at::autocast::cached_cast(dtype, x, D),
                     weight.scalar_type() == at::kFloat ? weight : at::autocast::cached_cast(dtype, weight, D));
+}
+
+// Inputs with no kernel here (sparse, quantized and MKL-DNN tensors; devices other than CPU and CUDA; CUDA in a
+// build without its kernels) reach this instead of the dispatcher's "Could not run 'fastact::swish' with arguments
+// from the 'SparseCPU' backend": the error names the op, the argument and what is expected. It never runs a kernel.
+std::string describe_layout(const Tensor& t) {
+  if (t.is_quantized()) return std::string("a quantized tensor (") + c10::toString(t.scalar_type()) + ")";
+  switch (t.layout()) {
+    case at::kSparse: return "layout torch.sparse_coo";
+    case at::kSparseCsr: return "layout torch.sparse_csr";
+    case at::kSparseCsc: return "layout torch.sparse_csc";
+    case at::kSparseBsr: return "layout torch.sparse_bsr";
+    case at::kSparseBsc: return "layout torch.sparse_bsc";
+    case at::kMkldnn: return "an MKL-DNN tensor (layout torch._mkldnn)";
+    default: return "layout " + c10::str(t.layout());
+  }
+}
+
+// "fastact.<activation>", as the kernels' own errors name the op and its backward.
+std::string error_name(const c10::FunctionSchema& schema) {
+  const std::string op = schema.name().substr(schema.name().find("::") + 2);
+#define FASTACT_BACKWARD_NAME(name, Id, Kind, param) \
+  if (op == #name "_backward") return "fastact." #name;
+  FASTACT_FOR_EACH_ACTIVATION(FASTACT_BACKWARD_NAME)
+#undef FASTACT_BACKWARD_NAME
+  return "fastact." + op;
+}
+
+void reject_unsupported_input(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const auto& schema = op.schema();
+  const std::string name = error_name(schema);
+  const auto& args = schema.arguments();
+  const auto inputs = torch::jit::last(*stack, args.size());
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (!inputs[i].isTensor() || !inputs[i].toTensor().defined()) continue;
+    const Tensor& t = inputs[i].toTensor();
+    const std::string& arg = args[i].name();
+    TORCH_CHECK_NOT_IMPLEMENTED(t.layout() == at::kStrided && !t.is_quantized(), name, ": ", arg,
+                                " must be a dense (strided) floating-point tensor, got ", describe_layout(t));
+#if defined(FASTACT_WITH_CUDA)
+    TORCH_CHECK_NOT_IMPLEMENTED(t.is_cpu() || t.is_cuda(), name, ": ", arg,
+                                " must be on a CPU or CUDA device (fastact has kernels for those), got ", t.device());
+#else
+    TORCH_CHECK_NOT_IMPLEMENTED(!t.is_cuda(), name, ": ", arg, " is on ", t.device(),
+                                ", and this build of fastact has no CUDA kernels; rebuild it with "
+                                "FASTACT_BUILD=cuda (README, \"Two commands\")");
+    TORCH_CHECK_NOT_IMPLEMENTED(t.is_cpu(), name, ": ", arg, " must be on a CPU device, got ", t.device());
+#endif
+  }
+  TORCH_CHECK_NOT_IMPLEMENTED(false, name, ": no kernel for these inputs (", op.operator_name(), ")");
+}
+
+void register_rejections(torch::Library& m) {
+  const auto reject = [&m](const std::string& op) {
+    m.impl(op.c_str(), torch::CppFunction::makeFromBoxedFunction<&reject_unsupported_input>());
+  };
+#define FASTACT_REJECT(name, Id, Kind, param) \
+  for (const char* suffix : {"", ".out", "_backward", "_backward.out"}) reject(std::string(#name) + suffix);
+  FASTACT_FOR_EACH_ACTIVATION(FASTACT_REJECT)
+#undef FASTACT_REJECT
+  reject("leaky_relu_mask_backward");
 }
 
 }  // namespace
@@ -171,6 +234,17 @@ TORCH_LIBRARY_IMPL(fastact, AutocastCUDA, m) { m.impl("prelu", TORCH_FN(prelu_au
 
 #if defined(FASTACT_WITH_CUDA)
 TORCH_LIBRARY_IMPL(fastact, CUDA, m) { FASTACT_FOR_EACH_ACTIVATION(FASTACT_IMPL) }
+#else
+TORCH_LIBRARY_IMPL(fastact, CUDA, m) { register_rejections(m); }
 #endif
+TORCH_LIBRARY_IMPL(fastact, SparseCPU, m) { register_rejections(m); }
+TORCH_LIBRARY_IMPL(fastact, SparseCUDA, m) { register_rejections(m); }
+TORCH_LIBRARY_IMPL(fastact, SparseCsrCPU, m) { register_rejections(m); }
+TORCH_LIBRARY_IMPL(fastact, SparseCsrCUDA, m) { register_rejections(m); }
+TORCH_LIBRARY_IMPL(fastact, QuantizedCPU, m) { register_rejections(m); }
+TORCH_LIBRARY_IMPL(fastact, QuantizedCUDA, m) { register_rejections(m); }
+TORCH_LIBRARY_IMPL(fastact, MkldnnCPU, m) { register_rejections(m); }
+TORCH_LIBRARY_IMPL(fastact, MPS, m) { register_rejections(m); }
+TORCH_LIBRARY_IMPL(fastact, XPU, m) { register_rejections(m); }
 
 }  // namespace fastact

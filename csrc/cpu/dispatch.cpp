@@ -33,6 +33,7 @@
 #include <c10/util/Half.h>
 
 #include "../activations.h"
+#include "../fork_safe.h"
 #include "capability.h"
 
 namespace fastact::cpu {
@@ -124,7 +125,8 @@ int64_t last_level_cache_bytes() {
 // shared L3. On a 2-vCPU VM whose L3 reads 105 MiB, streaming took 1.05-1.19x less time than plain stores
 // from 32 MiB touched (bfloat16 2^23 forward and backward), and was level at 16-24 MiB.
 std::atomic<int64_t>& stream_threshold() {
-  static std::atomic<int64_t> bytes{last_level_cache_bytes() / 4};
+  static std::atomic<int64_t> bytes{-1};  // measured on first use (not in a guarded initializer: fork_safe.h)
+  load_or_compute(bytes, int64_t{-1}, [] { return last_level_cache_bytes() / 4; });
   return bytes;
 }
 
@@ -157,10 +159,13 @@ bool params_at_most_one(const ElementwiseProblem& p) {
   return all_at_most_one(static_cast<const float*>(p.param));
 }
 
-const Capability*& active() {
-  static const Capability* capability = detect();
+std::atomic<const Capability*>& capability_slot() {
+  static std::atomic<const Capability*> capability{nullptr};  // detected on first use (fork_safe.h)
+  load_or_compute(capability, static_cast<const Capability*>(nullptr), detect);
   return capability;
 }
+
+const Capability* active() { return capability_slot().load(std::memory_order_acquire); }
 
 // Lookup tables. A 16-bit x has 65536 values, so for the activations whose math is long (an exp and a
 // division: swish, mish) a call can read f, the float derivative f', or the pair (df/dx, df/dparam) from a
@@ -232,7 +237,8 @@ std::atomic<int64_t>& lookup_min_numel() {
 // cost as much as the math. (With these and the lockstep exp tail, math_primitives.h, a backward table's
 // build took 88-104 us against 155-164 before, and a forward table's 76-94 us against 133, in A/B.)
 struct TableScratch {
-  std::vector<float> widened[2];  // every bfloat16 (0) or float16 (1) value in float
+  std::vector<uint16_t> every_value;  // the 65536 bit patterns, in order
+  std::vector<float> widened[2];      // every bfloat16 (0) or float16 (1) value in float
   std::vector<float> ones;
 };
 
@@ -244,17 +250,16 @@ struct TableCache {
 // A fork() taken while another thread holds the mutex (building a table, say) would leave the child a locked
 // mutex that no thread of it will ever unlock: its first table lookup would hang (a DataLoader worker forked by
 // a process that trains in another thread). The fork handlers hold it across fork(), so the child gets it
-// unlocked and the cache whole.
-TableCache& table_cache() {
-  static TableCache cache;
+// unlocked and the cache whole. The cache and its handlers are made when the library loads, not on first use
+// (whose static guard a fork could leave closed in the child, fork_safe.h).
+TableCache table_cache_at_load;
 #if !defined(_WIN32)
-  [[maybe_unused]] static const bool fork_handlers = [] {
-    pthread_atfork([] { cache.mutex.lock(); }, [] { cache.mutex.unlock(); }, [] { cache.mutex.unlock(); });
-    return true;
-  }();
+[[maybe_unused]] const int table_cache_fork_handlers = pthread_atfork(
+    [] { table_cache_at_load.mutex.lock(); }, [] { table_cache_at_load.mutex.unlock(); },
+    [] { table_cache_at_load.mutex.unlock(); });
 #endif
-  return cache;
-}
+
+TableCache& table_cache() { return table_cache_at_load; }
 
 // NaN in the entries of the values x where a derivative the table holds (df/dx, and df/dparam with param_grad)
 // takes its exp tail: there grad times the derivative at grad = 1 is not the computed kernel's result
@@ -280,11 +285,11 @@ void mark_exp_tails(ActivationId activation, float param, const float* x, float*
 // cache's mutex held (for its scratch).
 std::shared_ptr<Table> build_table(const ElementwiseProblem& p, const RangeKernels& k, float param, bool backward,
                                    TableScratch& scratch) {
-  static const std::vector<uint16_t> every_value = [] {
-    std::vector<uint16_t> v(kTableSize);
-    std::iota(v.begin(), v.end(), uint16_t(0));
-    return v;
-  }();
+  std::vector<uint16_t>& every_value = scratch.every_value;
+  if (every_value.empty()) {
+    every_value.resize(kTableSize);
+    std::iota(every_value.begin(), every_value.end(), uint16_t(0));
+  }
   auto table = std::make_shared<Table>();
   ElementwiseProblem build = p;
   build.numel = build.inner = kTableSize;
@@ -426,9 +431,7 @@ std::string set_capability(const std::string& name) {
   TORCH_CHECK(wanted != nullptr, "fastact.set_cpu_capability: capability must be one of ", known, ", got '",
               name, "'");
   TORCH_CHECK(wanted->supported(), "fastact.set_cpu_capability: this CPU does not support '", name, "'");
-  const std::string previous = active()->name;
-  active() = wanted;
-  return previous;
+  return capability_slot().exchange(wanted)->name;
 }
 
 std::vector<std::string> supported_capabilities() {

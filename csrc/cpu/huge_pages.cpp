@@ -23,6 +23,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "../fork_safe.h"
 #include "../ops.h"
 
 namespace fastact::cpu {
@@ -45,8 +46,9 @@ std::size_t detect_huge_page_size() {
 }
 
 std::size_t huge_page_size() {
-  static const std::size_t size = detect_huge_page_size();
-  return size;
+  constexpr std::size_t kUnknown = ~std::size_t(0);
+  static std::atomic<std::size_t> size{kUnknown};  // read on first use (not in a guarded initializer: fork_safe.h)
+  return load_or_compute(size, kUnknown, detect_huge_page_size);
 }
 
 bool env_enabled() {
@@ -65,18 +67,19 @@ bool env_enabled() {
   return huge_page_size() != 0;
 }
 
-std::atomic<bool>& enabled_flag() {
-  static std::atomic<bool> flag{env_enabled()};
+std::atomic<int>& enabled_flag() {  // 1 on, 0 off
+  static std::atomic<int> flag{-1};  // from the environment on first use (fork_safe.h)
+  load_or_compute(flag, -1, [] { return env_enabled() ? 1 : 0; });
   return flag;
 }
 
 }  // namespace
 
-bool huge_pages_enabled() { return enabled_flag().load(std::memory_order_relaxed); }
+bool huge_pages_enabled() { return enabled_flag().load(std::memory_order_relaxed) == 1; }
 
 bool set_huge_pages(bool enabled) {
   // Asking for huge pages where the system does not hand them out is a no-op, not an error.
-  return enabled_flag().exchange(enabled && huge_page_size() != 0);
+  return enabled_flag().exchange(enabled && huge_page_size() != 0 ? 1 : 0) == 1;
 }
 
 void advise_huge_pages(void* data, std::size_t nbytes) {
