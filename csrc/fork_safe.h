@@ -37,7 +37,8 @@ class OpSlot {
   const Handle& get(const char* name, const char* suffix = "", const char* overload = "") {
     return *load_or_compute(handle_, static_cast<const Handle*>(nullptr), [&]() -> const Handle* {
       const std::string full = std::string("fastact::") + name + suffix;
-      return new Handle(c10::Dispatcher::singleton().findSchemaOrThrow(full.c_str(), overload).template typed<Signature>());
+      const auto handle = c10::Dispatcher::singleton().findSchemaOrThrow(full.c_str(), overload);
+      return new Handle(handle.template typed<Signature>());
     });
   }
 

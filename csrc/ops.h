@@ -58,6 +58,8 @@ struct ElementwiseProblem {
   bool params_nonzero;
   // CPU: every parameter value is at most 1 (none is NaN), set by cpu::forward (LeakyOp::UnitParam).
   bool params_at_most_one;
+  // CPU, AVX-512 lookup tables: read with gathers, or with scalar loads where gathers are slow (cpu/kernels.h).
+  bool table_gathers = true;
 };
 
 // Whether a scalar parameter (param == nullptr) is nonzero as the kernels see it, in the compute type: a double
@@ -128,6 +130,10 @@ int64_t set_streaming_threshold(int64_t nbytes);  // returns the previous one
 int64_t lookup_threshold();
 int64_t set_lookup_threshold(int64_t numel);  // returns the previous one
 int64_t lookup_tables_cached();
+// Whether the AVX-512 builds read the tables with gathers (else scalar loads): timed both ways on first use
+// (cpu/kernels.h); the bits are the same. The setter, for the tests, returns the previous setting.
+bool table_gathers();
+bool set_table_gathers(bool enabled);
 // LeakyReLU (p.param_scalar the slope) on a contiguous x that also writes x's sign mask, (numel + 7) / 8 bytes:
 // bit i % 8 of mask[i / 8] is x[i] > 0. And its backward from that mask (p.x unused).
 void forward_with_sign_mask(const ElementwiseProblem& p, uint8_t* mask);

@@ -203,6 +203,8 @@ TORCH_LIBRARY(fastact, m) {
   m.def("cpu_lookup_threshold() -> int", [] { return cpu::lookup_threshold(); });
   m.def("set_cpu_lookup_threshold(int numel) -> int", [](int64_t numel) { return cpu::set_lookup_threshold(numel); });
   m.def("cpu_lookup_tables_cached() -> int", [] { return cpu::lookup_tables_cached(); });
+  m.def("cpu_table_gathers() -> bool", [] { return cpu::table_gathers(); });
+  m.def("set_cpu_table_gathers(bool enabled) -> bool", [](bool enabled) { return cpu::set_table_gathers(enabled); });
   // LeakyReLU's backward from the sign mask it saves instead of x (autograd.h, SignMaskNode), and the switch.
   m.def("leaky_relu_mask_backward(Tensor grad, Tensor mask, float negative_slope) -> Tensor");
   m.def("leaky_relu_saves_mask() -> bool", [] { return autograd::sign_mask_enabled().load(); });

@@ -30,7 +30,8 @@ from . import reference as ref
 
 __all__ = ["cpu_capability", "set_cpu_capability", "supported_cpu_capabilities", "cpu_huge_pages",
            "set_cpu_huge_pages", "cpu_streaming_threshold", "set_cpu_streaming_threshold",
-           "cpu_lookup_threshold", "set_cpu_lookup_threshold", "cpu_lookup_tables_cached", "has_cuda_kernels",
+           "cpu_lookup_threshold", "set_cpu_lookup_threshold", "cpu_lookup_tables_cached", "cpu_table_gathers",
+           "set_cpu_table_gathers", "has_cuda_kernels",
            "leaky_relu_saves_mask", "set_leaky_relu_saves_mask"]
 
 _lib = torch.ops.fastact
@@ -116,6 +117,22 @@ def set_cpu_lookup_threshold(numel: int) -> int:
 def cpu_lookup_tables_cached() -> int:
     """How many lookup tables are kept (the last 8 (op, dtype, parameter, direction) used)."""
     return int(_lib.cpu_lookup_tables_cached())
+
+
+def cpu_table_gathers() -> bool:
+    """Whether the AVX-512 kernel builds read those tables with gathers (else with scalar loads, as the AVX2
+    build does). Decided by timing both ways once per process: the GDS ("Downfall") microcode mitigation makes
+    gathers many times slower on the Xeons it covers (Skylake to Ice Lake), which a VM may not report. False
+    where the CPU has no AVX-512. The results are the same bits either way."""
+    return bool(_lib.cpu_table_gathers())
+
+
+def set_cpu_table_gathers(enabled: bool) -> bool:
+    """Set how the AVX-512 builds read the tables (for tests and benchmarks); returns the previous setting."""
+    if not isinstance(enabled, bool):
+        raise TypeError("fastact.ops.set_cpu_table_gathers: enabled must be True or False, "
+                        f"got {type(enabled).__name__}")
+    return bool(_lib.set_cpu_table_gathers(enabled))
 
 
 def has_cuda_kernels() -> bool:

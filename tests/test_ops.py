@@ -1186,17 +1186,20 @@ TABLE_CAPABILITIES = ["avx2", "avx512", "avx512_bf16"]
 
 
 @contextlib.contextmanager
-def _table_kernels(capability: str):
-    """The given kernel build, with the table and streaming thresholds restored after; skips where this CPU
-    does not run it."""
+def _table_kernels(capability: str, gathers: bool | None = None):
+    """The given kernel build, with the table and streaming thresholds (and, if given, the AVX-512 builds' way
+    of reading tables: gathers or scalar loads) restored after; skips where this CPU does not run it."""
     if capability not in fastact.supported_cpu_capabilities():
         pytest.skip(f"this CPU does not run the {capability} build")
     previous = fastact.set_cpu_capability(capability)
     threshold = fastact.ops.cpu_lookup_threshold()
     streaming = fastact.ops.cpu_streaming_threshold()
+    reads = fastact.ops.set_cpu_table_gathers(gathers) if gathers is not None else None
     try:
         yield
     finally:
+        if reads is not None:
+            fastact.ops.set_cpu_table_gathers(reads)
         fastact.set_cpu_capability(previous)
         fastact.ops.set_cpu_lookup_threshold(threshold)
         fastact.ops.set_cpu_streaming_threshold(streaming)
@@ -1219,12 +1222,18 @@ def _computed_and_looked_up(run, inputs, stream: bool):
     return computed, run(*inputs)
 
 
-@pytest.mark.parametrize("capability", TABLE_CAPABILITIES)
+# (build, AVX-512 gathers or scalar loads): the AVX-512 builds read tables either way (kernels.h, "GDS").
+TABLE_READS = ["avx2", "avx512 gathers", "avx512 loads", "avx512_bf16 gathers", "avx512_bf16 loads"]
+
+
+@pytest.mark.parametrize("reads", TABLE_READS)
 @pytest.mark.parametrize("op", list(LOOKUP_OPS))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_lookup_tables_give_the_kernels_bits(op, dtype, capability):
+def test_lookup_tables_give_the_kernels_bits(op, dtype, reads):
     """Every 16-bit value, in several layouts, with and without non-temporal stores (whose aligning head and
-    tail cover odd offsets): the tables give exactly the computed kernels' forward and backward."""
+    tail cover odd offsets): the tables give exactly the computed kernels' forward and backward, read with
+    AVX-512 gathers or with scalar loads."""
+    capability, _, way = reads.partition(" ")
     forward, backward = LOOKUP_OPS[op]
     g = torch.Generator().manual_seed(8)
     every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
@@ -1241,7 +1250,7 @@ def test_lookup_tables_give_the_kernels_bits(op, dtype, capability):
         # product, and grad * (the derivative at grad = 1) would differ, or be 0 where the result is not
         "large grads": (every, _large_grads(every.numel(), dtype, g)),
     }
-    with _table_kernels(capability):
+    with _table_kernels(capability, gathers=(way == "gathers") if way else None):
         for layout, inputs in layouts.items():
             for stream in (False, True):
                 computed, looked_up = _computed_and_looked_up(lambda x, gx: (forward(x), backward(gx, x)), inputs,
@@ -1550,6 +1559,22 @@ def test_lookup_tables_follow_the_flush_denormal_mode_of_the_call(capability):
                     torch.set_flush_denormal(False)
         finally:
             torch.set_num_threads(threads)
+
+
+def test_table_gathers_switch():
+    """The AVX-512 builds' table reads: timed once (gathers or scalar loads), switchable, a bool only; False where
+    the CPU has no AVX-512 build."""
+    if "avx512" not in fastact.supported_cpu_capabilities():
+        assert fastact.ops.cpu_table_gathers() is False
+        return
+    previous = fastact.ops.cpu_table_gathers()
+    try:
+        assert fastact.ops.set_cpu_table_gathers(not previous) is previous
+        assert fastact.ops.cpu_table_gathers() is (not previous)
+    finally:
+        fastact.ops.set_cpu_table_gathers(previous)
+    with pytest.raises(TypeError, match="set_cpu_table_gathers: enabled must be True or False"):
+        fastact.ops.set_cpu_table_gathers(1)
 
 
 def test_lookup_threshold_rejects_negative():

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -374,6 +375,49 @@ std::shared_ptr<const Table> lookup_table(const ElementwiseProblem& p, const Ran
   return cache.tables.front().second;
 }
 
+// How the AVX-512 builds read the tables (kernels.h): 1 gathers, 0 scalar loads, -1 not timed yet. Gathers are
+// fast on some Xeons and many times slower on those with the GDS microcode mitigation, which a VM may not
+// report: so the active build's table forward is timed both ways, once, on 2^14 random indices into a table
+// in cache, the better of 5 alternating runs each (~0.1-1 ms). Either way gives the same bits.
+std::atomic<int>& table_gathers_mode() {
+  static std::atomic<int> mode{-1};
+  return mode;
+}
+
+bool gathers_faster(const RangeKernels& k) {
+  constexpr int64_t kProbe = 1 << 14;
+  std::vector<uint16_t> table(kTableSize + 1, 0), x(kProbe), y(kProbe);
+  uint32_t state = 2463534242u;
+  for (auto& v : x) {  // xorshift32
+    state ^= state << 13, state ^= state >> 17, state ^= state << 5;
+    v = static_cast<uint16_t>(state);
+  }
+  ElementwiseProblem probe{};
+  probe.activation = ActivationId::Swish;
+  probe.dtype = c10::ScalarType::BFloat16;
+  probe.numel = probe.inner = kProbe;
+  probe.channels = 1;
+  probe.x = x.data();
+  probe.out = y.data();
+  double best[2] = {1e30, 1e30};
+  for (int round = 0; round < 5; ++round) {
+    for (int gather = 0; gather < 2; ++gather) {
+      probe.table_gathers = gather == 1;
+      const auto start = std::chrono::steady_clock::now();
+      k.lookup_forward(probe, table.data(), 0, kProbe);
+      const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
+      best[gather] = std::min(best[gather], seconds.count());
+    }
+  }
+  return best[1] <= best[0];
+}
+
+// The table reads for the active build's lookup kernels (only the AVX-512 builds gather).
+bool use_table_gathers(const Capability& c) {
+  if (std::strncmp(c.name, "avx512", 6) != 0) return false;
+  return load_or_compute(table_gathers_mode(), -1, [&] { return gathers_faster(*c.kernels) ? 1 : 0; }) == 1;
+}
+
 // piece_backward(begin, end, acc, acc_base): the backward over [begin, end), adding the parameter gradient into
 // acc as RangeKernels::backward does.
 template <typename acc_t, typename PieceFn>
@@ -456,6 +500,18 @@ int64_t set_lookup_threshold(int64_t numel) {
   return lookup_min_numel().exchange(numel);
 }
 
+bool table_gathers() {  // for the AVX-512 build, the active one or, if another is active, the first
+  const Capability* c = active();
+  if (std::strncmp(c->name, "avx512", 6) != 0) c = find("avx512");
+  return c != nullptr && c->supported() && use_table_gathers(*c);
+}
+
+bool set_table_gathers(bool enabled) {
+  const bool previous = table_gathers();
+  table_gathers_mode().store(enabled ? 1 : 0);
+  return previous;
+}
+
 int64_t lookup_tables_cached() {
   std::lock_guard<std::mutex> lock(table_cache().mutex);
   return static_cast<int64_t>(table_cache().tables.size());
@@ -468,6 +524,7 @@ void forward(const ElementwiseProblem& problem) {
   p.params_at_most_one = params_at_most_one(p);
   const RangeKernels& k = *active()->kernels;
   if (const auto table = lookup_table(p, k, /*backward=*/false)) {
+    p.table_gathers = use_table_gathers(*active());
     at::parallel_for(0, p.numel, kGrain, [&](int64_t begin, int64_t end) {
       k.lookup_forward(p, table->values.data(), begin, end);
     });
@@ -483,6 +540,7 @@ void backward(const ElementwiseProblem& problem) {
   const RangeKernels& k = *active()->kernels;
   if (p.param_grad == nullptr) {
     const auto table = lookup_table(p, k, /*backward=*/true);
+    if (table) p.table_gathers = use_table_gathers(*active());
     at::parallel_for(0, p.numel, kGrain, [&](int64_t begin, int64_t end) {
       if (table) {
         k.lookup_backward(p, table->derivatives.data(), begin, end);
@@ -497,6 +555,7 @@ void backward(const ElementwiseProblem& problem) {
   };
   if (p.dtype == c10::ScalarType::Double) return backward_with_param_grad<double>(p, computed);
   if (const auto table = lookup_table(p, k, /*backward=*/true)) {  // one channel: acc_base is 0
+    p.table_gathers = use_table_gathers(*active());
     return backward_with_param_grad<float>(p, [&](int64_t begin, int64_t end, float* acc, int64_t) {
       k.lookup_backward_param(p, table->derivative_pairs.data(), begin, end, acc);
     });

@@ -557,7 +557,15 @@ void backward_range(const ElementwiseProblem& p, int64_t begin, int64_t end, voi
 // ---------------------------------------------------------------------------------------------------------
 // Lookup-table kernels (dispatch.cpp builds the tables and decides when to use them). Each instruction set
 // supplies how entries are read into vectors (FloatRegister, kLookupStep elements per step, lookup_bits,
-// scaled_lookup, lookup_pairs, interleave_pairs, store_bits); the loops around them are shared.
+// scaled_lookup, lookup_pairs, interleave_pairs, store_bits); the loops around them are shared. Their template
+// argument kGather picks AVX-512 gathers or scalar loads (the AVX2 build always loads; see the AVX-512 section).
+
+// table[x[k]] for k < 4, joined in a general register.
+FASTACT_HOST_DEVICE uint64_t lookup_four(const uint16_t* table, const uint16_t* x) {
+  return uint64_t(table[x[0]]) | uint64_t(table[x[1]]) << 16 | uint64_t(table[x[2]]) << 32 |
+         uint64_t(table[x[3]]) << 48;
+}
+
 #if defined(CPU_CAPABILITY_AVX2)
 // The tables are read with scalar loads, 16 entries collected in a vector: on Zen 3 that takes 1.1-1.5x less
 // time than AVX2 gathers, on Zen 1 (EPYC 7001) 1.7-2.1x less at 2^24 on 2 threads (benchmarks/cpu_cycles), and
@@ -577,10 +585,7 @@ FASTACT_HOST_DEVICE void store_bits(void* p, __m256i v, bool stream) {
 // to the stack cannot take them from the stores (no store forwarding) and waits. On Zen 1, per 8 bfloat16 in
 // L1 (benchmarks/cpu_cycles): 10.4 cycles through the stack, 7.8 this way. (The derivatives of the backward
 // are 32-bit, two per register: that way was slower there, 10.4 against 9.2, so they keep the stack.)
-FASTACT_HOST_DEVICE uint64_t lookup_four(const uint16_t* table, const uint16_t* x) {
-  return uint64_t(table[x[0]]) | uint64_t(table[x[1]]) << 16 | uint64_t(table[x[2]]) << 32 |
-         uint64_t(table[x[3]]) << 48;
-}
+template <bool kGather>
 FASTACT_HOST_DEVICE __m256i lookup_bits(const uint16_t* table, const uint16_t* x) {
   __m128i halves[2];
   fa_static_for<2>([&](auto h) FASTACT_ALWAYS_INLINE_LAMBDA {
@@ -593,7 +598,7 @@ FASTACT_HOST_DEVICE __m256i lookup_bits(const uint16_t* table, const uint16_t* x
 
 // grad[k] * table[x[k]] for k < kLookupStep, rounded once to scalar_t, in order, into bits; false (bits unset)
 // where a product is a NaN: a NaN entry (computed by the caller, dispatch.cpp's mark_exp_tails) or a NaN grad.
-template <typename scalar_t>
+template <bool kGather, typename scalar_t>
 FASTACT_HOST_DEVICE bool scaled_lookup(const float* table, const uint16_t* x, const scalar_t* grad, __m256i& bits) {
   alignas(32) float derivative[16];
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
@@ -635,7 +640,7 @@ constexpr int block_element(int k, bool unordered) {
 
 // df/dx and df/dparam of the block at x (count elements) in the block's lanes, read as one 64-bit pair per
 // element through a stack array (on Zen 3 a little faster than assembling the vectors with vmovq/vmovhpd).
-template <typename B>
+template <bool kGather, typename B>
 FASTACT_HOST_DEVICE void lookup_pairs(const float* pairs, const uint16_t* x, int64_t count, typename B::Pack& dfdx,
                                       typename B::Pack& dfdp) {
   static_assert(B::kVecSize == 8, "the pair shuffle below is written for 8-lane vectors");
@@ -667,10 +672,14 @@ FASTACT_HOST_DEVICE void interleave_pairs(__m256 a, __m256 b, __m256& first, __m
   second = _mm256_permute2f128_ps(lo, hi, 0x31);
 }
 #elif defined(CPU_CAPABILITY_AVX512)
-// The tables are read with AVX-512 gathers. On a Sapphire Rapids-class Xeon (not slowed by the GDS
-// mitigation), one core, bfloat16 in cache, median ns per element (benchmarks/cpu_cycles): forward 0.33
+// The tables are read with AVX-512 gathers where they are fast. On a Sapphire Rapids-class Xeon (not slowed by
+// the GDS mitigation), one core, bfloat16 in cache, median ns per element (benchmarks/cpu_cycles): forward 0.33
 // against 0.72-0.79 computed and 0.59 for the AVX2 build's scalar loads; backward 0.41 against 0.85-0.99 and
-// 0.69; backward with a parameter gradient 0.58 against 0.93 and 1.00.
+// 0.69; backward with a parameter gradient 0.58 against 0.93 and 1.00. The GDS ("Downfall") microcode
+// mitigation makes gathers many times slower on the Xeons it covers (Skylake to Ice Lake): on an Ice Lake VM
+// the bfloat16 SiLU forward read its table in 92 ms at 2^24 (2 threads) with gathers, against 8 ms computed.
+// There (kGather false) the entries are read with scalar loads, as the AVX2 build reads them; dispatch.cpp
+// times both ways once per process and sets ElementwiseProblem::table_gathers. The bits are the same.
 using FloatRegister = __m512;
 using BitsRegister = __m512i;  // kLookupStep 16-bit values
 constexpr int64_t kLookupStep = 32;
@@ -690,7 +699,14 @@ FASTACT_HOST_DEVICE __m512i join_halves(__m256i lo, __m256i hi) {
 
 // table[x[k]] for k < kLookupStep, in order. Each gather reads 32 bits at table + x, so the table has one
 // entry of padding (dispatch.cpp); the high half of each lane is dropped.
+template <bool kGather>
 FASTACT_HOST_DEVICE __m512i lookup_bits(const uint16_t* table, const uint16_t* x) {
+  if constexpr (!kGather) {
+    auto four = [&](int k) FASTACT_ALWAYS_INLINE_LAMBDA {
+      return static_cast<long long>(lookup_four(table, x + 4 * k));
+    };
+    return _mm512_set_epi64(four(7), four(6), four(5), four(4), four(3), four(2), four(1), four(0));
+  }
   __m256i halves[2];
   fa_static_for<2>([&](auto h) FASTACT_ALWAYS_INLINE_LAMBDA {
     halves[h] = _mm512_cvtepi32_epi16(_mm512_i32gather_epi32(load_indices(x + 16 * h), table, 2));
@@ -701,11 +717,18 @@ FASTACT_HOST_DEVICE __m512i lookup_bits(const uint16_t* table, const uint16_t* x
 // grad[k] * table[x[k]] for k < kLookupStep, rounded once to scalar_t (to nearest even), in order, into bits;
 // false (bits unset) where a product is a NaN: a NaN entry (computed by the caller, dispatch.cpp's
 // mark_exp_tails) or a NaN grad.
-template <typename scalar_t>
+template <bool kGather, typename scalar_t>
 FASTACT_HOST_DEVICE bool scaled_lookup(const float* table, const uint16_t* x, const scalar_t* grad, __m512i& bits) {
   __m512 products[2];
   fa_static_for<2>([&](auto h) FASTACT_ALWAYS_INLINE_LAMBDA {
-    const __m512 derivative = _mm512_i32gather_ps(load_indices(x + 16 * h), table, 4);
+    __m512 derivative;
+    if constexpr (kGather) {
+      derivative = _mm512_i32gather_ps(load_indices(x + 16 * h), table, 4);
+    } else {
+      alignas(64) float entries[16];
+      fa_static_for<16>([&](auto k) FASTACT_ALWAYS_INLINE_LAMBDA { entries[k] = table[x[16 * h + k]]; });
+      derivative = _mm512_load_ps(entries);
+    }
     const __m256i g = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grad + 16 * h));
     const __m512 g_float = std::is_same_v<scalar_t, c10::BFloat16>
                                ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(g), 16))
@@ -732,15 +755,27 @@ FASTACT_HOST_DEVICE bool scaled_lookup(const float* table, const uint16_t* x, co
 // bfloat16 block are widened as widen_bf16_unordered widens its values, all others in order. One 64-bit
 // gather per 8 pairs (half the loads of gathering the two floats apart: 0.41-0.57 against 0.63-0.85 ns per
 // element), then the pairs of 16 lanes split into their first and second members.
-template <typename B>
+template <bool kGather, typename B>
 FASTACT_HOST_DEVICE void lookup_pairs(const float* pairs, const uint16_t* x, int64_t count, typename B::Pack& dfdx,
                                       typename B::Pack& dfdp) {
   static_assert(B::kVecSize == 16 && kVecsPerBlock % 2 == 0, "two vectors per 32 elements below");
   const __m512i first = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i second = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   auto gather = [&](int j, __m512i index) FASTACT_ALWAYS_INLINE_LAMBDA {
-    const __m512 a = _mm512_castsi512_ps(_mm512_i32gather_epi64(_mm512_castsi512_si256(index), pairs, 8));
-    const __m512 b = _mm512_castsi512_ps(_mm512_i32gather_epi64(_mm512_extracti64x4_epi64(index, 1), pairs, 8));
+    __m512 a, b;
+    if constexpr (kGather) {
+      a = _mm512_castsi512_ps(_mm512_i32gather_epi64(_mm512_castsi512_si256(index), pairs, 8));
+      b = _mm512_castsi512_ps(_mm512_i32gather_epi64(_mm512_extracti64x4_epi64(index, 1), pairs, 8));
+    } else {  // the 16 indices through the stack, one 64-bit load per pair
+      alignas(64) uint32_t offsets[16];
+      alignas(64) uint64_t entries[16];
+      _mm512_store_si512(offsets, index);
+      fa_static_for<16>([&](auto k) FASTACT_ALWAYS_INLINE_LAMBDA {
+        std::memcpy(&entries[k], pairs + 2 * std::size_t(offsets[k]), sizeof(uint64_t));
+      });
+      a = _mm512_castsi512_ps(_mm512_load_si512(entries));
+      b = _mm512_castsi512_ps(_mm512_load_si512(entries + 8));
+    }
     dfdx.v[j] = _mm512_permutex2var_ps(a, first, b);
     dfdp.v[j] = _mm512_permutex2var_ps(a, second, b);
   };
@@ -792,20 +827,33 @@ template <typename T, typename StepFn, typename OneFn>
   if (stream) fa_store_fence();
 }
 
+// fn(std::bool_constant<kGather>) with the problem's way of reading tables (only the AVX-512 build gathers).
+template <typename Fn>
+[[gnu::always_inline]] inline void with_table_reads(const ElementwiseProblem& p, Fn&& fn) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if (p.table_gathers) return fn(std::true_type{});
+#endif
+  fn(std::false_type{});
+}
+
 // y = table[x] for 16-bit x. Bits in, bits out: any 16-bit type.
 void lookup_forward(const ElementwiseProblem& p, const uint16_t* table, int64_t begin, int64_t end) {
   const auto* x = static_cast<const uint16_t*>(p.x) + begin;
   auto* y = static_cast<uint16_t*>(p.out) + begin;
-  for_each_step(
-      end - begin, y, p.stream_out,
-      [&](int64_t i) FASTACT_ALWAYS_INLINE_LAMBDA { store_bits(y + i, lookup_bits(table, x + i), p.stream_out); },
-      [&](int64_t i) { y[i] = table[x[i]]; });
+  with_table_reads(p, [&](auto gather) {
+    for_each_step(
+        end - begin, y, p.stream_out,
+        [&](int64_t i) FASTACT_ALWAYS_INLINE_LAMBDA {
+          store_bits(y + i, lookup_bits<decltype(gather)::value>(table, x + i), p.stream_out);
+        },
+        [&](int64_t i) { y[i] = table[x[i]]; });
+  });
 }
 
 // grad_input = grad * table[x] (the float derivative, looked up by the bits of x), rounded once to the 16-bit
 // type: the computed backward's float product and rounding, so the same bits. Where a product is a NaN (the
 // table's NaN entries, dispatch.cpp's mark_exp_tails, and NaN grads), the computed kernel does that step.
-template <typename scalar_t>
+template <bool kGather, typename scalar_t>
 void lookup_backward_typed(const ElementwiseProblem& p, const float* table, int64_t begin, int64_t end) {
   const auto* x = static_cast<const uint16_t*>(p.x) + begin;
   const auto* grad = static_cast<const scalar_t*>(p.grad) + begin;
@@ -814,7 +862,7 @@ void lookup_backward_typed(const ElementwiseProblem& p, const float* table, int6
       end - begin, out, p.stream_out,
       [&](int64_t i) FASTACT_ALWAYS_INLINE_LAMBDA {
         BitsRegister bits;
-        if (scaled_lookup(table, x + i, grad + i, bits)) [[likely]] {
+        if (scaled_lookup<kGather>(table, x + i, grad + i, bits)) [[likely]] {
           store_bits(out + i, bits, p.stream_out);
         } else {
           backward_range(p, begin + i, begin + i + kLookupStep, nullptr, 0);
@@ -831,8 +879,13 @@ void lookup_backward_typed(const ElementwiseProblem& p, const float* table, int6
 }
 
 void lookup_backward(const ElementwiseProblem& p, const float* table, int64_t begin, int64_t end) {
-  if (p.dtype == c10::ScalarType::BFloat16) return lookup_backward_typed<c10::BFloat16>(p, table, begin, end);
-  lookup_backward_typed<c10::Half>(p, table, begin, end);
+  with_table_reads(p, [&](auto gather) {
+    if (p.dtype == c10::ScalarType::BFloat16) {
+      lookup_backward_typed<decltype(gather)::value, c10::BFloat16>(p, table, begin, end);
+    } else {
+      lookup_backward_typed<decltype(gather)::value, c10::Half>(p, table, begin, end);
+    }
+  });
 }
 
 // Whether any lane of the pack is a NaN.
@@ -859,7 +912,7 @@ FASTACT_HOST_DEVICE bool any_nan(const Pack& v) {
 // the computed backward's block loop: the same products, and the sum in the same lanes and order, so the
 // same bits. A block with a NaN pair (dispatch.cpp's mark_exp_tails: an exp tail, or a NaN x) is computed by
 // the op as backward_run computes it.
-template <typename Op, typename scalar_t>
+template <bool kGather, typename Op, typename scalar_t>
 void lookup_backward_param_typed(const ElementwiseProblem& p, const float* pairs, int64_t begin, int64_t end,
                                  float* acc) {
   using B = Block<scalar_t, /*kKeepOrder=*/false>;
@@ -874,7 +927,7 @@ void lookup_backward_param_typed(const ElementwiseProblem& p, const float* pairs
       grad_input, end - begin, acc, p.stream_out,
       [&](int64_t i, int64_t count, Pack& gx, Pack& gp) FASTACT_ALWAYS_INLINE_LAMBDA {
         Pack dfdx, dfdp;
-        lookup_pairs<B>(pairs, x + i, count, dfdx, dfdp);
+        lookup_pairs<kGather, B>(pairs, x + i, count, dfdx, dfdp);
         const Pack g = B::load(grad + i, count);
         if (any_nan(dfdx)) [[unlikely]] {
           const Pack xs = B::load(x_values + i, count), params = B::template load_param<false>(&param, i, count);
@@ -891,7 +944,9 @@ void lookup_backward_param(const ElementwiseProblem& p, const float* pairs, int6
   dispatch(p, [&](auto op, auto scalar) {
     using scalar_t = decltype(scalar);
     if constexpr (std::is_same_v<scalar_t, c10::BFloat16> || std::is_same_v<scalar_t, c10::Half>) {
-      lookup_backward_param_typed<decltype(op), scalar_t>(p, pairs, begin, end, acc);
+      with_table_reads(p, [&](auto gather) {
+        lookup_backward_param_typed<decltype(gather)::value, decltype(op), scalar_t>(p, pairs, begin, end, acc);
+      });
     }
   });
 }

@@ -377,7 +377,9 @@ void check_tables(ActivationId id, const char* op, double param) {
   // the emulated build's lookups against its own computed kernels (the bits the tables promise)
   const RangeKernels& k = *g_test;
   if (k.lookup_forward == nullptr) return;
-  for (int offset : {0, 3}) {
+  for (int reads = 0; reads < 4; ++reads) {  // AVX-512 gathers (true) or scalar loads (kernels.h, "GDS")
+    const int offset = (reads & 1) * 3;
+    const bool gathers = reads < 2;
     for (bool stream : {false, true}) {
       const int64_t n = 5000 + offset;
       const auto x = make_input<T>(n, 4.0);
@@ -387,8 +389,10 @@ void check_tables(ActivationId id, const char* op, double param) {
       p.x = x.data();
       p.grad = g.data();
       p.stream_out = stream;
+      p.table_gathers = gathers;
       Output<T> computed(n, offset), looked_up(n, offset);
-      const std::string sub = what + (stream ? " streamed" : "") + " out+" + std::to_string(offset);
+      const std::string sub = what + (gathers ? " gathers" : " loads") + (stream ? " streamed" : "") + " out+" +
+                              std::to_string(offset);
       p.out = computed.data;
       k.forward(p, 0, n);
       p.out = looked_up.data;
