@@ -115,12 +115,61 @@ void row_big(const char* name, ActivationId id, c10::ScalarType dtype, double pa
               b * 1e3, b / a, c * traffic / a, c * traffic / b);
 }
 
-// The 16-bit table backwards (dispatch.cpp's lookup tables), with and without the parameter gradient, on a
-// cache-resident buffer: the table holds finite derivatives (as for every x of moderate size).
+// The 16-bit table kernels (dispatch.cpp's lookup tables): the forward, and the backward with and without the
+// parameter gradient, on a cache-resident buffer, read with scalar loads (ElementwiseProblem::table_gathers is
+// false; the AVX-512 builds' gathers are timed by dispatch.cpp's probe): the tables hold finite values (as for
+// every x of moderate size).
+// The forward at n elements: n = 2^14 on one thread, in cache; larger on two threads (each half of the range),
+// streamed as the extension streams outputs of that size, the memory-bound regime.
+template <typename T>
+void row_table_forward(const char* name, c10::ScalarType dtype, int64_t n) {
+  Inputs<T> in(n, ActivationId::Swish, dtype, 1.0);
+  std::mt19937 rng(1);
+  std::vector<uint16_t> table(65536 + 1);
+  for (uint16_t& v : table) v = static_cast<uint16_t>(rng() & 0x3fff);  // finite bfloat16/float16 bits
+  // x and y 64-byte aligned, as torch allocates them (the vector stores of a misaligned y split cache lines)
+  std::vector<T> buffers(2 * n + 64);
+  T* x = reinterpret_cast<T*>((reinterpret_cast<std::uintptr_t>(buffers.data()) + 63) & ~std::uintptr_t(63));
+  std::copy(in.x.begin(), in.x.end(), x);
+  ElementwiseProblem& p = in.p;
+  p.x = x;
+  p.out = x + n;
+  p.table_gathers = false;
+  const bool big = n > (1 << 14);
+  p.stream_out = big;
+  auto time_table = [&](const RangeKernels& k) {
+    double best = 1e30;
+    for (int block = 0; block < (big ? 3 : 30); ++block) {
+      const auto start = std::chrono::steady_clock::now();
+      for (int it = 0; it < (big ? 1 : 5); ++it) {
+        if (big) {
+          std::thread other([&] { k.lookup_forward(p, table.data(), n / 2, n); });
+          k.lookup_forward(p, table.data(), 0, n / 2);
+          other.join();
+        } else {
+          k.lookup_forward(p, table.data(), 0, n);
+        }
+      }
+      const std::chrono::duration<double> e = std::chrono::steady_clock::now() - start;
+      best = std::min(best, e.count() / (big ? 1 : 5) / n);
+    }
+    return best;
+  };
+  double a = 1e30, b = 1e30;
+  for (int r = 0; r < (big ? 8 : 40); ++r) {
+    a = std::min(a, time_table(fastact::cpu::AVX512::kRangeKernels));
+    b = std::min(b, time_table(fastact::cpu::AVX2::kRangeKernels));
+  }
+  std::printf("%-12s %-9s table fwd %s base %6.3f new %6.3f ns/element  new/base %.3f\n", name,
+              dtype == c10::ScalarType::Half ? "float16" : "bfloat16", big ? "2^24 x2 threads" : "2^14",
+              a * 1e9, b * 1e9, b / a);
+}
+
 template <typename T>
 void row_table(const char* name, c10::ScalarType dtype, bool param_grad) {
   Inputs<T> in(1 << 14, ActivationId::Swish, dtype, 1.3);
   ElementwiseProblem& p = in.p;
+  p.table_gathers = false;
   float acc = 0, beta = 1.3f;
   p.param = &beta;
   if (param_grad) p.param_grad = &acc;
@@ -172,6 +221,9 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (argc > 1 && std::strcmp(argv[1], "--tables") == 0) {
+    row_table_forward<c10::BFloat16>("swish", c10::ScalarType::BFloat16, 1 << 14);
+    row_table_forward<c10::Half>("swish", c10::ScalarType::Half, 1 << 14);
+    row_table_forward<c10::BFloat16>("swish", c10::ScalarType::BFloat16, 1 << 24);
     row_table<c10::BFloat16>("swish", c10::ScalarType::BFloat16, false);
     row_table<c10::Half>("swish", c10::ScalarType::Half, false);
     row_table<c10::BFloat16>("swish+dbeta", c10::ScalarType::BFloat16, true);

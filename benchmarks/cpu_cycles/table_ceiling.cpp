@@ -1,6 +1,7 @@
 // The ceiling of any 16-bit lookup-table kernel on this CPU: a loop that does nothing but y[i] = table[x[i]]
 // over 2^24 bfloat16-sized elements on 2 threads, read with AVX2 gathers, with scalar loads through a stack
-// buffer, or with scalar loads joined in registers (fastact's AVX2 kernel), against a copy
+// buffer, with scalar loads joined in registers (as fastact's kernels did), with the indices read two per load
+// and the joins kept in registers (as they do now), stored from a vector or from the registers, against a copy
 // in the same loop, with plain and with non-temporal stores. GB/s count 4 bytes per element (read x, write y).
 // No torch needed; see build.sh:
 //
@@ -47,8 +48,8 @@ __attribute__((noinline)) void scalar_loads(const uint16_t* x, uint16_t* y, int6
   }
 }
 
-// fastact's AVX2 lookup_bits (kernels.h): four entries joined in a general register, the vector built 64 bits
-// at a time, which avoids the stack buffer's failed store forwarding.
+// fastact's lookup_bits (kernels.h) until 2026-12: four entries joined in a general register, the vector built
+// 64 bits at a time, which avoids the stack buffer's failed store forwarding.
 uint64_t lookup_four(const uint16_t* x) {
   return uint64_t(table[x[0]]) | uint64_t(table[x[1]]) << 16 | uint64_t(table[x[2]]) << 32 |
          uint64_t(table[x[3]]) << 48;
@@ -61,6 +62,42 @@ __attribute__((noinline)) void register_joins(const uint16_t* x, uint16_t* y, in
     const __m128i hi = _mm_insert_epi64(_mm_cvtsi64_si128(static_cast<long long>(lookup_four(x + i + 8))),
                                         static_cast<long long>(lookup_four(x + i + 12)), 1);
     store(y + i, _mm256_set_m128i(hi, lo), stream);
+  }
+}
+
+// fastact's lookup_four now: four entries joined in a general register, the indices taken from two 32-bit loads
+// of x, and the register kept out of vector code (an empty asm: otherwise GCC's SLP vectorizer rebuilds the
+// joins with vector inserts and shuffles, which all queue on one port).
+[[gnu::always_inline]] inline uint64_t lookup_four_pairs(const uint16_t* x) {
+  uint32_t lo, hi;
+  __builtin_memcpy(&lo, x, 4);
+  __builtin_memcpy(&hi, x + 2, 4);
+  uint64_t word = uint64_t(table[lo & 0xffff]) | uint64_t(table[lo >> 16]) << 16 |
+                  uint64_t(table[hi & 0xffff]) << 32 | uint64_t(table[hi >> 16]) << 48;
+  asm("" : "+r"(word));
+  return word;
+}
+
+// The words stored from the general registers: movnti when streaming.
+__attribute__((noinline)) void register_stores(const uint16_t* x, uint16_t* y, int64_t n, bool stream) {
+  for (int64_t i = 0; i + 16 <= n; i += 16) {
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      const uint64_t word = lookup_four_pairs(x + i + 4 * k);
+      if (stream) {
+        _mm_stream_si64(reinterpret_cast<long long*>(y + i + 4 * k), static_cast<long long>(word));
+      } else {
+        __builtin_memcpy(y + i + 4 * k, &word, 8);
+      }
+    }
+  }
+}
+
+// The words moved into a vector and stored from it (fastact's lookup_bits).
+__attribute__((noinline)) void register_vectors(const uint16_t* x, uint16_t* y, int64_t n, bool stream) {
+  for (int64_t i = 0; i + 16 <= n; i += 16) {
+    const auto w = [&](int k) { return static_cast<long long>(lookup_four_pairs(x + i + 4 * k)); };
+    store(y + i, _mm256_set_epi64x(w(3), w(2), w(1), w(0)), stream);
   }
 }
 
@@ -104,11 +141,12 @@ int main() {
     const char* name;
     Kernel kernel;
   } kernels[] = {{"copy", copy}, {"table, scalar loads", scalar_loads}, {"table, AVX2 gathers", gathers},
-                 {"table, register joins", register_joins}};
+                 {"table, register joins", register_joins},
+                 {"table, paired, gpr stores", register_stores}, {"table, paired, vectors", register_vectors}};
   for (bool stream : {false, true}) {
     for (const auto& k : kernels) {
       const double s = median_seconds(k.kernel, x, y, n, stream);
-      std::printf("%-22s %-17s %7.3f ms %6.1f GB/s\n", k.name, stream ? "streaming stores" : "plain stores", s * 1e3,
+      std::printf("%-24s %-17s %7.3f ms %6.1f GB/s\n", k.name, stream ? "streaming stores" : "plain stores", s * 1e3,
                   4.0 * n / s / 1e9);
     }
   }

@@ -560,10 +560,19 @@ void backward_range(const ElementwiseProblem& p, int64_t begin, int64_t end, voi
 // scaled_lookup, lookup_pairs, interleave_pairs, store_bits); the loops around them are shared. Their template
 // argument kGather picks AVX-512 gathers or scalar loads (the AVX2 build always loads; see the AVX-512 section).
 
-// table[x[k]] for k < 4, joined in a general register.
+// table[x[k]] for k < 4, joined in a general register. The indices come two to a 32-bit load (6 loads per 4
+// entries, not 8: the loads are the bound), and the empty asm keeps the join in general registers: without it
+// GCC's SLP vectorizer rebuilt the AVX-512 build's joins with vector inserts and shuffles, which all queue on
+// one port (Ice Lake VM, one core, in cache, table forward: AVX-512 build 0.47 ns per element before, 0.31
+// after; AVX2 build 0.33 and 0.30; benchmarks/cpu_cycles/ab.cpp --tables).
 FASTACT_HOST_DEVICE uint64_t lookup_four(const uint16_t* table, const uint16_t* x) {
-  return uint64_t(table[x[0]]) | uint64_t(table[x[1]]) << 16 | uint64_t(table[x[2]]) << 32 |
-         uint64_t(table[x[3]]) << 48;
+  uint32_t first, second;
+  std::memcpy(&first, x, sizeof(first));
+  std::memcpy(&second, x + 2, sizeof(second));
+  uint64_t entries = uint64_t(table[first & 0xffff]) | uint64_t(table[first >> 16]) << 16 |
+                     uint64_t(table[second & 0xffff]) << 32 | uint64_t(table[second >> 16]) << 48;
+  asm("" : "+r"(entries));
+  return entries;
 }
 
 #if defined(CPU_CAPABILITY_AVX2)
@@ -678,8 +687,10 @@ FASTACT_HOST_DEVICE void interleave_pairs(__m256 a, __m256 b, __m256& first, __m
 // 0.69; backward with a parameter gradient 0.58 against 0.93 and 1.00. The GDS ("Downfall") microcode
 // mitigation makes gathers many times slower on the Xeons it covers (Skylake to Ice Lake): on an Ice Lake VM
 // the bfloat16 SiLU forward read its table in 92 ms at 2^24 (2 threads) with gathers, against 8 ms computed.
-// There (kGather false) the entries are read with scalar loads, as the AVX2 build reads them; dispatch.cpp
-// times both ways once per process and sets ElementwiseProblem::table_gathers. The bits are the same.
+// There (kGather false) the entries are read with scalar loads, joined in general registers as the AVX2 build
+// joins them (Ice Lake VM, one core, in cache: forward 0.31 ns per element, backward 0.43, backward with a
+// parameter gradient 0.72; gathers 0.55-0.62 in cache, ~10x slower at 2^24); dispatch.cpp times both ways
+// once per process and sets ElementwiseProblem::table_gathers. The bits are the same.
 using FloatRegister = __m512;
 using BitsRegister = __m512i;  // kLookupStep 16-bit values
 constexpr int64_t kLookupStep = 32;
@@ -724,10 +735,19 @@ FASTACT_HOST_DEVICE bool scaled_lookup(const float* table, const uint16_t* x, co
     __m512 derivative;
     if constexpr (kGather) {
       derivative = _mm512_i32gather_ps(load_indices(x + 16 * h), table, 4);
-    } else {
-      alignas(64) float entries[16];
-      fa_static_for<16>([&](auto k) FASTACT_ALWAYS_INLINE_LAMBDA { entries[k] = table[x[16 * h + k]]; });
-      derivative = _mm512_load_ps(entries);
+    } else {  // two entries joined in each general register, as lookup_four joins four (0.43 ns per element
+              // against 0.50 through a stack array, whose vector load cannot take the 16 stores' values)
+      auto two = [&](int k) FASTACT_ALWAYS_INLINE_LAMBDA {
+        uint32_t indices, first, second;
+        std::memcpy(&indices, x + 16 * h + k, sizeof(indices));
+        std::memcpy(&first, table + (indices & 0xffff), sizeof(first));
+        std::memcpy(&second, table + (indices >> 16), sizeof(second));
+        uint64_t entries = first | uint64_t(second) << 32;
+        asm("" : "+r"(entries));
+        return static_cast<long long>(entries);
+      };
+      derivative = _mm512_castsi512_ps(
+          _mm512_set_epi64(two(14), two(12), two(10), two(8), two(6), two(4), two(2), two(0)));
     }
     const __m256i g = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grad + 16 * h));
     const __m512 g_float = std::is_same_v<scalar_t, c10::BFloat16>
