@@ -689,7 +689,8 @@ FASTACT_HOST_DEVICE void interleave_pairs(__m256 a, __m256 b, __m256& first, __m
 // the bfloat16 SiLU forward read its table in 92 ms at 2^24 (2 threads) with gathers, against 8 ms computed.
 // There (kGather false) the entries are read with scalar loads, joined in general registers as the AVX2 build
 // joins them (Ice Lake VM, one core, in cache: forward 0.31 ns per element, backward 0.43, backward with a
-// parameter gradient 0.72; gathers 0.55-0.62 in cache, ~10x slower at 2^24); dispatch.cpp times both ways
+// parameter gradient 0.44, against 0.29-0.32, 0.44-0.50 and 0.51-0.60 computed; gathers 0.55-0.62 in cache,
+// ~10x slower at 2^24); dispatch.cpp times both ways
 // once per process and sets ElementwiseProblem::table_gathers. The bits are the same.
 using FloatRegister = __m512;
 using BitsRegister = __m512i;  // kLookupStep 16-bit values
@@ -771,21 +772,37 @@ FASTACT_HOST_DEVICE bool scaled_lookup(const float* table, const uint16_t* x, co
   return true;
 }
 
+// The element of a full bfloat16 block (of 32) in lane t of its vector h (0: a, 1: b) as widen_bf16_unordered
+// widens it: with AVX512-BF16 a holds the even elements and b the odd; without, each 128-bit lane L of a holds
+// elements 8 L to 8 L + 3 and of b 8 L + 4 to 8 L + 7 (unpacklo/hi_epi16).
+constexpr int unordered_element(int h, int t) {
+#if defined(__AVX512BF16__)
+  return 2 * t + h;
+#else
+  return 8 * (t / 4) + 4 * h + t % 4;
+#endif
+}
+
 // df/dx and df/dparam of the block at x (count elements) in the block's lanes: the indices of a full
 // bfloat16 block are widened as widen_bf16_unordered widens its values, all others in order. One 64-bit
 // gather per 8 pairs (half the loads of gathering the two floats apart: 0.41-0.57 against 0.63-0.85 ns per
-// element), then the pairs of 16 lanes split into their first and second members.
+// element), then the pairs of 16 lanes split into their first and second members. Read with scalar loads, a
+// full block takes each index from x itself (not from the index vector through the stack, which took 0.72 ns
+// per element against 0.52 this way, on an Ice Lake VM, in cache, one core).
 template <bool kGather, typename B>
 FASTACT_HOST_DEVICE void lookup_pairs(const float* pairs, const uint16_t* x, int64_t count, typename B::Pack& dfdx,
                                       typename B::Pack& dfdp) {
   static_assert(B::kVecSize == 16 && kVecsPerBlock % 2 == 0, "two vectors per 32 elements below");
   const __m512i first = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i second = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  auto split = [&](int j, __m512 a, __m512 b) FASTACT_ALWAYS_INLINE_LAMBDA {
+    dfdx.v[j] = _mm512_permutex2var_ps(a, first, b);
+    dfdp.v[j] = _mm512_permutex2var_ps(a, second, b);
+  };
   auto gather = [&](int j, __m512i index) FASTACT_ALWAYS_INLINE_LAMBDA {
-    __m512 a, b;
     if constexpr (kGather) {
-      a = _mm512_castsi512_ps(_mm512_i32gather_epi64(_mm512_castsi512_si256(index), pairs, 8));
-      b = _mm512_castsi512_ps(_mm512_i32gather_epi64(_mm512_extracti64x4_epi64(index, 1), pairs, 8));
+      split(j, _mm512_castsi512_ps(_mm512_i32gather_epi64(_mm512_castsi512_si256(index), pairs, 8)),
+            _mm512_castsi512_ps(_mm512_i32gather_epi64(_mm512_extracti64x4_epi64(index, 1), pairs, 8)));
     } else {  // the 16 indices through the stack, one 64-bit load per pair
       alignas(64) uint32_t offsets[16];
       alignas(64) uint64_t entries[16];
@@ -793,17 +810,30 @@ FASTACT_HOST_DEVICE void lookup_pairs(const float* pairs, const uint16_t* x, int
       fa_static_for<16>([&](auto k) FASTACT_ALWAYS_INLINE_LAMBDA {
         std::memcpy(&entries[k], pairs + 2 * std::size_t(offsets[k]), sizeof(uint64_t));
       });
-      a = _mm512_castsi512_ps(_mm512_load_si512(entries));
-      b = _mm512_castsi512_ps(_mm512_load_si512(entries + 8));
+      split(j, _mm512_castsi512_ps(_mm512_load_si512(entries)), _mm512_castsi512_ps(_mm512_load_si512(entries + 8)));
     }
-    dfdx.v[j] = _mm512_permutex2var_ps(a, first, b);
-    dfdp.v[j] = _mm512_permutex2var_ps(a, second, b);
+  };
+  // Scalar loads of a full block: pair t of vector j + h read for the element element(h, t) of bits.
+  auto load = [&](int j, const uint16_t* bits, auto element) FASTACT_ALWAYS_INLINE_LAMBDA {
+    fa_static_for<2>([&](auto h) FASTACT_ALWAYS_INLINE_LAMBDA {
+      alignas(64) uint64_t entries[16];
+      fa_static_for<16>([&](auto t) FASTACT_ALWAYS_INLINE_LAMBDA {
+        std::memcpy(&entries[t], pairs + 2 * std::size_t(bits[element(h, t)]), sizeof(uint64_t));
+      });
+      split(j + h, _mm512_castsi512_ps(_mm512_load_si512(entries)), _mm512_castsi512_ps(_mm512_load_si512(entries + 8)));
+    });
   };
   fa_static_for<kVecsPerBlock / 2>([&](auto k) FASTACT_ALWAYS_INLINE_LAMBDA {
     constexpr int j = 2 * k;
     const uint16_t* bits = x + 16 * j;
     if (count == B::kSize) {
-      if constexpr (B::kUnordered) {
+      if constexpr (!kGather) {
+        if constexpr (B::kUnordered) {
+          load(j, bits, [](int h, int t) { return unordered_element(h, t); });
+        } else {
+          load(j, bits, [](int h, int t) { return 16 * h + t; });
+        }
+      } else if constexpr (B::kUnordered) {
         __m512i lo, hi;
         unordered_indices(_mm512_loadu_si512(bits), lo, hi);
         gather(j, lo);
