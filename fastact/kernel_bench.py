@@ -733,6 +733,9 @@ def machine_info(devices: list[str]) -> dict:
         info["fastact_cpu_capability"] = fa.cpu_capability()
         info["fastact_cpu_huge_pages"] = fa.cpu_huge_pages()
         info["fastact_cpu_streaming_threshold"] = fa.ops.cpu_streaming_threshold()
+        info["fastact_cpu_lookup_threshold"] = fa.ops.cpu_lookup_threshold()
+        # how the AVX-512 builds read the 16-bit tables (timed once per process): gathers or scalar loads
+        info["fastact_cpu_table_gathers"] = fa.ops.cpu_table_gathers()
         info["fastact_cuda_kernels"] = fa.has_cuda_kernels()
     except Exception as exc:  # noqa: BLE001
         info["fastact_error"] = _short_error(exc)

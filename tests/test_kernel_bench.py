@@ -12,6 +12,7 @@ import os
 import pytest
 import torch
 
+import fastact
 from fastact import kernel_bench as kb
 
 NUMEL = 4096  # (1, 64, 8, 8)
@@ -56,6 +57,8 @@ def test_json_schema(tiny_run):
     assert result["threads"] == 1
     machine = result["machine"]
     assert machine["fastact_cpu_capability"] in ("default", "avx2", "avx512", "avx512_bf16")
+    assert machine["fastact_cpu_table_gathers"] is fastact.ops.cpu_table_gathers()
+    assert machine["fastact_cpu_lookup_threshold"] == fastact.ops.cpu_lookup_threshold()
     assert machine["cpu"] and machine["cpu_count"] >= 1
     for dtype in ("float32", "bfloat16"):
         copy = result["copy_gbps"]["cpu"][dtype][str(NUMEL)]
