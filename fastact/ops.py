@@ -121,9 +121,10 @@ def cpu_lookup_tables_cached() -> int:
 
 def cpu_table_gathers() -> bool:
     """Whether the AVX-512 kernel builds read those tables with gathers (else with scalar loads, as the AVX2
-    build does). Decided by timing both ways once per process: the GDS ("Downfall") microcode mitigation makes
-    gathers many times slower on the Xeons it covers (Skylake to Ice Lake), which a VM may not report. False
-    where the CPU has no AVX-512. The results are the same bits either way."""
+    build does). Decided by timing both ways once per process, with plain and with streaming stores: the GDS
+    ("Downfall") microcode mitigation makes gathers slower on the Xeons it covers (Skylake to Ice Lake), which
+    a VM may not report, and many times slower after streaming stores. Gathers are kept only where they win
+    both. False where the CPU has no AVX-512. The results are the same bits either way."""
     return bool(_lib.cpu_table_gathers())
 
 
