@@ -221,12 +221,15 @@ FASTACT_HOST_DEVICE void stream_vector(S* p, const Vectorized<S>& v) { v.store(p
 FASTACT_HOST_DEVICE void fa_store_fence() {}
 #endif
 
-// Streamed runs (outputs past the cache, so inputs from memory too) also prefetch their inputs this far ahead.
-// On Zen 1 (benchmarks/cpu_cycles/ab.cpp --big: 2^24 elements, two threads) 8 KiB took LeakyReLU's
-// memory-bound kernels 0.86-0.98 of the time (bfloat16 backward 0.82-0.89) and the compute-bound SiLU ones
-// 0.95-1.00; 1 and 2 KiB were mixed (up to 1.06). Measured in the AVX2 build only: the AVX-512 build keeps
-// to the hardware prefetchers.
-#if defined(CPU_CAPABILITY_AVX2)
+// Streamed runs (outputs past the cache, so inputs from memory too) also prefetch their inputs this far ahead
+// (benchmarks/cpu_cycles/ab.cpp --big: 2^24 elements, two threads). On Zen 1 (AVX2 build) 8 KiB took
+// LeakyReLU's memory-bound kernels 0.86-0.98 of the time (bfloat16 backward 0.82-0.89) and the compute-bound
+// SiLU ones 0.95-1.00; 1 and 2 KiB were mixed (up to 1.06). On an Ice Lake VM (AVX-512 build) 8 KiB took
+// 0.75-0.93 (SiLU and Mish 0.81-0.88, bfloat16 LeakyReLU 0.75-0.85; the bfloat16 Mish backward, bound by the
+// core, 1.00), 4 KiB about the same, 16 KiB 0.87-0.99 for the backwards. (ab.cpp's in-cache rows of float32
+// SiLU and the bfloat16 Mish backward moved by up to 1.2x there with no change to their code: GCC's inlining
+// across the file shifts with any change to it. The extension's own in-cache calls showed no such step.)
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
 constexpr int64_t kPrefetchBytes = 8192;
 #else
 constexpr int64_t kPrefetchBytes = 0;
@@ -863,7 +866,7 @@ FASTACT_HOST_DEVICE void interleave_pairs(__m512 a, __m512 b, __m512& first, __m
 
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
 // Calls one(i) over a head that brings out + i to the alignment of non-temporal stores (when streaming),
-// step(i) for every full kLookupStep elements, and one(i) over the tail. Inlined: called, it holds the
+// step(i, stream) for every full kLookupStep elements, and one(i) over the tail. Inlined: called, it holds the
 // lambdas' captures in memory, which a vector store (it may alias anything) forces to reload every step (the
 // AVX2 table forward took 13.2 cycles per 8 bfloat16 on Zen 1 so, 10.4 inlined).
 template <typename T, typename StepFn, typename OneFn>
@@ -872,9 +875,23 @@ template <typename T, typename StepFn, typename OneFn>
   if (stream) {
     for (; i < n && reinterpret_cast<std::uintptr_t>(out + i) % kStreamAlignment != 0; ++i) one(i);
   }
-  for (; i + kLookupStep <= n; i += kLookupStep) step(i);
+  if (stream) {  // two loops, so that step's stream flag is a constant (a test per step: 1-5% in cache)
+    for (; i + kLookupStep <= n; i += kLookupStep) step(i, true);
+  } else {
+    for (; i + kLookupStep <= n; i += kLookupStep) step(i, false);
+  }
   for (; i < n; ++i) one(i);
   if (stream) fa_store_fence();
+}
+
+// The 16-bit input of one step of the table kernels, prefetched 8 KiB ahead (streamed calls, both builds).
+// AVX-512 build, Ice Lake VM, bfloat16 forward at 2^24, two threads: 0.80-0.90 of the time (4-16 KiB alike);
+// in cache, with step's stream flag a constant, 0.98-1.02.
+FASTACT_HOST_DEVICE void prefetch_step_ahead(const void* p) {
+  constexpr int64_t kAheadBytes = 8192;
+  fa_static_for<(kLookupStep * 2 + 63) / 64>([&](auto line) FASTACT_ALWAYS_INLINE_LAMBDA {
+    __builtin_prefetch(static_cast<const char*>(p) + kAheadBytes + 64 * line, 0, 3);
+  });
 }
 
 // fn(std::bool_constant<kGather>) with the problem's way of reading tables (only the AVX-512 build gathers).
@@ -893,8 +910,9 @@ void lookup_forward(const ElementwiseProblem& p, const uint16_t* table, int64_t 
   with_table_reads(p, [&](auto gather) {
     for_each_step(
         end - begin, y, p.stream_out,
-        [&](int64_t i) FASTACT_ALWAYS_INLINE_LAMBDA {
-          store_bits(y + i, lookup_bits<decltype(gather)::value>(table, x + i), p.stream_out);
+        [&](int64_t i, bool stream) FASTACT_ALWAYS_INLINE_LAMBDA {
+          if (stream) prefetch_step_ahead(x + i);
+          store_bits(y + i, lookup_bits<decltype(gather)::value>(table, x + i), stream);
         },
         [&](int64_t i) { y[i] = table[x[i]]; });
   });
@@ -910,10 +928,14 @@ void lookup_backward_typed(const ElementwiseProblem& p, const float* table, int6
   auto* out = static_cast<scalar_t*>(p.out) + begin;
   for_each_step(
       end - begin, out, p.stream_out,
-      [&](int64_t i) FASTACT_ALWAYS_INLINE_LAMBDA {
+      [&](int64_t i, bool stream) FASTACT_ALWAYS_INLINE_LAMBDA {
+        if (stream) {
+          prefetch_step_ahead(grad + i);
+          prefetch_step_ahead(x + i);
+        }
         BitsRegister bits;
         if (scaled_lookup<kGather>(table, x + i, grad + i, bits)) [[likely]] {
-          store_bits(out + i, bits, p.stream_out);
+          store_bits(out + i, bits, stream);
         } else {
           backward_range(p, begin + i, begin + i + kLookupStep, nullptr, 0);
         }
